@@ -1,0 +1,174 @@
+#include "protocol.hpp"
+
+#include <cstring>
+#include <limits>
+
+#include <msgpack.hpp>
+
+namespace zfarm::proto {
+
+const char* to_string(DecodeError e) {
+  switch (e) {
+    case DecodeError::kNone: return "ok";
+    case DecodeError::kTooFewFrames: return "too few frames";
+    case DecodeError::kTooManyFrames: return "too many frames";
+    case DecodeError::kBadSignature: return "bad signature";
+    case DecodeError::kWrongVersion: return "wrong protocol version";
+    case DecodeError::kHeaderTooLarge: return "header too large";
+    case DecodeError::kBadMsgpack: return "bad msgpack";
+    case DecodeError::kBadHeaderShape: return "bad header shape";
+    case DecodeError::kUnknownType: return "unknown message type";
+  }
+  return "unknown error";
+}
+
+const char* to_string(MsgType t) {
+  switch (t) {
+    case MsgType::kRegister: return "register";
+    case MsgType::kRegisterReply: return "register_reply";
+    case MsgType::kHeartbeat: return "heartbeat";
+    case MsgType::kSubmit: return "submit";
+    case MsgType::kTask: return "task";
+    case MsgType::kResult: return "result";
+    case MsgType::kStatus: return "status";
+    case MsgType::kStatusReply: return "status_reply";
+    case MsgType::kShutdown: return "shutdown";
+    case MsgType::kError: return "error";
+    case MsgType::kHello: return "hello";
+  }
+  return "unknown";
+}
+
+namespace {
+
+Status fail(DecodeError code, std::string detail) { return Status{code, std::move(detail)}; }
+
+bool as_u64(const msgpack::object& o, std::uint64_t* v) {
+  if (o.type != msgpack::type::POSITIVE_INTEGER) return false;
+  *v = o.via.u64;
+  return true;
+}
+
+bool as_i64(const msgpack::object& o, std::int64_t* v) {
+  if (o.type == msgpack::type::NEGATIVE_INTEGER) {
+    *v = o.via.i64;
+    return true;
+  }
+  if (o.type == msgpack::type::POSITIVE_INTEGER &&
+      o.via.u64 <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+    *v = static_cast<std::int64_t>(o.via.u64);
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+void encode_header(const Header& h, std::vector<zmq::message_t>& out) {
+  char sig[kSignatureSize];
+  std::memcpy(sig, kMagic, 4);
+  sig[4] = static_cast<char>(kVersion);
+  out.emplace_back(sig, kSignatureSize);
+
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk(buf);
+  pk.pack_array(6);
+  pk.pack_uint8(static_cast<std::uint8_t>(h.type));
+  pk.pack_uint64(h.id);
+  pk.pack_array(static_cast<std::uint32_t>(h.targets.size()));
+  for (std::int64_t t : h.targets) pk.pack_int64(t);
+  pk.pack_uint32(h.status);
+  pk.pack_int64(h.aux);
+  pk.pack_str(static_cast<std::uint32_t>(h.text.size()));
+  pk.pack_str_body(h.text.data(), static_cast<std::uint32_t>(h.text.size()));
+  out.emplace_back(buf.data(), buf.size());
+}
+
+std::vector<zmq::message_t> encode(const Header& h, std::vector<zmq::message_t> payload) {
+  std::vector<zmq::message_t> out;
+  out.reserve(2 + payload.size());
+  encode_header(h, out);
+  for (auto& f : payload) out.push_back(std::move(f));
+  return out;
+}
+
+Status decode_header(const void* data, std::size_t size, Header* out, const Limits& limits) {
+  if (size > limits.max_header_bytes) {
+    return fail(DecodeError::kHeaderTooLarge,
+                "header of " + std::to_string(size) + " bytes exceeds limit of " +
+                    std::to_string(limits.max_header_bytes));
+  }
+  // Explicit limits: without them a few bytes may announce a huge array and
+  // make the unpacker allocate for it before noticing the input is short.
+  const msgpack::unpack_limit ulimit(/*array=*/limits.max_targets, /*map=*/0,
+                                     /*str=*/limits.max_text_bytes, /*bin=*/0, /*ext=*/0,
+                                     /*depth=*/3);
+  msgpack::object_handle handle;
+  try {
+    std::size_t off = 0;
+    handle = msgpack::unpack(static_cast<const char*>(data), size, off, nullptr, nullptr, ulimit);
+    if (off != size) return fail(DecodeError::kBadMsgpack, "trailing bytes after header");
+  } catch (const std::exception& e) {
+    return fail(DecodeError::kBadMsgpack, std::string("header is not valid msgpack: ") + e.what());
+  }
+  const msgpack::object& o = handle.get();
+  if (o.type != msgpack::type::ARRAY || o.via.array.size < 6) {
+    return fail(DecodeError::kBadHeaderShape, "header must be an array of at least 6 items");
+  }
+  const msgpack::object* f = o.via.array.ptr;
+  std::uint64_t type = 0, status = 0;
+  if (!as_u64(f[0], &type)) return fail(DecodeError::kBadHeaderShape, "type must be an integer");
+  if (type == 0 || type > kMaxMsgType) {
+    return fail(DecodeError::kUnknownType, "unknown message type " + std::to_string(type));
+  }
+  if (!as_u64(f[1], &out->id)) return fail(DecodeError::kBadHeaderShape, "id must be an unsigned integer");
+  if (f[2].type != msgpack::type::ARRAY) return fail(DecodeError::kBadHeaderShape, "targets must be an array");
+  out->targets.clear();
+  out->targets.reserve(f[2].via.array.size);
+  for (std::uint32_t i = 0; i < f[2].via.array.size; ++i) {
+    std::int64_t t = 0;
+    if (!as_i64(f[2].via.array.ptr[i], &t)) {
+      return fail(DecodeError::kBadHeaderShape, "targets must hold integers");
+    }
+    out->targets.push_back(t);
+  }
+  if (!as_u64(f[3], &status) || status > std::numeric_limits<std::uint32_t>::max()) {
+    return fail(DecodeError::kBadHeaderShape, "status must be a 32-bit unsigned integer");
+  }
+  if (!as_i64(f[4], &out->aux)) return fail(DecodeError::kBadHeaderShape, "aux must be an integer");
+  if (f[5].type != msgpack::type::STR) return fail(DecodeError::kBadHeaderShape, "text must be a string");
+  out->type = static_cast<MsgType>(type);
+  out->status = static_cast<std::uint32_t>(status);
+  out->text.assign(f[5].via.str.ptr, f[5].via.str.size);
+  return Status{};
+}
+
+Status decode(std::vector<zmq::message_t>& frames, std::size_t first, Message* out,
+              const Limits& limits) {
+  if (frames.size() < first + 2) {
+    return fail(DecodeError::kTooFewFrames, "a message needs a signature and a header frame");
+  }
+  if (frames.size() - first > limits.max_frames) {
+    return fail(DecodeError::kTooManyFrames,
+                std::to_string(frames.size() - first) + " frames exceed the limit of " +
+                    std::to_string(limits.max_frames));
+  }
+  const zmq::message_t& sig = frames[first];
+  if (sig.size() != kSignatureSize || std::memcmp(sig.data(), kMagic, 4) != 0) {
+    return fail(DecodeError::kBadSignature, "first frame is not a zfarm signature");
+  }
+  const auto version = static_cast<const std::uint8_t*>(sig.data())[4];
+  if (version != kVersion) {
+    return fail(DecodeError::kWrongVersion, "peer speaks protocol version " + std::to_string(version) +
+                                                ", this side speaks " + std::to_string(kVersion));
+  }
+  const zmq::message_t& hdr = frames[first + 1];
+  Status st = decode_header(hdr.data(), hdr.size(), &out->header, limits);
+  if (!st.ok()) return st;
+  out->payload.clear();
+  out->payload.reserve(frames.size() - first - 2);
+  for (std::size_t i = first + 2; i < frames.size(); ++i) out->payload.push_back(std::move(frames[i]));
+  return Status{};
+}
+
+}  // namespace zfarm::proto

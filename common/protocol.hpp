@@ -1,0 +1,118 @@
+// zfarm wire protocol: one codec shared by broker, engine and client.
+//
+// A message on the wire is multipart:
+//
+//   [routing envelope ...] [signature] [header] [payload ...]
+//
+// The envelope is added and stripped by ROUTER sockets and is not seen here.
+// The signature frame is the four bytes "ZFRM" followed by one version byte.
+// The header frame is a msgpack array (see Header).  Payload frames are opaque
+// bytes that only the Python ends interpret (a pickle and its out-of-band
+// buffers); the broker forwards them untouched.
+//
+// docs/protocol.rst describes the same format in prose.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <zmq.hpp>
+
+namespace zfarm::proto {
+
+inline constexpr char kMagic[4] = {'Z', 'F', 'R', 'M'};
+inline constexpr std::uint8_t kVersion = 1;
+inline constexpr std::size_t kSignatureSize = 5;
+
+// Tunables of the decoder.  A peer sending more than this is refused before
+// anything large is allocated.
+struct Limits {
+  std::size_t max_frames = 4096;          // signature + header + payload frames
+  std::size_t max_header_bytes = 64 * 1024;
+  std::size_t max_targets = 65536;         // entries of Header::targets
+  std::size_t max_text_bytes = 16 * 1024;  // Header::text
+};
+
+enum class MsgType : std::uint8_t {
+  kRegister = 1,       // engine -> broker   aux = credit (tasks it may hold)
+  kRegisterReply = 2,  // broker -> engine   aux = engine id, status = heartbeat ms
+  kHeartbeat = 3,      // engine <-> broker
+  kSubmit = 4,         // client -> broker   id = first task id, targets = engines
+  kTask = 5,           // broker -> engine   id = task id
+  kResult = 6,         // engine -> broker -> client   status = ResultStatus
+  kStatus = 7,         // client -> broker   id = request id
+  kStatusReply = 8,    // broker -> client   payload[0] = msgpack map
+  kShutdown = 9,       // client -> broker (whole cluster), broker -> engine
+  kError = 10,         // either way: text says what was wrong with a message
+  kHello = 11,         // client -> broker: first contact, text = client name
+};
+inline constexpr std::uint8_t kMaxMsgType = 11;
+
+// How a task ended.  Every submitted task ends in exactly one Result.
+enum class ResultStatus : std::uint32_t {
+  kOk = 0,
+  kRemoteError = 1,  // the task raised; payload holds the exception
+  kEngineDied = 2,   // the engine running or queued to run it was lost
+  kAborted = 3,      // dropped from a queue on request
+  kRejected = 4,     // the broker refused it (bad target, duplicate id, ...)
+  kTimedOut = 5,
+};
+
+// Submit::targets uses these sentinels alone, or a list of engine ids.
+inline constexpr std::int64_t kLoadBalanced = -1;  // targets == {-1}
+inline constexpr std::int64_t kAllEngines = -2;    // reserved; clients list engine ids instead
+
+struct Header {
+  MsgType type = MsgType::kError;
+  std::uint64_t id = 0;
+  std::vector<std::int64_t> targets;
+  std::uint32_t status = 0;
+  std::int64_t aux = 0;
+  std::string text;
+};
+
+struct Message {
+  Header header;
+  std::vector<zmq::message_t> payload;
+};
+
+enum class DecodeError {
+  kNone = 0,
+  kTooFewFrames,
+  kTooManyFrames,
+  kBadSignature,
+  kWrongVersion,
+  kHeaderTooLarge,
+  kBadMsgpack,
+  kBadHeaderShape,
+  kUnknownType,
+};
+
+// An error as a value: what went wrong and a sentence for the peer or log.
+struct Status {
+  DecodeError code = DecodeError::kNone;
+  std::string detail;
+  bool ok() const { return code == DecodeError::kNone; }
+};
+
+const char* to_string(DecodeError e);
+const char* to_string(MsgType t);
+
+// Encodes the signature and header frames and appends them to `out`.
+void encode_header(const Header& h, std::vector<zmq::message_t>& out);
+
+// Builds a whole message: signature, header, then the payload frames (moved).
+std::vector<zmq::message_t> encode(const Header& h, std::vector<zmq::message_t> payload = {});
+
+// Decodes frames[first..] (the part after any routing envelope).  On success
+// the payload frames are moved into out->payload.  Never throws on bad input.
+Status decode(std::vector<zmq::message_t>& frames, std::size_t first, Message* out,
+              const Limits& limits = Limits{});
+
+// Header alone, from raw bytes (used by decode and by tests and the fuzzer).
+Status decode_header(const void* data, std::size_t size, Header* out, const Limits& limits);
+
+}  // namespace zfarm::proto
