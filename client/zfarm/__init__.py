@@ -1,0 +1,45 @@
+"""zfarm: interactive parallel computing for Python on a ZeroMQ task farm.
+
+>>> import zfarm                                  # doctest: +SKIP
+>>> with zfarm.Cluster(n=2) as rc:                # doctest: +SKIP
+...     rc.load_balanced_view().map_sync(abs, [-1, -2, -3])
+[1, 2, 3]
+"""
+from ._asyncresult import AsyncResult
+from ._client import Client
+from ._cluster import Cluster
+from ._errors import (
+    CompositeError,
+    EngineDiedError,
+    NoEnginesError,
+    RemoteError,
+    TaskAborted,
+    TaskFailure,
+    TaskRejected,
+    TaskTimedOut,
+    TimeoutError,
+    ZfarmError,
+)
+from ._executor import ZfarmExecutor
+from ._view import DirectView, LoadBalancedView
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncResult",
+    "Client",
+    "Cluster",
+    "CompositeError",
+    "DirectView",
+    "EngineDiedError",
+    "LoadBalancedView",
+    "NoEnginesError",
+    "RemoteError",
+    "TaskAborted",
+    "TaskFailure",
+    "TaskRejected",
+    "TaskTimedOut",
+    "TimeoutError",
+    "ZfarmError",
+    "ZfarmExecutor",
+]

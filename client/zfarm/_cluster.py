@@ -1,0 +1,197 @@
+"""Starting and stopping a local cluster: one broker and N engines.
+
+>>> with zfarm.Cluster(n=2) as rc:            # doctest: +SKIP
+...     rc[:].apply_sync(os.getpid)
+[5120, 5121]
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import weakref
+from typing import List, Optional, Sequence
+
+from ._errors import ZfarmError
+
+# How long a starting broker may take to write its connection file.
+BROKER_START_TIMEOUT = 20.0
+# How long stop() waits for processes to leave after SIGTERM before SIGKILL.
+STOP_GRACE = 5.0
+
+_PR_SET_PDEATHSIG = 1
+
+
+def find_binary(name: str) -> str:
+    """Locates ``zfarm-broker`` or ``zfarm-engine``.
+
+    Looks in $ZFARM_BIN_DIR, then the scripts directory of this Python
+    environment (where ``pip install`` put them), then beside the Python
+    executable, then on $PATH.
+    """
+    candidates = []
+    if os.environ.get("ZFARM_BIN_DIR"):
+        candidates.append(os.environ["ZFARM_BIN_DIR"])
+    candidates.append(sysconfig.get_path("scripts"))
+    candidates.append(os.path.dirname(sys.executable))
+    for folder in candidates:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    found = shutil.which(name)
+    if found:
+        return found
+    raise ZfarmError(f"cannot find {name}: is zfarm installed (pip install .) in this environment?")
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the Python process that started the
+    # cluster dies (even by SIGKILL), the kernel sends SIGTERM to the child,
+    # so no broker or engine is left behind.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except Exception:  # noqa: BLE001 - best effort on non-Linux systems
+        pass
+
+
+def _reap(procs: Sequence[subprocess.Popen], grace: float) -> None:
+    for p in procs:
+        if p.poll() is None:
+            try:
+                p.terminate()
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+class Cluster:
+    """A local cluster of one ``zfarm-broker`` and ``n`` ``zfarm-engine``.
+
+    ``n`` defaults to the number of cores.  Used as a context manager it
+    starts the cluster and yields a connected :class:`Client`; leaving the
+    block stops every process it started.
+    """
+
+    def __init__(self, n: Optional[int] = None, *, heartbeat_ms: Optional[int] = None,
+                 prefetch: Optional[int] = None, engine_args: Sequence[str] = (),
+                 broker_args: Sequence[str] = (), quiet: bool = True):
+        self.n = n if n is not None else (os.cpu_count() or 1)
+        self.heartbeat_ms = heartbeat_ms
+        self.prefetch = prefetch
+        self.engine_args = list(engine_args)
+        self.broker_args = list(broker_args)
+        self.quiet = quiet
+        self.workdir: Optional[str] = None
+        self.connection_file: Optional[str] = None
+        self.broker: Optional[subprocess.Popen] = None
+        self.engines: List[subprocess.Popen] = []
+        self._client = None
+        self._finalizer: Optional[weakref.finalize] = None
+
+    # -- life cycle -----------------------------------------------------------
+    def start(self) -> "Cluster":
+        """Starts the broker, waits for its connection file, starts engines."""
+        if self.broker is not None:
+            return self
+        self.workdir = tempfile.mkdtemp(prefix="zfarm-")
+        self.connection_file = os.path.join(self.workdir, "connection.json")
+        args = [find_binary("zfarm-broker"), "--connection-file", self.connection_file]
+        if self.heartbeat_ms:
+            args += ["--heartbeat-ms", str(self.heartbeat_ms)]
+        args += self.broker_args
+        self.broker = self._spawn(args)
+        self._finalizer = weakref.finalize(self, _cleanup, self.broker, self.engines, self.workdir)
+        deadline = time.monotonic() + BROKER_START_TIMEOUT
+        while not os.path.exists(self.connection_file):
+            if self.broker.poll() is not None:
+                self.stop()
+                raise ZfarmError(f"zfarm-broker exited with code {self.broker.returncode} on start")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ZfarmError("zfarm-broker did not write its connection file in time")
+            time.sleep(0.01)
+        self.add_engines(self.n)
+        return self
+
+    def add_engines(self, n: int) -> None:
+        """Starts ``n`` more engines on this machine."""
+        args = [find_binary("zfarm-engine"), "--connection-file", self.connection_file]
+        if self.prefetch:
+            args += ["--prefetch", str(self.prefetch)]
+        if self.heartbeat_ms:
+            args += ["--heartbeat-ms", str(self.heartbeat_ms)]
+        args += self.engine_args
+        for _ in range(n):
+            self.engines.append(self._spawn(args))
+
+    def _spawn(self, args: List[str]) -> subprocess.Popen:
+        out = subprocess.DEVNULL if self.quiet else None
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                preexec_fn=_die_with_parent, close_fds=True)
+
+    def connect(self, timeout: float = 30.0):
+        """A Client of this cluster, once all its engines have registered."""
+        from ._client import Client
+
+        if self.connection_file is None:
+            self.start()
+        client = Client(self.connection_file)
+        try:
+            client.wait_for_engines(len(self.engines), timeout=timeout)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def stop(self) -> None:
+        """Stops every process this cluster started and reaps them."""
+        if self._finalizer is not None:
+            self._finalizer()
+        elif self.broker is not None:
+            _cleanup(self.broker, self.engines, self.workdir)
+
+    def processes(self) -> List[subprocess.Popen]:
+        return ([self.broker] if self.broker else []) + list(self.engines)
+
+    def __enter__(self):
+        self.start()
+        self._client = self.connect()
+        return self._client
+
+    def __exit__(self, *exc) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<zfarm.Cluster n={self.n} connection_file={self.connection_file!r}>"
+
+
+def _cleanup(broker: subprocess.Popen, engines: List[subprocess.Popen], workdir: Optional[str]) -> None:
+    _reap(list(engines) + [broker], STOP_GRACE)
+    if workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def read_connection_file(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    if "client" not in info:
+        raise ZfarmError(f"{path} is not a zfarm connection file (no 'client' endpoint)")
+    return info
+

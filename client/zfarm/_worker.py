@@ -1,0 +1,128 @@
+"""The Python half of a zfarm engine.
+
+``zfarm-engine`` (C++) owns the socket and heartbeats; for every task it calls
+:func:`run_task` on its main thread with the payload frames and sends back
+the frames returned.  One persistent namespace holds the user's variables.
+
+A task payload is a pickled tuple ``(op, *args)``:
+
+========= ================================= ==============================
+op        args                              result value
+========= ================================= ==============================
+execute   code (str)                        None
+apply     fn, args, kwargs                  fn(*args, **kwargs)
+map       fn, list of argument tuples       [fn(*a) for a in ...]
+push      dict of name -> value             None
+pull      name (str) or list of names       value, or list of values
+reset     --                                None
+keys      --                                list of names
+========= ================================= ==============================
+
+The result payload is a pickled tuple ``(kind, value, stdout, stderr)`` with
+kind ``"ok"`` or ``"error"``; for an error the value is a dict with
+``ename``, ``evalue`` and ``traceback``.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import traceback
+from typing import Any, Dict, List, Tuple
+
+from . import _serialize
+
+STATUS_OK = 0
+STATUS_REMOTE_ERROR = 1
+
+namespace: Dict[str, Any] = {"__name__": "__zfarm__"}
+_fn_cache: Dict[bytes, Any] = {}
+
+
+class _Capture(io.StringIO):
+    """A text stream that stands in for stdout/stderr during a task."""
+
+
+def _resolve_fn(fn: Any) -> Any:
+    # Functions may arrive pre-pickled (bytes) so a client pickles them once
+    # per map; keep the last few unpickled ones.
+    if isinstance(fn, (bytes, bytearray)):
+        key = bytes(fn)
+        cached = _fn_cache.get(key)
+        if cached is None:
+            cached = pickle.loads(key)
+            if len(_fn_cache) > 64:
+                _fn_cache.clear()
+            _fn_cache[key] = cached
+        return cached
+    return fn
+
+
+def _run(op: str, args: Tuple[Any, ...]) -> Any:
+    if op == "apply":
+        fn, fargs, fkwargs = args
+        return _resolve_fn(fn)(*fargs, **fkwargs)
+    if op == "map":
+        fn, items = args
+        fn = _resolve_fn(fn)
+        return [fn(*item) for item in items]
+    if op == "execute":
+        (code,) = args
+        exec(compile(code, "<zfarm-execute>", "exec"), namespace)
+        return None
+    if op == "push":
+        (values,) = args
+        namespace.update(values)
+        return None
+    if op == "pull":
+        (names,) = args
+        if isinstance(names, str):
+            return _lookup(names)
+        return [_lookup(n) for n in names]
+    if op == "reset":
+        namespace.clear()
+        namespace["__name__"] = "__zfarm__"
+        return None
+    if op == "keys":
+        return sorted(k for k in namespace if not k.startswith("__"))
+    raise ValueError(f"unknown zfarm operation {op!r}")
+
+
+def _lookup(name: str) -> Any:
+    try:
+        return namespace[name]
+    except KeyError:
+        raise NameError(f"name {name!r} is not defined on this engine") from None
+
+
+def _error_info(exc: BaseException) -> Dict[str, Any]:
+    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    # Drop the frames of this module: the user wants to see their own code.
+    lines = [line for line in tb if "zfarm/_worker.py" not in line]
+    return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": "".join(lines)}
+
+
+def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
+    """Run one task; never raises.  Returns (status, result frames)."""
+    out, err = _Capture(), _Capture()
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        try:
+            task = _serialize.loads(frames)
+            if not isinstance(task, tuple) or not task or not isinstance(task[0], str):
+                raise TypeError("a zfarm task must be a tuple (op, *args)")
+            value = _run(task[0], task[1:])
+            kind, status = "ok", STATUS_OK
+        except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+            value, kind, status = _error_info(exc), "error", STATUS_REMOTE_ERROR
+    finally:
+        sys.stdout, sys.stderr = saved
+    try:
+        result = _serialize.dumps((kind, value, out.getvalue(), err.getvalue()))
+    except BaseException as exc:  # the value could not be pickled
+        info = _error_info(exc)
+        info["evalue"] = f"result of task {task_id} could not be serialised: {info['evalue']}"
+        result = _serialize.dumps(("error", info, out.getvalue(), err.getvalue()))
+        status = STATUS_REMOTE_ERROR
+    return status, result
