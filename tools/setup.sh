@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything zfarm needs on a fresh Debian machine and installs
+# zfarm itself into ./.venv.  Safe to run again: it only installs what is
+# missing and rebuilds incrementally.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(g++ pkg-config cmake libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libcli11-dev doctest-dev pybind11-dev)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+VPY=.venv/bin/python
+"$VPY" -m pip install -q --disable-pip-version-check meson-python meson ninja pybind11 cloudpickle tqdm pytest pytest-timeout numpy
+# A persistent build directory makes a repeated install an incremental build.
+"$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation \
+  -Cbuild-dir=build-pip -Csetup-args=-Dtests=false .
+echo "setup: zfarm installed in $(pwd)/.venv"
