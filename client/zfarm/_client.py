@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from . import _core
 from ._asyncresult import AsyncResult, decode_outcome
 from ._cluster import Cluster, read_connection_file
-from ._errors import NoEnginesError, TimeoutError, ZfarmError
+from ._errors import STATUS_ABORTED, NoEnginesError, TimeoutError, ZfarmError
 
 # Message types of the wire protocol (common/protocol.hpp).
 MSG_SUBMIT = 4
@@ -229,6 +229,15 @@ class Client:
             return
         self._closed = True
         self._finalizer()
+        # Nothing is lost silently: what never came back ends as aborted.
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            waiters, self._status_waiters = self._status_waiters, {}
+        for task_id, (ar, index) in pending.items():
+            ar._deliver(index, decode_outcome(task_id, STATUS_ABORTED, -1, "the client was closed", []))
+        for fut in waiters.values():
+            if not fut.done():
+                fut.set_exception(ZfarmError("the client was closed"))
 
     @property
     def closed(self) -> bool:
