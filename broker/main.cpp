@@ -1,0 +1,208 @@
+// zfarm-broker: two ROUTER sockets around a Scheduler.
+//
+// Everything the broker decides is in scheduler.cpp; this file binds the
+// sockets, writes the connection file, and runs one zmq::poll loop that feeds
+// messages to the Scheduler, calls tick() about every heartbeat/4 and sends
+// what the Scheduler produced.
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <zmq.hpp>
+
+#include "endpoint.hpp"
+#include "io_thread.hpp"
+#include "scheduler.hpp"
+
+namespace {
+
+using zfarm::Frames;
+using zfarm::broker::Clock;
+using zfarm::broker::Outbox;
+using zfarm::broker::Outgoing;
+using zfarm::broker::Scheduler;
+
+// At most this many messages are read from one socket before the other gets
+// a turn (and before tick() gets a chance): a flood of submits must not keep
+// results or heartbeats waiting.
+constexpr int kReadBatch = 1024;
+// How long queued outgoing messages may take to leave when the broker exits.
+// Enough for loopback peers to get their Shutdown and Aborted results; short
+// enough that a peer that vanished does not hold the exit up.
+constexpr int kLingerMs = 500;
+// Default ZMQ_MAXMSGSIZE: a peer sending a larger frame is disconnected by
+// libzmq before the frame is buffered.  4 GiB lets big numpy arrays through.
+constexpr std::int64_t kDefaultMaxMessageBytes = std::int64_t{1} << 32;
+
+volatile sig_atomic_t g_signal = 0;
+
+void on_signal(int sig) { g_signal = sig; }
+
+void install_signal_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: zmq::poll must return with EINTR
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+zmq::socket_t make_router(zmq::context_t& ctx, std::int64_t max_message_bytes) {
+  zmq::socket_t s(ctx, zmq::socket_type::router);
+  // Fail loudly on a peer that is gone rather than dropping silently, so the
+  // loss is counted (Scheduler::count_unroutable).
+  s.set(zmq::sockopt::router_mandatory, 1);
+  // Unlimited queues: flow control is the Scheduler's credit, and a full
+  // queue would otherwise drop results.
+  s.set(zmq::sockopt::sndhwm, 0);
+  s.set(zmq::sockopt::rcvhwm, 0);
+  s.set(zmq::sockopt::linger, kLingerMs);
+  s.set(zmq::sockopt::maxmsgsize, max_message_bytes);
+  return s;
+}
+
+void send_all(zmq::socket_t& clients, zmq::socket_t& engines, Outbox& out, Scheduler& scheduler) {
+  for (Outgoing& o : out) {
+    Frames wire;
+    wire.reserve(1 + o.frames.size());
+    wire.emplace_back(o.identity.data(), o.identity.size());
+    for (auto& f : o.frames) wire.push_back(std::move(f));
+    zmq::socket_t& socket = o.side == Outgoing::kClient ? clients : engines;
+    if (!zfarm::send_frames(socket, wire, /*dontwait=*/true)) scheduler.count_unroutable();
+  }
+  out.clear();
+}
+
+// Reads up to kReadBatch messages from `socket` into the Scheduler.
+void drain(zmq::socket_t& socket, bool engine_side, Scheduler& scheduler, Outbox& out) {
+  Frames frames;
+  for (int i = 0; i < kReadBatch && zfarm::recv_frames(socket, frames); ++i) {
+    const auto now = Clock::now();
+    if (engine_side) {
+      scheduler.on_engine_frames(frames, now, out);
+    } else {
+      scheduler.on_client_frames(frames, now, out);
+    }
+  }
+}
+
+bool bind_endpoint(zmq::socket_t& socket, const std::string& endpoint, const char* what, std::string* actual) {
+  try {
+    socket.bind(endpoint);
+  } catch (const zmq::error_t& e) {
+    std::fprintf(stderr, "zfarm-broker: cannot bind the %s endpoint %s: %s\n", what, endpoint.c_str(), e.what());
+    return false;
+  }
+  *actual = socket.get(zmq::sockopt::last_endpoint);
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"zfarm-broker: load-balances tasks from clients to engines"};
+  std::string client_endpoint = "tcp://127.0.0.1:*";
+  std::string engine_endpoint = "tcp://127.0.0.1:*";
+  std::string connection_file;
+  int heartbeat_ms = 1000;
+  int liveness = 3;
+  std::int64_t max_message_bytes = kDefaultMaxMessageBytes;
+  bool allow_insecure = false;
+  app.add_option("--client-endpoint", client_endpoint, "address clients connect to")->capture_default_str();
+  app.add_option("--engine-endpoint", engine_endpoint, "address engines connect to")->capture_default_str();
+  app.add_option("--connection-file", connection_file,
+                 "write the bound endpoints here as JSON (mode 0600) once listening");
+  app.add_option("--heartbeat-ms", heartbeat_ms, "engine heartbeat interval in milliseconds")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3600 * 1000));
+  app.add_option("--liveness", liveness, "heartbeat intervals an engine may miss before it is dead")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  app.add_option("--max-message-bytes", max_message_bytes,
+                 "largest frame a peer may send (ZMQ_MAXMSGSIZE); a peer sending more is disconnected; -1: no limit")
+      ->capture_default_str();
+  app.add_flag("--allow-insecure", allow_insecure,
+               "allow binding tcp addresses other than loopback (no authentication yet!)");
+  CLI11_PARSE(app, argc, argv);
+
+  if (!allow_insecure) {
+    for (const std::string* ep : {&client_endpoint, &engine_endpoint}) {
+      std::string why;
+      if (!zfarm::broker::is_local_endpoint(*ep, &why)) {
+        std::fprintf(stderr, "zfarm-broker: refusing to bind %s: %s\n", ep->c_str(), why.c_str());
+        return 2;
+      }
+    }
+  }
+
+  zfarm::broker::SchedulerOptions options;
+  options.heartbeat = std::chrono::milliseconds(heartbeat_ms);
+  options.liveness = liveness;
+  Scheduler scheduler(options);
+
+  zmq::context_t ctx(1);
+  zmq::socket_t clients = make_router(ctx, max_message_bytes);
+  zmq::socket_t engines = make_router(ctx, max_message_bytes);
+  std::string client_actual, engine_actual;
+  if (!bind_endpoint(clients, client_endpoint, "client", &client_actual) ||
+      !bind_endpoint(engines, engine_endpoint, "engine", &engine_actual)) {
+    return 2;
+  }
+  if (!connection_file.empty()) {
+    const std::string err =
+        zfarm::broker::write_connection_file(connection_file, client_actual, engine_actual, ::getpid());
+    if (!err.empty()) {
+      std::fprintf(stderr, "zfarm-broker: %s\n", err.c_str());
+      return 2;
+    }
+  }
+  install_signal_handlers();
+  std::fprintf(stderr, "zfarm-broker: clients at %s, engines at %s (pid %ld)\n", client_actual.c_str(),
+               engine_actual.c_str(), static_cast<long>(::getpid()));
+
+  Outbox out;
+  const auto tick_every = scheduler.tick_interval();
+  auto next_tick = Clock::now() + tick_every;
+  zmq::pollitem_t items[] = {
+      {engines.handle(), 0, ZMQ_POLLIN, 0},
+      {clients.handle(), 0, ZMQ_POLLIN, 0},
+  };
+  while (!scheduler.shutting_down() && g_signal == 0) {
+    const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - Clock::now());
+    try {
+      zmq::poll(items, 2, std::max(wait, std::chrono::milliseconds(0)));
+    } catch (const zmq::error_t& e) {
+      if (e.num() == EINTR) continue;
+      std::fprintf(stderr, "zfarm-broker: poll failed: %s\n", e.what());
+      break;
+    }
+    // Engines first: their results free credit for the clients' work.
+    if (items[0].revents & ZMQ_POLLIN) drain(engines, true, scheduler, out);
+    if (items[1].revents & ZMQ_POLLIN) drain(clients, false, scheduler, out);
+    const auto now = Clock::now();
+    if (now >= next_tick) {
+      scheduler.tick(now, out);
+      next_tick = now + tick_every;
+    }
+    send_all(clients, engines, out, scheduler);
+  }
+  if (!scheduler.shutting_down()) {
+    scheduler.shutdown("the broker was stopped by a signal", out);
+    send_all(clients, engines, out, scheduler);
+  }
+  const auto& c = scheduler.counters();
+  std::fprintf(stderr,
+               "zfarm-broker: exiting; %llu results (%llu failed), %llu bad messages, %llu unroutable\n",
+               static_cast<unsigned long long>(c.done), static_cast<unsigned long long>(c.failed),
+               static_cast<unsigned long long>(c.bad_messages), static_cast<unsigned long long>(c.unroutable));
+  if (!connection_file.empty()) ::unlink(connection_file.c_str());
+  // Sockets close here with a short linger, so the last messages still leave.
+  return 0;
+}

@@ -1,0 +1,427 @@
+#include "scheduler.hpp"
+
+#include <algorithm>
+#include <limits>
+#include <utility>
+
+namespace zfarm::broker {
+
+namespace {
+
+using proto::Header;
+using proto::Message;
+using proto::MsgType;
+using proto::ResultStatus;
+
+// Shares frames without copying their bytes: zmq's copy() bumps a refcount
+// (frames under 33 bytes are copied inline, which costs nothing).
+Frames share(Frames& frames) {
+  Frames copy;
+  copy.reserve(frames.size());
+  for (auto& f : frames) {
+    copy.emplace_back();
+    copy.back().copy(f);
+  }
+  return copy;
+}
+
+Header make_header(MsgType type, std::uint64_t id) {
+  Header h;
+  h.type = type;
+  h.id = id;
+  return h;
+}
+
+}  // namespace
+
+Scheduler::Scheduler(SchedulerOptions options) : options_(std::move(options)) {
+  if (options_.heartbeat.count() < 1) options_.heartbeat = std::chrono::milliseconds(1);
+  if (options_.liveness < 1) options_.liveness = 1;
+  if (options_.max_credit < 1) options_.max_credit = 1;
+}
+
+std::chrono::milliseconds Scheduler::tick_interval() const {
+  return std::max(std::chrono::milliseconds(1), options_.heartbeat / 4);
+}
+
+std::int64_t Scheduler::engine_id(const std::string& identity) const {
+  auto it = engine_by_identity_.find(identity);
+  return it == engine_by_identity_.end() ? -1 : it->second;
+}
+
+std::int64_t Scheduler::inflight(std::int64_t id) const {
+  auto it = engines_.find(id);
+  return it == engines_.end() ? -1 : static_cast<std::int64_t>(it->second.inflight.size());
+}
+
+// ---- input from the sockets ------------------------------------------------
+
+void Scheduler::on_client_frames(Frames& frames, Clock::time_point now, Outbox& out) {
+  if (frames.empty() || frames[0].size() == 0) {
+    ++counters_.bad_messages;  // nobody to answer
+    return;
+  }
+  std::string identity = frames[0].to_string();
+  Message msg;
+  proto::Status st = proto::decode(frames, 1, &msg, options_.limits);
+  if (!st.ok()) {
+    ++counters_.bad_messages;
+    clients_.insert(identity);
+    send_error(Outgoing::kClient, identity, 0, st.detail, out);
+    return;
+  }
+  on_client(identity, std::move(msg), now, out);
+}
+
+void Scheduler::on_engine_frames(Frames& frames, Clock::time_point now, Outbox& out) {
+  if (frames.empty() || frames[0].size() == 0) {
+    ++counters_.bad_messages;
+    return;
+  }
+  std::string identity = frames[0].to_string();
+  // Any message, even a bad one, shows the engine is alive.
+  auto known = engine_by_identity_.find(identity);
+  if (known != engine_by_identity_.end()) engines_.at(known->second).last_seen = now;
+  Message msg;
+  proto::Status st = proto::decode(frames, 1, &msg, options_.limits);
+  if (!st.ok()) {
+    ++counters_.bad_messages;
+    send_error(Outgoing::kEngine, identity, 0, st.detail, out);
+    return;
+  }
+  on_engine(identity, std::move(msg), now, out);
+}
+
+void Scheduler::on_client(const std::string& identity, Message&& msg, Clock::time_point now,
+                          Outbox& out) {
+  (void)now;
+  clients_.insert(identity);
+  switch (msg.header.type) {
+    case MsgType::kHello:
+      return;  // first contact; nothing to answer
+    case MsgType::kSubmit:
+      handle_submit(identity, std::move(msg), out);
+      return;
+    case MsgType::kStatus:
+      handle_status(identity, msg, out);
+      return;
+    case MsgType::kShutdown:
+      if (!shutting_down_) shutdown("the cluster was shut down by a client", out);
+      // Acknowledge, so the client may wait for it.
+      out.push_back({Outgoing::kClient, identity, proto::encode(make_header(MsgType::kShutdown, msg.header.id))});
+      return;
+    case MsgType::kError:
+      ++counters_.errors_received;  // never answer an Error with an Error
+      return;
+    default:
+      ++counters_.bad_messages;
+      send_error(Outgoing::kClient, identity, msg.header.id,
+                 std::string("unexpected message type from a client: ") + proto::to_string(msg.header.type),
+                 out);
+      return;
+  }
+}
+
+void Scheduler::on_engine(const std::string& identity, Message&& msg, Clock::time_point now,
+                          Outbox& out) {
+  if (msg.header.type == MsgType::kRegister) {
+    handle_register(identity, msg, now, out);
+    return;
+  }
+  auto known = engine_by_identity_.find(identity);
+  if (known == engine_by_identity_.end()) {
+    switch (msg.header.type) {
+      case MsgType::kHeartbeat:
+      case MsgType::kResult:
+        // Most likely an engine we declared dead; it will register again.
+        send_error(Outgoing::kEngine, identity, msg.header.id, "unknown engine: register again", out);
+        return;
+      case MsgType::kShutdown:
+        return;  // already gone
+      case MsgType::kError:
+        ++counters_.errors_received;
+        return;
+      default:
+        ++counters_.bad_messages;
+        send_error(Outgoing::kEngine, identity, msg.header.id,
+                   std::string("unexpected message type from an engine: ") + proto::to_string(msg.header.type),
+                   out);
+        return;
+    }
+  }
+  Engine& engine = engines_.at(known->second);
+  engine.last_seen = now;
+  switch (msg.header.type) {
+    case MsgType::kHeartbeat:
+      out.push_back({Outgoing::kEngine, identity, proto::encode(make_header(MsgType::kHeartbeat, 0))});
+      return;
+    case MsgType::kResult:
+      handle_result(engine, std::move(msg), out);
+      return;
+    case MsgType::kShutdown:
+      remove_engine(engine.id, "the engine shut down", out);
+      dispatch(out);
+      return;
+    case MsgType::kError:
+      ++counters_.errors_received;
+      return;
+    default:
+      ++counters_.bad_messages;
+      send_error(Outgoing::kEngine, identity, msg.header.id,
+                 std::string("unexpected message type from an engine: ") + proto::to_string(msg.header.type),
+                 out);
+      return;
+  }
+}
+
+// ---- engines ------------------------------------------------------------------
+
+void Scheduler::handle_register(const std::string& identity, const Message& msg, Clock::time_point now,
+                                Outbox& out) {
+  std::int64_t id = engine_id(identity);
+  if (id < 0) {
+    if (shutting_down_) {
+      out.push_back({Outgoing::kEngine, identity, proto::encode(make_header(MsgType::kShutdown, 0))});
+      return;
+    }
+    if (msg.header.aux < 1) {
+      ++counters_.bad_messages;
+      send_error(Outgoing::kEngine, identity, msg.header.id, "register: credit (aux) must be at least 1", out);
+      return;
+    }
+    id = next_engine_id_++;
+    Engine& e = engines_[id];
+    e.id = id;
+    e.identity = identity;
+    e.host = msg.header.text;
+    e.credit = std::min(msg.header.aux, options_.max_credit);
+    e.last_seen = now;
+    engine_by_identity_[identity] = id;
+  }
+  // A repeated Register (say, our reply was lost) gets the same answer.
+  Header reply = make_header(MsgType::kRegisterReply, msg.header.id);
+  reply.aux = id;
+  reply.status = static_cast<std::uint32_t>(options_.heartbeat.count());
+  out.push_back({Outgoing::kEngine, identity, proto::encode(reply)});
+  dispatch(out);
+}
+
+void Scheduler::handle_result(Engine& engine, Message&& msg, Outbox& out) {
+  const std::uint64_t id = msg.header.id;
+  auto it = std::find(engine.inflight.begin(), engine.inflight.end(), id);
+  if (it == engine.inflight.end()) {
+    // Not ours (a duplicate, or the task was given up on): drop and count.
+    ++counters_.dropped_results;
+    return;
+  }
+  engine.inflight.erase(it);
+  ++engine.done;
+  finish(id, static_cast<ResultStatus>(msg.header.status), engine.id, std::move(msg.header.text),
+         std::move(msg.payload), out);
+  dispatch(out);
+}
+
+void Scheduler::tick(Clock::time_point now, Outbox& out) {
+  const auto limit = options_.heartbeat * options_.liveness;
+  std::vector<std::int64_t> dead;
+  for (const auto& [id, e] : engines_) {
+    if (now - e.last_seen > limit) dead.push_back(id);
+  }
+  for (std::int64_t id : dead) remove_engine(id, "the engine stopped sending heartbeats", out);
+  if (!dead.empty()) dispatch(out);
+}
+
+void Scheduler::remove_engine(std::int64_t id, std::string_view reason, Outbox& out) {
+  auto node = engines_.extract(id);
+  if (node.empty()) return;
+  Engine& e = node.mapped();
+  engine_by_identity_.erase(e.identity);
+  ++counters_.engines_lost;
+  const std::string text = "engine " + std::to_string(id) + " (" + e.host + ") died: " + std::string(reason);
+  std::vector<std::uint64_t> retry;
+  for (std::uint64_t tid : e.inflight) {
+    Task& t = tasks_.at(tid);
+    if (t.balanced && t.retries > 0) {
+      --t.retries;
+      t.engine = -1;
+      retry.push_back(tid);
+    } else {
+      finish(tid, ResultStatus::kEngineDied, id, text, {}, out);
+    }
+  }
+  // Retried tasks go back to the front, keeping their order: they were
+  // submitted before anything still waiting.
+  for (auto r = retry.rbegin(); r != retry.rend(); ++r) shared_.push_front(*r);
+  counters_.retried += retry.size();
+  for (std::uint64_t tid : e.queue) finish(tid, ResultStatus::kEngineDied, id, text, {}, out);
+}
+
+// ---- clients ------------------------------------------------------------------
+
+void Scheduler::handle_submit(const std::string& client, Message&& msg, Outbox& out) {
+  const Header& h = msg.header;
+  const std::int64_t retries = std::max<std::int64_t>(0, h.aux);
+  if (shutting_down_) {
+    const std::size_t k = h.targets.empty() ? 1 : h.targets.size();
+    for (std::size_t i = 0; i < k; ++i) reject(client, h.id + i, -1, "the broker is shutting down", out);
+    return;
+  }
+  if (h.targets.empty()) {
+    reject(client, h.id, -1, "submit with no targets", out);
+    return;
+  }
+  if (h.targets.size() == 1 && h.targets[0] == proto::kLoadBalanced) {
+    if (tasks_.count(h.id) != 0) {
+      reject(client, h.id, -1, "task id " + std::to_string(h.id) + " is already pending", out);
+      return;
+    }
+    Task& t = tasks_[h.id];
+    t.id = h.id;
+    t.client = client;
+    t.payload = std::move(msg.payload);
+    t.retries = retries;
+    t.balanced = true;
+    shared_.push_back(h.id);
+    dispatch(out);
+    return;
+  }
+  const std::size_t k = h.targets.size();
+  if (h.id > std::numeric_limits<std::uint64_t>::max() - (k - 1)) {
+    for (std::size_t i = 0; i < k; ++i) reject(client, h.id + i, h.targets[i], "task ids overflow", out);
+    return;
+  }
+  // Which tasks are accepted, first, so the last accepted one can take the
+  // original frames instead of a shared copy.
+  std::vector<std::size_t> accepted;
+  for (std::size_t i = 0; i < k; ++i) {
+    const std::uint64_t tid = h.id + i;
+    const std::int64_t target = h.targets[i];
+    if (engines_.count(target) == 0) {
+      reject(client, tid, target, "no engine with id " + std::to_string(target), out);
+    } else if (tasks_.count(tid) != 0) {
+      reject(client, tid, target, "task id " + std::to_string(tid) + " is already pending", out);
+    } else {
+      // Reserve the id now so a repeated id inside this Submit is refused too.
+      Task& t = tasks_[tid];
+      t.id = tid;
+      t.client = client;
+      t.engine = target;
+      accepted.push_back(i);
+    }
+  }
+  for (std::size_t n = 0; n < accepted.size(); ++n) {
+    const std::size_t i = accepted[n];
+    Task& t = tasks_.at(h.id + i);
+    t.payload = (n + 1 == accepted.size()) ? std::move(msg.payload) : share(msg.payload);
+    engines_.at(h.targets[i]).queue.push_back(t.id);
+  }
+  if (!accepted.empty()) dispatch(out);
+}
+
+void Scheduler::handle_status(const std::string& client, const Message& msg, Outbox& out) {
+  out.push_back({Outgoing::kClient, client,
+                 proto::encode(make_header(MsgType::kStatusReply, msg.header.id), status_payload())});
+}
+
+void Scheduler::shutdown(std::string_view reason, Outbox& out) {
+  shutting_down_ = true;
+  for (const auto& [id, e] : engines_) {
+    out.push_back({Outgoing::kEngine, e.identity, proto::encode(make_header(MsgType::kShutdown, 0))});
+  }
+  // Abort in id order, so what clients see does not depend on hashing.
+  std::vector<std::uint64_t> ids;
+  ids.reserve(tasks_.size());
+  for (const auto& [id, t] : tasks_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  for (std::uint64_t id : ids) {
+    const std::int64_t engine = tasks_.at(id).engine;
+    finish(id, ResultStatus::kAborted, engine, std::string(reason), {}, out);
+  }
+  shared_.clear();
+  for (auto& [id, e] : engines_) {
+    e.queue.clear();
+    e.inflight.clear();
+  }
+}
+
+// ---- dispatch -----------------------------------------------------------------
+
+Scheduler::Engine* Scheduler::least_loaded() {
+  Engine* best = nullptr;
+  for (auto& [id, e] : engines_) {
+    if (e.free_credit() <= 0) continue;
+    if (best == nullptr || e.free_credit() > best->free_credit() ||
+        (e.free_credit() == best->free_credit() && e.inflight.size() < best->inflight.size())) {
+      best = &e;  // strict comparisons: the lowest id wins a full tie
+    }
+  }
+  return best;
+}
+
+void Scheduler::dispatch(Outbox& out) {
+  if (shutting_down_) return;
+  // An engine's own FIFO first: targeted work may run nowhere else.
+  for (auto& [id, e] : engines_) {
+    while (e.free_credit() > 0 && !e.queue.empty()) {
+      const std::uint64_t tid = e.queue.front();
+      e.queue.pop_front();
+      send_task(e, tasks_.at(tid), out);
+    }
+  }
+  while (!shared_.empty()) {
+    Engine* e = least_loaded();
+    if (e == nullptr) break;
+    const std::uint64_t tid = shared_.front();
+    shared_.pop_front();
+    Task& t = tasks_.at(tid);
+    t.engine = e->id;
+    send_task(*e, t, out);
+  }
+}
+
+void Scheduler::send_task(Engine& engine, Task& task, Outbox& out) {
+  Header h = make_header(MsgType::kTask, task.id);
+  h.aux = engine.id;
+  // Keep the frames while a retry may need them; otherwise hand them over.
+  Frames payload = (task.balanced && task.retries > 0) ? share(task.payload) : std::move(task.payload);
+  engine.inflight.push_back(task.id);
+  out.push_back({Outgoing::kEngine, engine.identity, proto::encode(h, std::move(payload))});
+}
+
+// ---- results ------------------------------------------------------------------
+
+void Scheduler::finish(std::uint64_t task_id, ResultStatus status, std::int64_t aux, std::string text,
+                       Frames payload, Outbox& out) {
+  auto node = tasks_.extract(task_id);
+  if (node.empty()) return;
+  send_result(node.mapped().client, task_id, static_cast<std::uint32_t>(status), aux, std::move(text),
+              std::move(payload), out);
+}
+
+void Scheduler::reject(const std::string& client, std::uint64_t task_id, std::int64_t aux, std::string text,
+                       Outbox& out) {
+  send_result(client, task_id, static_cast<std::uint32_t>(ResultStatus::kRejected), aux, std::move(text), {},
+              out);
+}
+
+void Scheduler::send_result(const std::string& client, std::uint64_t task_id, std::uint32_t status,
+                            std::int64_t aux, std::string text, Frames payload, Outbox& out) {
+  Header h = make_header(MsgType::kResult, task_id);
+  h.status = status;
+  h.aux = aux;
+  h.text = std::move(text);
+  ++counters_.done;
+  if (status != static_cast<std::uint32_t>(ResultStatus::kOk)) ++counters_.failed;
+  out.push_back({Outgoing::kClient, client, proto::encode(h, std::move(payload))});
+}
+
+void Scheduler::send_error(Outgoing::Side side, const std::string& identity, std::uint64_t id, std::string text,
+                           Outbox& out) {
+  Header h = make_header(MsgType::kError, id);
+  // Keep our reply within the peer's decoder limit whatever the detail says.
+  if (text.size() > 1024) text.resize(1024);
+  h.text = std::move(text);
+  out.push_back({side, identity, proto::encode(h)});
+}
+
+}  // namespace zfarm::broker

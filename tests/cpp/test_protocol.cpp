@@ -1,0 +1,258 @@
+// The codec in common/protocol.cpp: a round trip, then each way a message can
+// be malformed, one case per test, each checking the error code.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <msgpack.hpp>
+
+#include "protocol.hpp"
+
+using namespace zfarm;
+using proto::DecodeError;
+
+namespace {
+
+std::vector<zmq::message_t> frames_of(std::initializer_list<std::string> parts) {
+  std::vector<zmq::message_t> f;
+  for (const auto& p : parts) f.emplace_back(p.data(), p.size());
+  return f;
+}
+
+std::string signature(std::uint8_t version = proto::kVersion) {
+  return std::string("ZFRM", 4) + static_cast<char>(version);
+}
+
+// A header frame built by hand, for shapes encode() would never produce.
+template <typename F>
+std::string packed(F&& fill) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk(buf);
+  fill(pk);
+  return std::string(buf.data(), buf.size());
+}
+
+std::string good_header() {
+  std::vector<zmq::message_t> f;
+  proto::Header h;
+  h.type = proto::MsgType::kHeartbeat;
+  proto::encode_header(h, f);
+  return f[1].to_string();
+}
+
+DecodeError decode_parts(std::initializer_list<std::string> parts) {
+  auto f = frames_of(parts);
+  proto::Message m;
+  return proto::decode(f, 0, &m).code;
+}
+
+DecodeError decode_raw(const std::string& header) {
+  proto::Header h;
+  return proto::decode_header(header.data(), header.size(), &h, proto::Limits{}).code;
+}
+
+}  // namespace
+
+TEST_CASE("RoundTrip keeps every header field and moves the payload") {
+  proto::Header h;
+  h.type = proto::MsgType::kSubmit;
+  h.id = 0xfedcba9876543210ull;
+  h.targets = {0, 3, -1, 1LL << 40};
+  h.status = 4000000000u;
+  h.aux = -7;
+  h.text = "hello \xc3\xa9";
+  std::vector<zmq::message_t> payload;
+  payload.emplace_back("abc", 3);
+  payload.emplace_back(std::string(100000, 'x').data(), 100000);
+  const void* big = payload[1].data();
+  auto frames = proto::encode(h, std::move(payload));
+  REQUIRE(frames.size() == 4);
+
+  // With a routing envelope in front, as a ROUTER delivers it.
+  std::vector<zmq::message_t> wire;
+  wire.emplace_back("peer", 4);
+  for (auto& f : frames) wire.push_back(std::move(f));
+  proto::Message m;
+  proto::Status st = proto::decode(wire, 1, &m);
+  REQUIRE(st.ok());
+  CHECK(m.header.type == proto::MsgType::kSubmit);
+  CHECK(m.header.id == h.id);
+  CHECK(m.header.targets == h.targets);
+  CHECK(m.header.status == h.status);
+  CHECK(m.header.aux == -7);
+  CHECK(m.header.text == h.text);
+  REQUIRE(m.payload.size() == 2);
+  CHECK(m.payload[0].to_string() == "abc");
+  CHECK(m.payload[1].size() == 100000);
+  CHECK(m.payload[1].data() == big);  // moved, not copied
+}
+
+TEST_CASE("RoundTrip of every message type") {
+  for (int t = 1; t <= proto::kMaxMsgType; ++t) {
+    proto::Header h;
+    h.type = static_cast<proto::MsgType>(t);
+    auto f = proto::encode(h);
+    proto::Message m;
+    REQUIRE(proto::decode(f, 0, &m).ok());
+    CHECK(static_cast<int>(m.header.type) == t);
+    CHECK(m.payload.empty());
+  }
+}
+
+TEST_CASE("TooFewFrames: no frames, signature alone, envelope alone") {
+  CHECK(decode_parts({}) == DecodeError::kTooFewFrames);
+  CHECK(decode_parts({signature()}) == DecodeError::kTooFewFrames);
+  auto f = frames_of({"peer", signature()});
+  proto::Message m;
+  CHECK(proto::decode(f, 1, &m).code == DecodeError::kTooFewFrames);
+}
+
+TEST_CASE("TooManyFrames: more than Limits::max_frames") {
+  proto::Limits limits;
+  limits.max_frames = 4;
+  auto f = frames_of({signature(), good_header(), "a", "b", "c"});
+  proto::Message m;
+  CHECK(proto::decode(f, 0, &m, limits).code == DecodeError::kTooManyFrames);
+  auto ok = frames_of({signature(), good_header(), "a", "b"});
+  CHECK(proto::decode(ok, 0, &m, limits).ok());
+}
+
+TEST_CASE("BadSignature: wrong magic, short and long signature frames") {
+  CHECK(decode_parts({std::string("ZFRX\x01", 5), good_header()}) == DecodeError::kBadSignature);
+  CHECK(decode_parts({"ZFR", good_header()}) == DecodeError::kBadSignature);
+  CHECK(decode_parts({signature() + "x", good_header()}) == DecodeError::kBadSignature);
+  CHECK(decode_parts({"", good_header()}) == DecodeError::kBadSignature);
+}
+
+TEST_CASE("WrongVersion: version 0, 2 and 255") {
+  CHECK(decode_parts({signature(0), good_header()}) == DecodeError::kWrongVersion);
+  CHECK(decode_parts({signature(2), good_header()}) == DecodeError::kWrongVersion);
+  CHECK(decode_parts({signature(255), good_header()}) == DecodeError::kWrongVersion);
+}
+
+TEST_CASE("HeaderTooLarge: a header frame over Limits::max_header_bytes") {
+  proto::Limits limits;
+  std::string huge(limits.max_header_bytes + 1, '\x90');
+  CHECK(decode_parts({signature(), huge}) == DecodeError::kHeaderTooLarge);
+}
+
+TEST_CASE("BadMsgpack: garbage bytes") {
+  CHECK(decode_raw(std::string("\xc1\xc1\xc1", 3)) == DecodeError::kBadMsgpack);  // 0xc1 is never used
+  CHECK(decode_parts({signature(), std::string("\xc1", 1)}) == DecodeError::kBadMsgpack);
+}
+
+TEST_CASE("BadMsgpack: truncated header") {
+  const std::string h = good_header();
+  for (std::size_t n = 0; n < h.size(); ++n) {
+    CAPTURE(n);
+    CHECK(decode_raw(h.substr(0, n)) == DecodeError::kBadMsgpack);
+  }
+}
+
+TEST_CASE("BadMsgpack: trailing bytes after the header") {
+  CHECK(decode_raw(good_header() + "x") == DecodeError::kBadMsgpack);
+}
+
+TEST_CASE("BadMsgpack: 5 bytes announcing a huge array fail fast without allocating") {
+  // array32 with 2^32-1 items; unpacking it for real would need ~100 GiB.
+  const std::string bomb("\xdd\xff\xff\xff\xff", 5);
+  CHECK(decode_raw(bomb) == DecodeError::kBadMsgpack);
+  // Also a huge map and a huge string.
+  CHECK(decode_raw(std::string("\xdf\xff\xff\xff\xff", 5)) == DecodeError::kBadMsgpack);
+  CHECK(decode_raw(std::string("\xdb\xff\xff\xff\xff", 5)) == DecodeError::kBadMsgpack);
+  // Inside a well-formed outer array: a targets array announcing 2^32-1 items.
+  const std::string nested = std::string("\x96\x03\x00", 3) + bomb;
+  CHECK(decode_raw(nested) == DecodeError::kBadMsgpack);
+}
+
+TEST_CASE("BadHeaderShape: not an array") {
+  CHECK(decode_raw(packed([](auto& pk) { pk.pack_map(0); })) == DecodeError::kBadHeaderShape);
+  CHECK(decode_raw(packed([](auto& pk) { pk.pack(3); })) == DecodeError::kBadHeaderShape);
+  CHECK(decode_raw(packed([](auto& pk) { pk.pack(std::string("hi")); })) == DecodeError::kBadHeaderShape);
+}
+
+TEST_CASE("BadHeaderShape: array too short") {
+  CHECK(decode_raw(packed([](auto& pk) { pk.pack_array(0); })) == DecodeError::kBadHeaderShape);
+  CHECK(decode_raw(packed([](auto& pk) {
+          pk.pack_array(5);
+          pk.pack(3), pk.pack(0), pk.pack_array(0), pk.pack(0), pk.pack(0);
+        })) == DecodeError::kBadHeaderShape);
+}
+
+namespace {
+
+// A six-item header with one field replaced by a string.
+std::string header_with_string_at(int field) {
+  return packed([field](auto& pk) {
+    pk.pack_array(6);
+    for (int i = 0; i < 6; ++i) {
+      if (i == field && i != 5) {
+        pk.pack(std::string("bad"));
+        continue;
+      }
+      switch (i) {
+        case 0: pk.pack(3); break;
+        case 1: pk.pack(0); break;
+        case 2: pk.pack_array(0); break;
+        case 3: pk.pack(0); break;
+        case 4: pk.pack(0); break;
+        case 5:
+          if (field == 5) {
+            pk.pack(42);  // text must be a string; give an integer
+          } else {
+            pk.pack(std::string(""));
+          }
+          break;
+      }
+    }
+  });
+}
+
+}  // namespace
+
+TEST_CASE("BadHeaderShape: wrong field types") {
+  for (int field = 0; field < 6; ++field) {
+    CAPTURE(field);
+    CHECK(decode_raw(header_with_string_at(field)) == DecodeError::kBadHeaderShape);
+  }
+  // Negative id, a string in targets, a status over 32 bits.
+  CHECK(decode_raw(packed([](auto& pk) {
+          pk.pack_array(6);
+          pk.pack(3), pk.pack(-1), pk.pack_array(0), pk.pack(0), pk.pack(0), pk.pack(std::string(""));
+        })) == DecodeError::kBadHeaderShape);
+  CHECK(decode_raw(packed([](auto& pk) {
+          pk.pack_array(6);
+          pk.pack(3), pk.pack(0);
+          pk.pack_array(1), pk.pack(std::string("x"));
+          pk.pack(0), pk.pack(0), pk.pack(std::string(""));
+        })) == DecodeError::kBadHeaderShape);
+  CHECK(decode_raw(packed([](auto& pk) {
+          pk.pack_array(6);
+          pk.pack(3), pk.pack(0), pk.pack_array(0), pk.pack(std::uint64_t{1} << 33), pk.pack(0),
+              pk.pack(std::string(""));
+        })) == DecodeError::kBadHeaderShape);
+}
+
+TEST_CASE("UnknownType: 0 and 200") {
+  for (int t : {0, 200}) {
+    CAPTURE(t);
+    const std::string h = packed([t](auto& pk) {
+      pk.pack_array(6);
+      pk.pack(t), pk.pack(0), pk.pack_array(0), pk.pack(0), pk.pack(0), pk.pack(std::string(""));
+    });
+    CHECK(decode_raw(h) == DecodeError::kUnknownType);
+    CHECK(decode_parts({signature(), h}) == DecodeError::kUnknownType);
+  }
+}
+
+TEST_CASE("every error has a name and a detail") {
+  proto::Message m;
+  auto f = frames_of({"ZFR", good_header()});
+  proto::Status st = proto::decode(f, 0, &m);
+  CHECK_FALSE(st.ok());
+  CHECK_FALSE(st.detail.empty());
+  CHECK(std::string(proto::to_string(st.code)) == "bad signature");
+}

@@ -1,0 +1,637 @@
+// The broker's Scheduler driven message by message, with no sockets: each
+// test feeds frames as a ROUTER would deliver them and checks what the
+// Scheduler wants sent.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <msgpack.hpp>
+
+#include "scheduler.hpp"
+
+using namespace zfarm;
+using broker::Clock;
+using broker::Outbox;
+using broker::Outgoing;
+using broker::Scheduler;
+using proto::MsgType;
+using proto::ResultStatus;
+using std::chrono::milliseconds;
+
+namespace {
+
+// One message the Scheduler produced, decoded back.
+struct Sent {
+  Outgoing::Side side;
+  std::string identity;
+  proto::Header header;
+  std::vector<zmq::message_t> payload;
+};
+
+constexpr std::uint32_t st(ResultStatus s) { return static_cast<std::uint32_t>(s); }
+
+class Harness {
+ public:
+  explicit Harness(broker::SchedulerOptions options = {}) : s(options), now(Clock::now()) {}
+
+  // Feeds one message from an engine or a client; returns what came out.
+  std::vector<Sent> from_engine(const std::string& identity, proto::Header h, Frames payload = {}) {
+    Frames f = with_identity(identity, proto::encode(h, std::move(payload)));
+    s.on_engine_frames(f, now, out);
+    return take();
+  }
+  std::vector<Sent> from_client(const std::string& identity, proto::Header h, Frames payload = {}) {
+    Frames f = with_identity(identity, proto::encode(h, std::move(payload)));
+    s.on_client_frames(f, now, out);
+    return take();
+  }
+  std::vector<Sent> tick() {
+    s.tick(now, out);
+    return take();
+  }
+
+  // Registers an engine and returns the id the broker gave it.
+  std::int64_t add_engine(const std::string& identity, std::int64_t credit) {
+    proto::Header h;
+    h.type = MsgType::kRegister;
+    h.aux = credit;
+    h.text = "host:" + identity;
+    auto got = from_engine(identity, h);
+    REQUIRE(!got.empty());
+    REQUIRE(got[0].header.type == MsgType::kRegisterReply);
+    return got[0].header.aux;
+  }
+
+  std::vector<Sent> submit(const std::string& client, std::uint64_t id, std::vector<std::int64_t> targets,
+                           std::int64_t retries = 0, Frames payload = {}) {
+    proto::Header h;
+    h.type = MsgType::kSubmit;
+    h.id = id;
+    h.targets = std::move(targets);
+    h.aux = retries;
+    return from_client(client, h, std::move(payload));
+  }
+
+  std::vector<Sent> result(const std::string& engine, std::uint64_t id, ResultStatus status = ResultStatus::kOk,
+                           Frames payload = {}) {
+    proto::Header h;
+    h.type = MsgType::kResult;
+    h.id = id;
+    h.status = st(status);
+    return from_engine(engine, h, std::move(payload));
+  }
+
+  std::vector<Sent> take() {
+    std::vector<Sent> sent;
+    for (auto& o : out) {
+      Sent x{o.side, o.identity, {}, {}};
+      proto::Message m;
+      proto::Status status = proto::decode(o.frames, 0, &m);
+      REQUIRE(status.ok());  // the broker only ever sends what decodes
+      x.header = m.header;
+      x.payload = std::move(m.payload);
+      sent.push_back(std::move(x));
+    }
+    out.clear();
+    return sent;
+  }
+
+  static Frames with_identity(const std::string& identity, Frames frames) {
+    Frames f;
+    f.emplace_back(identity.data(), identity.size());
+    for (auto& x : frames) f.push_back(std::move(x));
+    return f;
+  }
+
+  Scheduler s;
+  Outbox out;
+  Clock::time_point now;
+};
+
+Frames payload_of(const std::string& bytes) {
+  Frames f;
+  f.emplace_back(bytes.data(), bytes.size());
+  return f;
+}
+
+std::vector<Sent> of_type(const std::vector<Sent>& sent, MsgType type) {
+  std::vector<Sent> r;
+  for (const auto& x : sent) {
+    if (x.header.type != type) continue;
+    Sent c{x.side, x.identity, x.header, {}};
+    for (const auto& p : x.payload) c.payload.emplace_back(p.data(), p.size());
+    r.push_back(std::move(c));
+  }
+  return r;
+}
+
+proto::Header header(MsgType type, std::uint64_t id = 0) {
+  proto::Header h;
+  h.type = type;
+  h.id = id;
+  return h;
+}
+
+const std::vector<std::int64_t> kBalanced = {proto::kLoadBalanced};
+
+}  // namespace
+
+TEST_CASE("register assigns ids 0, 1, 2 and replies with the heartbeat interval") {
+  broker::SchedulerOptions o;
+  o.heartbeat = milliseconds(250);
+  Harness h(o);
+  proto::Header reg = header(MsgType::kRegister);
+  reg.aux = 2;
+  reg.text = "node1:100";
+  for (int i = 0; i < 3; ++i) {
+    auto got = h.from_engine("e" + std::to_string(i), reg);
+    REQUIRE(got.size() == 1);
+    CHECK(got[0].side == Outgoing::kEngine);
+    CHECK(got[0].identity == "e" + std::to_string(i));
+    CHECK(got[0].header.type == MsgType::kRegisterReply);
+    CHECK(got[0].header.aux == i);
+    CHECK(got[0].header.status == 250);
+  }
+  CHECK(h.s.engine_count() == 3);
+}
+
+TEST_CASE("register repeated from the same identity re-sends the same reply") {
+  Harness h;
+  CHECK(h.add_engine("a", 1) == 0);
+  CHECK(h.add_engine("b", 1) == 1);
+  CHECK(h.add_engine("a", 1) == 0);
+  CHECK(h.s.engine_count() == 2);
+}
+
+TEST_CASE("register with credit 0 is refused with Error") {
+  Harness h;
+  proto::Header reg = header(MsgType::kRegister);
+  reg.aux = 0;
+  auto got = h.from_engine("e", reg);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kError);
+  CHECK(h.s.engine_count() == 0);
+  CHECK(h.s.counters().bad_messages == 1);
+}
+
+TEST_CASE("heartbeat from a registered engine is answered with a heartbeat") {
+  Harness h;
+  h.add_engine("e", 1);
+  auto got = h.from_engine("e", header(MsgType::kHeartbeat));
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kHeartbeat);
+  CHECK(got[0].identity == "e");
+}
+
+TEST_CASE("heartbeat or result from an unknown engine gets Error: register again") {
+  Harness h;
+  auto got = h.from_engine("ghost", header(MsgType::kHeartbeat));
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kError);
+  CHECK(got[0].header.text == "unknown engine: register again");
+  got = h.result("ghost", 5);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.text == "unknown engine: register again");
+}
+
+TEST_CASE("load-balanced task is dispatched as Task with the engine id and the same payload") {
+  Harness h;
+  h.add_engine("e", 1);
+  Frames p = payload_of(std::string(1000, 'p'));
+  const void* bytes = p[0].data();
+  Frames f = Harness::with_identity("c", proto::encode([] {
+                                       proto::Header s = header(MsgType::kSubmit, 7);
+                                       s.targets = {proto::kLoadBalanced};
+                                       return s;
+                                     }(),
+                                     std::move(p)));
+  h.s.on_client_frames(f, h.now, h.out);
+  REQUIRE(h.out.size() == 1);
+  CHECK(h.out[0].identity == "e");
+  REQUIRE(h.out[0].frames.size() == 3);
+  CHECK(h.out[0].frames[2].data() == bytes);  // moved through, not copied
+  auto got = h.take();
+  CHECK(got[0].header.type == MsgType::kTask);
+  CHECK(got[0].header.id == 7);
+  CHECK(got[0].header.aux == 0);
+}
+
+TEST_CASE("result is routed to the submitting client with the engine id") {
+  Harness h;
+  h.add_engine("e0", 1);
+  h.add_engine("e1", 1);
+  h.submit("alice", 10, kBalanced);
+  h.submit("bob", 20, kBalanced);
+  auto got = h.result("e1", 20, ResultStatus::kOk, payload_of("value"));
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].side == Outgoing::kClient);
+  CHECK(got[0].identity == "bob");
+  CHECK(got[0].header.type == MsgType::kResult);
+  CHECK(got[0].header.id == 20);
+  CHECK(got[0].header.aux == 1);
+  CHECK(got[0].header.status == st(ResultStatus::kOk));
+  REQUIRE(got[0].payload.size() == 1);
+  CHECK(got[0].payload[0].to_string() == "value");
+  got = h.result("e0", 10, ResultStatus::kRemoteError);
+  CHECK(got[0].identity == "alice");
+  CHECK(got[0].header.status == st(ResultStatus::kRemoteError));
+  CHECK(h.s.counters().done == 2);
+  CHECK(h.s.counters().failed == 1);
+  CHECK(h.s.pending() == 0);
+}
+
+TEST_CASE("credit limit: an engine never holds more than its credit") {
+  Harness h;
+  h.add_engine("e", 2);
+  std::size_t tasks = 0;
+  for (std::uint64_t id = 1; id <= 5; ++id) tasks += of_type(h.submit("c", id, kBalanced), MsgType::kTask).size();
+  CHECK(tasks == 2);
+  CHECK(h.s.inflight(0) == 2);
+  CHECK(h.s.shared_queued() == 3);
+  // Each result frees one credit and the next task goes out.
+  auto got = h.result("e", 1);
+  auto next = of_type(got, MsgType::kTask);
+  REQUIRE(next.size() == 1);
+  CHECK(next[0].header.id == 3);
+  CHECK(h.s.inflight(0) == 2);
+}
+
+TEST_CASE("least-loaded: work goes to the engine with the most free credit, ties to the lowest id") {
+  Harness h;
+  h.add_engine("a", 1);  // id 0
+  h.add_engine("b", 3);  // id 1
+  h.add_engine("c", 3);  // id 2
+  std::vector<std::string> order;
+  for (std::uint64_t id = 1; id <= 7; ++id) {
+    for (const auto& t : of_type(h.submit("cl", id, kBalanced), MsgType::kTask)) order.push_back(t.identity);
+  }
+  // free credit (a,b,c): 1,3,3 -> b; 1,2,3 -> c; 1,2,2 -> b; 1,1,2 -> c;
+  // 1,1,1 -> a (all tie, lowest in-flight); 0,1,1 -> b; 0,0,1 -> c.
+  CHECK(order == std::vector<std::string>{"b", "c", "b", "c", "a", "b", "c"});
+}
+
+TEST_CASE("targeted tasks run in submission order on their engine") {
+  Harness h;
+  h.add_engine("e", 1);
+  std::vector<std::uint64_t> ran;
+  for (std::uint64_t id = 1; id <= 3; ++id) {
+    for (const auto& t : of_type(h.submit("c", id, {0}), MsgType::kTask)) ran.push_back(t.header.id);
+  }
+  for (std::uint64_t id = 1; id <= 3; ++id) {
+    for (const auto& t : of_type(h.result("e", id), MsgType::kTask)) ran.push_back(t.header.id);
+  }
+  CHECK(ran == std::vector<std::uint64_t>{1, 2, 3});
+}
+
+TEST_CASE("targeted work comes before the shared queue on the same engine") {
+  Harness h;
+  h.add_engine("e", 1);
+  h.submit("c", 1, kBalanced);  // runs now
+  h.submit("c", 2, kBalanced);  // waits in the shared queue
+  h.submit("c", 3, {0});        // waits in engine 0's FIFO
+  auto next = of_type(h.result("e", 1), MsgType::kTask);
+  REQUIRE(next.size() == 1);
+  CHECK(next[0].header.id == 3);
+}
+
+TEST_CASE("fan-out: k targets make tasks id..id+k-1 sharing one payload") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.add_engine("b", 1);
+  h.add_engine("c", 1);
+  Frames p = payload_of(std::string(4096, 'z'));
+  const void* bytes = p[0].data();
+  Frames f = Harness::with_identity("cl", proto::encode([] {
+                                        proto::Header s = header(MsgType::kSubmit, 100);
+                                        s.targets = {2, 0, 1};
+                                        return s;
+                                      }(),
+                                      std::move(p)));
+  h.s.on_client_frames(f, h.now, h.out);
+  REQUIRE(h.out.size() == 3);
+  for (auto& o : h.out) {
+    REQUIRE(o.frames.size() == 3);
+    CHECK(o.frames[2].data() == bytes);  // one buffer, refcounted
+  }
+  std::map<std::string, std::uint64_t> ids;
+  for (const auto& t : h.take()) ids[t.identity] = t.header.id;
+  CHECK(ids["c"] == 100);
+  CHECK(ids["a"] == 101);
+  CHECK(ids["b"] == 102);
+}
+
+TEST_CASE("submit to an unknown target is rejected, the other targets still run") {
+  Harness h;
+  h.add_engine("a", 1);
+  auto got = h.submit("cl", 10, {0, 7, -2});
+  auto tasks = of_type(got, MsgType::kTask);
+  auto results = of_type(got, MsgType::kResult);
+  REQUIRE(tasks.size() == 1);
+  CHECK(tasks[0].header.id == 10);
+  REQUIRE(results.size() == 2);
+  CHECK(results[0].header.id == 11);
+  CHECK(results[0].header.status == st(ResultStatus::kRejected));
+  CHECK(results[0].identity == "cl");
+  CHECK(results[0].payload.empty());
+  CHECK(results[1].header.id == 12);
+  CHECK(results[1].header.status == st(ResultStatus::kRejected));
+  CHECK(h.s.pending() == 1);
+}
+
+TEST_CASE("submit with empty targets is rejected") {
+  Harness h;
+  auto got = h.submit("cl", 5, {});
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.id == 5);
+  CHECK(got[0].header.status == st(ResultStatus::kRejected));
+  CHECK(h.s.pending() == 0);
+}
+
+TEST_CASE("submit with a task id already pending is rejected, the first task is kept") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.submit("cl", 5, kBalanced);
+  auto got = h.submit("cl", 5, kBalanced);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kResult);
+  CHECK(got[0].header.status == st(ResultStatus::kRejected));
+  // A targeted submit overlapping the pending id: only the clash is refused.
+  got = h.submit("cl", 4, {0, 0});
+  auto results = of_type(got, MsgType::kResult);
+  REQUIRE(results.size() == 1);
+  CHECK(results[0].header.id == 5);
+  CHECK(h.s.pending() == 2);
+  got = h.result("a", 5);
+  CHECK(of_type(got, MsgType::kResult).size() == 1);
+}
+
+TEST_CASE("result for an unknown task id is dropped and counted") {
+  Harness h;
+  h.add_engine("a", 1);
+  auto got = h.result("a", 999);
+  CHECK(got.empty());
+  CHECK(h.s.counters().dropped_results == 1);
+}
+
+TEST_CASE("engine death after missed heartbeats retries load-balanced work elsewhere when retries remain") {
+  broker::SchedulerOptions o;
+  o.heartbeat = milliseconds(100);
+  o.liveness = 3;
+  Harness h(o);
+  h.add_engine("a", 1);
+  h.add_engine("b", 1);
+  auto t1 = of_type(h.submit("cl", 1, kBalanced, /*retries=*/1, payload_of("job")), MsgType::kTask);
+  REQUIRE(t1.size() == 1);
+  CHECK(t1[0].identity == "a");
+  // b stays alive, a falls silent.
+  h.now += milliseconds(200);
+  h.from_engine("b", header(MsgType::kHeartbeat));
+  CHECK(h.tick().empty());  // 200 ms is within 3 x 100 ms
+  h.now += milliseconds(150);
+  h.from_engine("b", header(MsgType::kHeartbeat));
+  auto got = h.tick();
+  CHECK(h.s.engine_count() == 1);
+  auto tasks = of_type(got, MsgType::kTask);
+  REQUIRE(tasks.size() == 1);
+  CHECK(tasks[0].identity == "b");
+  CHECK(tasks[0].header.id == 1);
+  CHECK(tasks[0].header.aux == 1);
+  REQUIRE(tasks[0].payload.size() == 1);
+  CHECK(tasks[0].payload[0].to_string() == "job");
+  CHECK(of_type(got, MsgType::kResult).empty());
+  CHECK(h.s.counters().retried == 1);
+}
+
+TEST_CASE("engine death ends in-flight work as EngineDied when no retries remain") {
+  broker::SchedulerOptions o;
+  o.heartbeat = milliseconds(100);
+  Harness h(o);
+  h.add_engine("a", 2);
+  h.submit("cl", 1, kBalanced, /*retries=*/0);
+  h.submit("cl", 2, {0});
+  h.now += milliseconds(301);
+  auto results = of_type(h.tick(), MsgType::kResult);
+  REQUIRE(results.size() == 2);
+  for (const auto& r : results) {
+    CHECK(r.identity == "cl");
+    CHECK(r.header.status == st(ResultStatus::kEngineDied));
+    CHECK(r.header.aux == 0);
+    CHECK_FALSE(r.header.text.empty());
+  }
+  CHECK(h.s.engine_count() == 0);
+  CHECK(h.s.pending() == 0);
+  // The dead engine is now unknown.
+  auto got = h.from_engine("a", header(MsgType::kHeartbeat));
+  CHECK(got[0].header.text == "unknown engine: register again");
+}
+
+TEST_CASE("queued targeted work on a dead engine ends as EngineDied") {
+  broker::SchedulerOptions o;
+  o.heartbeat = milliseconds(100);
+  Harness h(o);
+  h.add_engine("a", 1);
+  h.submit("cl", 1, {0});
+  h.submit("cl", 2, {0});
+  h.submit("cl", 3, {0});
+  h.now += milliseconds(400);
+  auto results = of_type(h.tick(), MsgType::kResult);
+  std::vector<std::uint64_t> ids;
+  for (const auto& r : results) {
+    CHECK(r.header.status == st(ResultStatus::kEngineDied));
+    ids.push_back(r.header.id);
+  }
+  CHECK(ids == std::vector<std::uint64_t>{1, 2, 3});
+}
+
+TEST_CASE("engine Shutdown unregisters it like a death") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.add_engine("b", 1);
+  h.submit("cl", 1, kBalanced, /*retries=*/2);
+  auto got = h.from_engine("a", header(MsgType::kShutdown));
+  auto tasks = of_type(got, MsgType::kTask);
+  REQUIRE(tasks.size() == 1);
+  CHECK(tasks[0].identity == "b");
+  CHECK(h.s.engine_id("a") == -1);
+}
+
+TEST_CASE("retried tasks go to the front of the shared queue") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.submit("cl", 1, kBalanced, 1);  // to a
+  h.submit("cl", 2, kBalanced, 1);  // queued
+  h.from_engine("a", header(MsgType::kShutdown));
+  CHECK(h.s.shared_queued() == 2);
+  h.add_engine("b", 1);
+  CHECK(h.s.shared_queued() == 1);
+  auto got = h.result("b", 1);  // task 1 went first
+  auto results = of_type(got, MsgType::kResult);
+  REQUIRE(results.size() == 1);
+  CHECK(results[0].header.aux == 1);
+}
+
+TEST_CASE("status reply lists engines and counters as a msgpack map") {
+  broker::SchedulerOptions o;
+  o.heartbeat = milliseconds(500);
+  Harness h(o);
+  h.add_engine("a", 2);
+  h.add_engine("b", 1);
+  h.submit("cl", 1, {0});
+  h.submit("cl", 2, kBalanced);  // b has the most free credit: 1 vs 1, b has 0 in flight
+  h.submit("cl", 3, kBalanced);
+  h.submit("cl", 4, kBalanced);  // nowhere to go
+  h.submit("cl", 5, kBalanced);
+  h.result("a", 1);              // a takes task 4; task 5 waits
+  auto got = h.from_client("cl", header(MsgType::kStatus, 42));
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kStatusReply);
+  CHECK(got[0].header.id == 42);
+  REQUIRE(got[0].payload.size() == 1);
+  auto handle = msgpack::unpack(static_cast<const char*>(got[0].payload[0].data()), got[0].payload[0].size());
+  auto m = handle.get().as<std::map<std::string, msgpack::object>>();
+  CHECK(m.at("queued").as<int>() == 1);
+  CHECK(m.at("pending").as<int>() == 4);
+  CHECK(m.at("done").as<int>() == 1);
+  CHECK(m.at("failed").as<int>() == 0);
+  CHECK(m.at("bad_messages").as<int>() == 0);
+  CHECK(m.at("clients").as<int>() == 1);
+  CHECK(m.at("heartbeat_ms").as<int>() == 500);
+  auto engines = m.at("engines").as<std::vector<std::map<std::string, msgpack::object>>>();
+  REQUIRE(engines.size() == 2);
+  CHECK(engines[0].at("id").as<int>() == 0);
+  CHECK(engines[0].at("host").as<std::string>() == "host:a");
+  CHECK(engines[0].at("credit").as<int>() == 2);
+  CHECK(engines[0].at("inflight").as<int>() == 2);
+  CHECK(engines[0].at("queued").as<int>() == 0);
+  CHECK(engines[0].at("done").as<int>() == 1);
+  CHECK(engines[1].at("id").as<int>() == 1);
+  CHECK(engines[1].at("inflight").as<int>() == 1);
+}
+
+TEST_CASE("client Shutdown tells every engine and aborts every pending task") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.add_engine("b", 1);
+  h.submit("alice", 1, kBalanced);
+  h.submit("alice", 2, {0});
+  h.submit("bob", 3, kBalanced);
+  h.submit("bob", 4, kBalanced);
+  auto got = h.from_client("bob", header(MsgType::kShutdown, 9));
+  CHECK(h.s.shutting_down());
+  auto shut = of_type(got, MsgType::kShutdown);
+  std::size_t to_engines = 0;
+  for (const auto& x : shut) to_engines += x.side == Outgoing::kEngine;
+  CHECK(to_engines == 2);
+  auto results = of_type(got, MsgType::kResult);
+  REQUIRE(results.size() == 4);
+  for (const auto& r : results) CHECK(r.header.status == st(ResultStatus::kAborted));
+  CHECK(results[0].identity == "alice");
+  CHECK(results[3].identity == "bob");
+  CHECK(h.s.pending() == 0);
+  // Later submits are refused, not lost.
+  auto late = h.submit("bob", 10, kBalanced);
+  REQUIRE(late.size() == 1);
+  CHECK(late[0].header.status == st(ResultStatus::kRejected));
+}
+
+TEST_CASE("client garbage is counted and answered with Error") {
+  Harness h;
+  Frames f;
+  f.emplace_back("cl", 2);
+  f.emplace_back("not a signature", 15);
+  f.emplace_back("junk", 4);
+  h.s.on_client_frames(f, h.now, h.out);
+  auto got = h.take();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].side == Outgoing::kClient);
+  CHECK(got[0].identity == "cl");
+  CHECK(got[0].header.type == MsgType::kError);
+  CHECK_FALSE(got[0].header.text.empty());
+  CHECK(h.s.counters().bad_messages == 1);
+}
+
+TEST_CASE("client sending an engine-only type is counted and answered with Error") {
+  Harness h;
+  auto got = h.from_client("cl", header(MsgType::kResult, 3));
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kError);
+  CHECK(h.s.counters().bad_messages == 1);
+}
+
+TEST_CASE("engine garbage is counted and answered with Error") {
+  Harness h;
+  h.add_engine("e", 1);
+  Frames f;
+  f.emplace_back("e", 1);
+  h.s.on_engine_frames(f, h.now, h.out);  // identity only
+  auto got = h.take();
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kError);
+  got = h.from_engine("e", header(MsgType::kSubmit, 1));
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kError);
+  CHECK(h.s.counters().bad_messages == 2);
+}
+
+TEST_CASE("frames with no identity are only counted") {
+  Harness h;
+  Frames none;
+  h.s.on_client_frames(none, h.now, h.out);
+  h.s.on_engine_frames(none, h.now, h.out);
+  CHECK(h.out.empty());
+  CHECK(h.s.counters().bad_messages == 2);
+}
+
+TEST_CASE("an Error from a peer is counted and never answered") {
+  Harness h;
+  CHECK(h.from_client("cl", header(MsgType::kError)).empty());
+  CHECK(h.from_engine("e", header(MsgType::kError)).empty());
+  CHECK(h.s.counters().errors_received == 2);
+  CHECK(h.s.counters().bad_messages == 0);
+}
+
+TEST_CASE("hello from a client is accepted silently") {
+  Harness h;
+  CHECK(h.from_client("cl", header(MsgType::kHello)).empty());
+  CHECK(h.s.client_count() == 1);
+}
+
+TEST_CASE("every submitted task ends in exactly one result") {
+  broker::SchedulerOptions o;
+  o.heartbeat = milliseconds(100);
+  Harness h(o);
+  h.add_engine("a", 2);
+  h.add_engine("b", 1);
+  std::map<std::uint64_t, int> results;
+  auto count = [&](const std::vector<Sent>& sent) {
+    for (const auto& x : sent) {
+      if (x.header.type == MsgType::kResult) ++results[x.header.id];
+    }
+  };
+  std::vector<Sent> tasks;
+  auto keep = [&](std::vector<Sent> sent) {
+    count(sent);
+    for (auto& x : of_type(sent, MsgType::kTask)) tasks.push_back(std::move(x));
+  };
+  for (std::uint64_t id = 0; id < 20; ++id) keep(h.submit("cl", id * 10, kBalanced, id % 2));
+  keep(h.submit("cl", 500, {0, 1, 0, 1, 9}));
+  // Engine a answers what it got so far, then b dies, then a is shut down.
+  for (std::size_t i = 0; i < tasks.size(); ++i) {
+    if (tasks[i].identity == "a") keep(h.result("a", tasks[i].header.id));
+  }
+  h.now += milliseconds(350);
+  h.from_engine("a", header(MsgType::kHeartbeat));
+  keep(h.tick());
+  keep(h.from_engine("a", header(MsgType::kShutdown)));
+  keep(h.from_client("cl", header(MsgType::kShutdown)));
+  CHECK(results.size() == 25);
+  for (const auto& [id, n] : results) {
+    CAPTURE(id);
+    CHECK(n == 1);
+  }
+  CHECK(h.s.pending() == 0);
+}
