@@ -635,3 +635,29 @@ TEST_CASE("every submitted task ends in exactly one result") {
   }
   CHECK(h.s.pending() == 0);
 }
+
+TEST_CASE("a task retried once ends as EngineDied when its second engine dies too") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.add_engine("b", 1);
+  auto first = of_type(h.submit("cl", 1, kBalanced, /*retries=*/1, payload_of("job")), MsgType::kTask);
+  REQUIRE(first.size() == 1);
+  auto second = of_type(h.from_engine(first[0].identity, header(MsgType::kShutdown)), MsgType::kTask);
+  REQUIRE(second.size() == 1);
+  CHECK(second[0].identity != first[0].identity);
+  CHECK(second[0].payload[0].to_string() == "job");
+  auto results = of_type(h.from_engine(second[0].identity, header(MsgType::kShutdown)), MsgType::kResult);
+  REQUIRE(results.size() == 1);
+  CHECK(results[0].header.status == st(ResultStatus::kEngineDied));
+  CHECK(h.s.pending() == 0);
+}
+
+TEST_CASE("credit above the maximum is clamped") {
+  broker::SchedulerOptions o;
+  o.max_credit = 2;
+  Harness h(o);
+  h.add_engine("a", 1000);
+  std::size_t sent = 0;
+  for (std::uint64_t id = 1; id <= 5; ++id) sent += of_type(h.submit("cl", id, kBalanced), MsgType::kTask).size();
+  CHECK(sent == 2);
+}
