@@ -1,0 +1,631 @@
+// zfarm-loadgen: drives a running zfarm-broker with simulated engines and
+// clients written in C++, so the broker is measured without Python in the way.
+//
+//   zfarm-loadgen --connection-file F --engines 100 --tasks 200000
+//       N simulated engines (DEALER sockets served by a few threads) answer
+//       every Task at once with a Result echoing its payload frames; K client
+//       sockets submit M load-balanced tasks keeping at most --window
+//       outstanding each.  Prints tasks/s and the round-trip latency.
+//
+//   zfarm-loadgen --connection-file F --queue-memory 1000000
+//       No engines: submits Q tasks, waits until the broker has read them all
+//       (a Status request answered after them), and reports the growth of the
+//       broker's VmRSS per queued task.
+//
+//   zfarm-loadgen --floor
+//       No broker: the same shape with bare libzmq, client DEALER -> ROUTER
+//       proxy -> DEALER echo and back over tcp loopback; the floor any
+//       broker of this design can reach on this machine.
+//
+// Every wait is bounded by --timeout; the program never blocks forever.
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <msgpack.hpp>
+#include <zmq.hpp>
+
+#include "io_thread.hpp"
+#include "protocol.hpp"
+
+namespace {
+
+using zfarm::Frames;
+using zfarm::proto::Header;
+using zfarm::proto::Message;
+using zfarm::proto::MsgType;
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  std::string connection_file;
+  int engines = 2;
+  int engine_threads = 1;
+  int credit = 2;
+  long tasks = 100000;
+  int payload_bytes = 16;
+  int window = 1000;
+  int clients = 1;
+  long queue_memory = 0;
+  bool floor = false;
+  double timeout_s = 120.0;
+  bool json = false;
+  bool shutdown_broker = false;
+};
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// --- connection file --------------------------------------------------------
+
+// The broker writes a flat JSON object; this reads one string or integer value.
+bool json_field(const std::string& text, const std::string& key, std::string* value) {
+  const std::string quoted = "\"" + key + "\"";
+  auto pos = text.find(quoted);
+  if (pos == std::string::npos) return false;
+  pos = text.find(':', pos + quoted.size());
+  if (pos == std::string::npos) return false;
+  ++pos;
+  while (pos < text.size() && (text[pos] == ' ' || text[pos] == '\t' || text[pos] == '\n')) ++pos;
+  if (pos >= text.size()) return false;
+  if (text[pos] == '"') {
+    auto end = text.find('"', pos + 1);
+    if (end == std::string::npos) return false;
+    *value = text.substr(pos + 1, end - pos - 1);
+  } else {
+    auto end = text.find_first_of(",}\n ", pos);
+    *value = text.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+  }
+  return true;
+}
+
+struct Connection {
+  std::string client, engine;
+  long pid = 0;
+};
+
+bool read_connection(const std::string& path, Connection* c) {
+  std::ifstream in(path);
+  if (!in) return false;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  std::string pid;
+  if (!json_field(text, "client", &c->client) || !json_field(text, "engine", &c->engine)) return false;
+  if (json_field(text, "pid", &pid)) c->pid = std::strtol(pid.c_str(), nullptr, 10);
+  return true;
+}
+
+long vm_rss_kib(long pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
+  }
+  return -1;
+}
+
+// --- helpers ----------------------------------------------------------------
+
+Frames make_msg(MsgType type, std::uint64_t id, std::vector<std::int64_t> targets = {}, std::uint32_t status = 0,
+                std::int64_t aux = 0, std::string text = {}) {
+  Header h;
+  h.type = type;
+  h.id = id;
+  h.targets = std::move(targets);
+  h.status = status;
+  h.aux = aux;
+  h.text = std::move(text);
+  return zfarm::proto::encode(h);
+}
+
+zmq::socket_t make_dealer(zmq::context_t& ctx, const std::string& endpoint) {
+  zmq::socket_t s(ctx, zmq::socket_type::dealer);
+  s.set(zmq::sockopt::sndhwm, 0);
+  s.set(zmq::sockopt::rcvhwm, 0);
+  s.set(zmq::sockopt::linger, 200);
+  s.connect(endpoint);
+  return s;
+}
+
+// Blocking send bounded by the socket's send timeout.
+bool send_blocking(zmq::socket_t& s, Frames& frames) { return zfarm::send_frames(s, frames, false); }
+
+double percentile(std::vector<double>& v, double p) {
+  if (v.empty()) return 0.0;
+  const std::size_t k = std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())));
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
+  return v[k];
+}
+
+// --- simulated engines ----------------------------------------------------------
+
+struct EngineStats {
+  std::atomic<int> registered{0};
+  std::atomic<long> tasks{0};
+  std::atomic<long> errors{0};
+};
+
+struct SimEngine {
+  zmq::socket_t socket;
+  std::int64_t id = -1;
+  Clock::time_point next_heartbeat{};
+  std::chrono::milliseconds heartbeat{1000};
+};
+
+// Serves `count` engines on one thread until `stop` is set.
+void engine_thread(zmq::context_t& ctx, const std::string& endpoint, int count, int credit,
+                   std::atomic<bool>& stop, EngineStats& stats) {
+  std::vector<SimEngine> engines(count);
+  std::vector<zmq::pollitem_t> items(count);
+  const std::string host = "loadgen:" + std::to_string(::getpid());
+  for (int i = 0; i < count; ++i) {
+    engines[i].socket = make_dealer(ctx, endpoint);
+    Frames reg = make_msg(MsgType::kRegister, 0, {}, 0, credit, host);
+    zfarm::send_frames(engines[i].socket, reg, true);
+    items[i] = {engines[i].socket.handle(), 0, ZMQ_POLLIN, 0};
+  }
+  Frames frames;
+  Message msg;
+  while (!stop.load(std::memory_order_relaxed)) {
+    zmq::poll(items.data(), items.size(), std::chrono::milliseconds(20));
+    const auto now = Clock::now();
+    for (int i = 0; i < count; ++i) {
+      SimEngine& e = engines[i];
+      if (items[i].revents & ZMQ_POLLIN) {
+        for (int n = 0; n < 256 && zfarm::recv_frames(e.socket, frames); ++n) {
+          if (!zfarm::proto::decode(frames, 0, &msg).ok()) {
+            stats.errors.fetch_add(1, std::memory_order_relaxed);
+            continue;
+          }
+          switch (msg.header.type) {
+            case MsgType::kTask: {
+              Frames out = zfarm::proto::encode(
+                  Header{MsgType::kResult, msg.header.id, {}, 0, e.id, {}}, std::move(msg.payload));
+              zfarm::send_frames(e.socket, out, true);
+              stats.tasks.fetch_add(1, std::memory_order_relaxed);
+              break;
+            }
+            case MsgType::kRegisterReply:
+              if (e.id < 0) stats.registered.fetch_add(1);
+              e.id = msg.header.aux;
+              if (msg.header.status > 0) e.heartbeat = std::chrono::milliseconds(msg.header.status);
+              e.next_heartbeat = now + e.heartbeat;
+              break;
+            case MsgType::kError: {
+              stats.errors.fetch_add(1, std::memory_order_relaxed);
+              // "unknown engine: register again"
+              Frames reg = make_msg(MsgType::kRegister, 0, {}, 0, credit, host);
+              zfarm::send_frames(e.socket, reg, true);
+              break;
+            }
+            default:  // Heartbeat answers, Shutdown
+              break;
+          }
+        }
+      }
+      if (e.id >= 0 && now >= e.next_heartbeat) {
+        Frames hb = make_msg(MsgType::kHeartbeat, 0, {}, 0, e.id);
+        zfarm::send_frames(e.socket, hb, true);
+        e.next_heartbeat = now + e.heartbeat;
+      }
+    }
+  }
+  // Leave cleanly, so a broker reused for another run does not keep us.
+  for (SimEngine& e : engines) {
+    if (e.id < 0) continue;
+    Frames bye = make_msg(MsgType::kShutdown, 0, {}, 0, e.id);
+    zfarm::send_frames(e.socket, bye, true);
+  }
+}
+
+// --- clients ----------------------------------------------------------------------
+
+struct ClientResult {
+  long done = 0;
+  long failed = 0;
+  std::vector<double> latency_us;
+  bool timed_out = false;
+};
+
+void client_thread(zmq::context_t& ctx, const std::string& endpoint, int index, long tasks, int window,
+                   int payload_bytes, Clock::time_point deadline, std::atomic<bool>& go, ClientResult& r) {
+  zmq::socket_t s = make_dealer(ctx, endpoint);
+  s.set(zmq::sockopt::sndtimeo, 1000);
+  const std::uint64_t base = (static_cast<std::uint64_t>(index) + 1) << 40;
+  std::vector<Clock::time_point> sent(static_cast<std::size_t>(tasks));
+  r.latency_us.reserve(static_cast<std::size_t>(tasks));
+  const std::string payload(static_cast<std::size_t>(payload_bytes), 'x');
+  while (!go.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  long next = 0, outstanding = 0;
+  Frames frames;
+  Message msg;
+  zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+  while (r.done < tasks) {
+    while (next < tasks && outstanding < window) {
+      Frames m = make_msg(MsgType::kSubmit, base + static_cast<std::uint64_t>(next), {zfarm::proto::kLoadBalanced});
+      m.emplace_back(payload.data(), payload.size());
+      sent[static_cast<std::size_t>(next)] = Clock::now();
+      if (!send_blocking(s, m)) break;
+      ++next;
+      ++outstanding;
+    }
+    if (Clock::now() > deadline) {
+      r.timed_out = true;
+      break;
+    }
+    zmq::poll(&item, 1, std::chrono::milliseconds(100));
+    for (int n = 0; n < 4096 && zfarm::recv_frames(s, frames); ++n) {
+      if (!zfarm::proto::decode(frames, 0, &msg).ok() || msg.header.type != MsgType::kResult) continue;
+      const std::uint64_t seq = msg.header.id - base;
+      if (seq >= static_cast<std::uint64_t>(tasks)) continue;
+      const auto now = Clock::now();
+      r.latency_us.push_back(std::chrono::duration<double, std::micro>(now - sent[seq]).count());
+      ++r.done;
+      --outstanding;
+      if (msg.header.status != 0) ++r.failed;
+    }
+  }
+}
+
+void print_latency(const char* what, std::vector<double>& lat, bool json_style) {
+  const double p50 = percentile(lat, 0.50), p99 = percentile(lat, 0.99);
+  if (json_style) {
+    std::printf("\"%s_p50_us\": %.1f, \"%s_p99_us\": %.1f", what, p50, what, p99);
+  } else {
+    std::printf("%s latency: median %.1f us, p99 %.1f us\n", what, p50, p99);
+  }
+}
+
+int run_throughput(const Options& o, const Connection& c) {
+  zmq::context_t ctx(2);
+  ctx.set(zmq::ctxopt::max_sockets, o.engines + o.clients + 64);
+  EngineStats stats;
+  std::atomic<bool> stop_engines{false}, go{false};
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(o.timeout_s));
+  std::vector<std::thread> ethreads;
+  const int nthreads = std::max(1, std::min(o.engine_threads, o.engines));
+  for (int t = 0; t < nthreads; ++t) {
+    const int count = o.engines / nthreads + (t < o.engines % nthreads ? 1 : 0);
+    if (count == 0) continue;
+    ethreads.emplace_back(engine_thread, std::ref(ctx), c.engine, count, o.credit, std::ref(stop_engines),
+                          std::ref(stats));
+  }
+  const auto reg0 = Clock::now();
+  while (stats.registered.load() < o.engines && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const double register_s = seconds_since(reg0);
+  int rc = 0;
+  std::vector<ClientResult> results(static_cast<std::size_t>(o.clients));
+  double elapsed = 0;
+  if (stats.registered.load() < o.engines) {
+    std::fprintf(stderr, "zfarm-loadgen: only %d of %d engines registered before the timeout\n",
+                 stats.registered.load(), o.engines);
+    rc = 1;
+  } else {
+    std::vector<std::thread> cthreads;
+    for (int k = 0; k < o.clients; ++k) {
+      const long share = o.tasks / o.clients + (k < o.tasks % o.clients ? 1 : 0);
+      cthreads.emplace_back(client_thread, std::ref(ctx), c.client, k, share, o.window, o.payload_bytes, deadline,
+                            std::ref(go), std::ref(results[static_cast<std::size_t>(k)]));
+    }
+    // Let the client sockets connect before the clock starts.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const auto t0 = Clock::now();
+    go.store(true);
+    for (auto& t : cthreads) t.join();
+    elapsed = seconds_since(t0);
+  }
+  stop_engines.store(true);
+  for (auto& t : ethreads) t.join();
+
+  long done = 0, failed = 0;
+  bool timed_out = false;
+  std::vector<double> lat;
+  for (auto& r : results) {
+    done += r.done;
+    failed += r.failed;
+    timed_out = timed_out || r.timed_out;
+    lat.insert(lat.end(), r.latency_us.begin(), r.latency_us.end());
+  }
+  if (timed_out) rc = 1;
+  const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
+  if (o.json) {
+    std::printf("{\"mode\": \"throughput\", \"engines\": %d, \"clients\": %d, \"window\": %d, \"payload_bytes\": %d, "
+                "\"tasks\": %ld, \"done\": %ld, \"failed\": %ld, \"timed_out\": %s, \"seconds\": %.4f, "
+                "\"tasks_per_s\": %.1f, \"register_s\": %.3f, ",
+                o.engines, o.clients, o.window, o.payload_bytes, o.tasks, done, failed, timed_out ? "true" : "false",
+                elapsed, rate, register_s);
+    print_latency("latency", lat, true);
+    std::printf("}\n");
+  } else {
+    std::printf("engines %d (registered in %.3f s), clients %d, window %d, payload %d B\n", o.engines, register_s,
+                o.clients, o.window, o.payload_bytes);
+    std::printf("%ld of %ld tasks done (%ld failed)%s in %.3f s: %.0f tasks/s\n", done, o.tasks, failed,
+                timed_out ? ", TIMED OUT" : "", elapsed, rate);
+    print_latency("round-trip", lat, false);
+  }
+  if (failed > 0) rc = 1;
+  return rc;
+}
+
+// --- memory per queued task --------------------------------------------------------
+
+// Reads the "queued" entry of a StatusReply map; -1 if absent.
+long status_queued(const zmq::message_t& frame) {
+  try {
+    auto handle = msgpack::unpack(static_cast<const char*>(frame.data()), frame.size());
+    const msgpack::object& o = handle.get();
+    if (o.type != msgpack::type::MAP) return -1;
+    for (std::uint32_t i = 0; i < o.via.map.size; ++i) {
+      const auto& kv = o.via.map.ptr[i];
+      if (kv.key.type == msgpack::type::STR && kv.key.as<std::string>() == "queued") return kv.val.as<long>();
+    }
+  } catch (const std::exception&) {
+  }
+  return -1;
+}
+
+int run_queue_memory(const Options& o, const Connection& c) {
+  if (c.pid <= 0 || vm_rss_kib(c.pid) < 0) {
+    std::fprintf(stderr, "zfarm-loadgen: cannot read VmRSS of broker pid %ld\n", c.pid);
+    return 1;
+  }
+  zmq::context_t ctx(1);
+  zmq::socket_t s = make_dealer(ctx, c.client);
+  s.set(zmq::sockopt::sndtimeo, 1000);
+  s.set(zmq::sockopt::linger, 0);
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(o.timeout_s));
+  Frames frames;
+  Message msg;
+  // A first Status round trip: the connection is up and the broker idle.
+  auto status_roundtrip = [&](std::uint64_t req, long* queued) -> bool {
+    Frames m = make_msg(MsgType::kStatus, req);
+    if (!send_blocking(s, m)) return false;
+    zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+    while (Clock::now() < deadline) {
+      zmq::poll(&item, 1, std::chrono::milliseconds(100));
+      while (zfarm::recv_frames(s, frames)) {
+        if (!zfarm::proto::decode(frames, 0, &msg).ok()) continue;
+        if (msg.header.type == MsgType::kStatusReply && msg.header.id == req) {
+          *queued = msg.payload.empty() ? -1 : status_queued(msg.payload[0]);
+          return true;
+        }
+      }
+    }
+    return false;
+  };
+  long queued_before = 0, queued_after = 0;
+  if (!status_roundtrip(1, &queued_before)) {
+    std::fprintf(stderr, "zfarm-loadgen: the broker did not answer Status\n");
+    return 1;
+  }
+  const long rss_before = vm_rss_kib(c.pid);
+  const std::string payload(static_cast<std::size_t>(o.payload_bytes), 'x');
+  const std::uint64_t base = std::uint64_t{7} << 40;
+  const auto t0 = Clock::now();
+  long sent = 0;
+  for (; sent < o.queue_memory && Clock::now() < deadline; ++sent) {
+    Frames m = make_msg(MsgType::kSubmit, base + static_cast<std::uint64_t>(sent), {zfarm::proto::kLoadBalanced});
+    m.emplace_back(payload.data(), payload.size());
+    if (!send_blocking(s, m)) break;
+  }
+  // The Status request is read after every Submit before it on this socket.
+  const bool answered = status_roundtrip(2, &queued_after);
+  const double elapsed = seconds_since(t0);
+  const long rss_after = vm_rss_kib(c.pid);
+  const double per_task = sent > 0 ? static_cast<double>(rss_after - rss_before) * 1024.0 / static_cast<double>(sent) : 0;
+  if (o.json) {
+    std::printf("{\"mode\": \"queue_memory\", \"submitted\": %ld, \"queued_before\": %ld, \"queued_after\": %ld, "
+                "\"payload_bytes\": %d, \"rss_before_kib\": %ld, \"rss_after_kib\": %ld, \"bytes_per_task\": %.1f, "
+                "\"seconds\": %.3f, \"submits_per_s\": %.1f, \"answered\": %s}\n",
+                sent, queued_before, queued_after, o.payload_bytes, rss_before, rss_after, per_task, elapsed,
+                elapsed > 0 ? static_cast<double>(sent) / elapsed : 0.0, answered ? "true" : "false");
+  } else {
+    std::printf("queued %ld tasks of %d B payload (broker reports %ld queued) in %.2f s\n", sent, o.payload_bytes,
+                queued_after, elapsed);
+    std::printf("broker VmRSS %ld KiB -> %ld KiB: %.0f bytes per queued task\n", rss_before, rss_after, per_task);
+  }
+  if (o.shutdown_broker) {
+    Frames m = make_msg(MsgType::kShutdown, 0);
+    zfarm::send_frames(s, m, true);
+  }
+  return answered && sent == o.queue_memory ? 0 : 1;
+}
+
+// --- libzmq floor ------------------------------------------------------------------
+
+// client DEALER -> [ROUTER proxy ROUTER] -> echo DEALER, and back, over tcp.
+int run_floor(const Options& o) {
+  zmq::context_t ctx(1);
+  zmq::socket_t front(ctx, zmq::socket_type::router), back(ctx, zmq::socket_type::router);
+  for (auto* s : {&front, &back}) {
+    s->set(zmq::sockopt::sndhwm, 0);
+    s->set(zmq::sockopt::rcvhwm, 0);
+    s->set(zmq::sockopt::linger, 0);
+    s->set(zmq::sockopt::router_mandatory, 1);
+    s->bind("tcp://127.0.0.1:*");
+  }
+  const std::string front_ep = front.get(zmq::sockopt::last_endpoint);
+  const std::string back_ep = back.get(zmq::sockopt::last_endpoint);
+  std::atomic<bool> stop{false};
+  const std::string echo_id = "echo";
+
+  std::thread proxy([&] {
+    zmq::pollitem_t items[] = {{front.handle(), 0, ZMQ_POLLIN, 0}, {back.handle(), 0, ZMQ_POLLIN, 0}};
+    Frames f;
+    while (!stop.load(std::memory_order_relaxed)) {
+      zmq::poll(items, 2, std::chrono::milliseconds(50));
+      if (items[0].revents & ZMQ_POLLIN) {
+        for (int n = 0; n < 1024 && zfarm::recv_frames(front, f); ++n) {
+          Frames out;
+          out.reserve(f.size() + 1);
+          out.emplace_back(echo_id.data(), echo_id.size());
+          for (auto& m : f) out.push_back(std::move(m));
+          zfarm::send_frames(back, out, true);
+        }
+      }
+      if (items[1].revents & ZMQ_POLLIN) {
+        for (int n = 0; n < 1024 && zfarm::recv_frames(back, f); ++n) {
+          Frames out(std::make_move_iterator(f.begin() + 1), std::make_move_iterator(f.end()));
+          zfarm::send_frames(front, out, true);
+        }
+      }
+    }
+  });
+  std::thread echo([&] {
+    zmq::socket_t s(ctx, zmq::socket_type::dealer);
+    s.set(zmq::sockopt::routing_id, echo_id);
+    s.set(zmq::sockopt::sndhwm, 0);
+    s.set(zmq::sockopt::rcvhwm, 0);
+    s.set(zmq::sockopt::linger, 0);
+    s.connect(back_ep);
+    zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+    Frames f;
+    while (!stop.load(std::memory_order_relaxed)) {
+      zmq::poll(&item, 1, std::chrono::milliseconds(50));
+      for (int n = 0; n < 1024 && zfarm::recv_frames(s, f); ++n) zfarm::send_frames(s, f, true);
+    }
+  });
+
+  zmq::socket_t c = make_dealer(ctx, front_ep);
+  c.set(zmq::sockopt::linger, 0);
+  c.set(zmq::sockopt::sndtimeo, 1000);
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(o.timeout_s));
+  const std::string payload(static_cast<std::size_t>(std::max(o.payload_bytes, 8)), 'x');
+  zmq::pollitem_t item{c.handle(), 0, ZMQ_POLLIN, 0};
+  Frames f;
+  int rc = 0;
+  // Wait until the echo is reachable (the proxy drops to an unknown peer).
+  bool up = false;
+  while (!up && Clock::now() < deadline) {
+    Frames m;
+    m.emplace_back(payload.data(), payload.size());
+    send_blocking(c, m);
+    zmq::poll(&item, 1, std::chrono::milliseconds(50));
+    while (zfarm::recv_frames(c, f)) up = true;
+  }
+  // (a) latency: one message at a time.
+  const long lat_n = std::min<long>(o.tasks, 20000);
+  std::vector<double> lat;
+  lat.reserve(static_cast<std::size_t>(lat_n));
+  for (long i = 0; i < lat_n && Clock::now() < deadline; ++i) {
+    Frames m;
+    m.emplace_back(payload.data(), payload.size());
+    const auto t = Clock::now();
+    send_blocking(c, m);
+    bool got = false;
+    while (!got && Clock::now() < deadline) {
+      zmq::poll(&item, 1, std::chrono::milliseconds(100));
+      got = zfarm::recv_frames(c, f);
+    }
+    lat.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t).count());
+  }
+  // (b) throughput with the same window as the broker runs.
+  long done = 0, next = 0;
+  const auto t0 = Clock::now();
+  while (done < o.tasks && Clock::now() < deadline) {
+    while (next < o.tasks && next - done < o.window) {
+      Frames m;
+      m.emplace_back(payload.data(), payload.size());
+      if (!send_blocking(c, m)) break;
+      ++next;
+    }
+    zmq::poll(&item, 1, std::chrono::milliseconds(100));
+    for (int n = 0; n < 4096 && zfarm::recv_frames(c, f); ++n) ++done;
+  }
+  const double elapsed = seconds_since(t0);
+  if (done < o.tasks) rc = 1;
+  stop.store(true);
+  proxy.join();
+  echo.join();
+  const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
+  if (o.json) {
+    std::printf("{\"mode\": \"floor\", \"messages\": %ld, \"window\": %d, \"payload_bytes\": %zu, \"seconds\": %.4f, "
+                "\"msgs_per_s\": %.1f, ",
+                done, o.window, payload.size(), elapsed, rate);
+    print_latency("latency", lat, true);
+    std::printf("}\n");
+  } else {
+    std::printf("libzmq floor (DEALER -> ROUTER proxy -> DEALER echo, tcp loopback), payload %zu B\n", payload.size());
+    print_latency("round-trip", lat, false);
+    std::printf("%ld round trips with window %d in %.3f s: %.0f msgs/s\n", done, o.window, elapsed, rate);
+  }
+  return rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"zfarm-loadgen: measures a zfarm-broker with simulated engines and clients"};
+  Options o;
+  app.add_option("--connection-file", o.connection_file, "the broker's connection file");
+  app.add_option("--engines", o.engines, "simulated engines")->capture_default_str()->check(CLI::Range(0, 100000));
+  app.add_option("--engine-threads", o.engine_threads, "threads serving the simulated engines")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  app.add_option("--credit", o.credit, "credit each simulated engine announces")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
+  app.add_option("--tasks", o.tasks, "tasks to run (or floor round trips)")->capture_default_str()->check(
+      CLI::Range(1L, 1000000000L));
+  app.add_option("--payload-bytes", o.payload_bytes, "bytes of the one payload frame of each task")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 30));
+  app.add_option("--window", o.window, "tasks each client keeps outstanding at most")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 10000000));
+  app.add_option("--clients", o.clients, "client sockets (one thread each)")->capture_default_str()->check(
+      CLI::Range(1, 256));
+  app.add_option("--queue-memory", o.queue_memory,
+                 "queue this many tasks with no engines and report the broker's VmRSS per queued task")
+      ->check(CLI::Range(1L, 100000000L));
+  app.add_flag("--floor", o.floor, "measure the bare libzmq two-hop round trip instead (no broker)");
+  app.add_option("--timeout", o.timeout_s, "give up after this many seconds")->capture_default_str()->check(
+      CLI::Range(0.1, 86400.0));
+  app.add_flag("--json", o.json, "print one JSON object");
+  app.add_flag("--shutdown-broker", o.shutdown_broker, "send Shutdown to the broker at the end");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (o.floor) return run_floor(o);
+    if (o.connection_file.empty()) {
+      std::fprintf(stderr, "zfarm-loadgen: --connection-file is needed (or --floor)\n");
+      return 2;
+    }
+    Connection c;
+    if (!read_connection(o.connection_file, &c)) {
+      std::fprintf(stderr, "zfarm-loadgen: cannot read %s\n", o.connection_file.c_str());
+      return 2;
+    }
+    if (o.queue_memory > 0) return run_queue_memory(o, c);
+    int rc = run_throughput(o, c);
+    if (o.shutdown_broker) {
+      zmq::context_t ctx(1);
+      zmq::socket_t s = make_dealer(ctx, c.client);
+      Frames m = make_msg(MsgType::kShutdown, 0);
+      zfarm::send_frames(s, m, true);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return rc;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "zfarm-loadgen: %s\n", e.what());
+    return 1;
+  }
+}
