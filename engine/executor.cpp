@@ -1,0 +1,106 @@
+#include "executor.hpp"
+
+#include <pybind11/embed.h>
+
+#include <utility>
+
+#include "log.hpp"
+
+namespace py = pybind11;
+
+namespace zfarm::engine {
+
+namespace {
+
+// One received payload frame, owned by Python.  The message is a member of
+// a heap object that never moves, so its data pointer stays valid (zmq keeps
+// very small messages inside the message_t itself).
+class Frame {
+ public:
+  explicit Frame(zmq::message_t msg) : msg_(std::move(msg)) {}
+  Frame(const Frame&) = delete;
+  Frame& operator=(const Frame&) = delete;
+
+  py::buffer_info buffer() {
+    static unsigned char empty = 0;  // a valid pointer for empty frames
+    void* data = msg_.size() > 0 ? msg_.data() : &empty;
+    return py::buffer_info(data, 1, "B", 1, {static_cast<py::ssize_t>(msg_.size())}, {1},
+                           /*readonly=*/true);
+  }
+  std::size_t size() const { return msg_.size(); }
+  py::bytes to_bytes() const { return py::bytes(static_cast<const char*>(msg_.data()), msg_.size()); }
+
+ private:
+  zmq::message_t msg_;
+};
+
+// Copies one bytes-like object into a zmq message.  A copy for now: handing
+// the buffer over without one means releasing it (taking the GIL) from the
+// I/O thread once zmq is done with it, which is left for later.
+zmq::message_t to_message(py::handle obj) {
+  Py_buffer view;
+  if (PyObject_GetBuffer(obj.ptr(), &view, PyBUF_FULL_RO) != 0) throw py::error_already_set();
+  zmq::message_t msg(static_cast<std::size_t>(view.len));
+  const int rc = view.len > 0 ? PyBuffer_ToContiguous(msg.data(), &view, view.len, 'C') : 0;
+  PyBuffer_Release(&view);
+  if (rc != 0) throw py::error_already_set();
+  return msg;
+}
+
+Outcome failure(std::uint64_t task_id, const std::string& what) {
+  log_error("task %llu: %s", static_cast<unsigned long long>(task_id), what.c_str());
+  Outcome out;
+  out.status = 1;  // ResultStatus::kRemoteError
+  out.error = what;
+  out.frames.emplace_back(what.data(), what.size());
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_EMBEDDED_MODULE(_zfarm_engine, m) {
+  m.doc() = "Helpers of the zfarm-engine process (only importable inside it).";
+  py::class_<Frame>(m, "Frame", py::buffer_protocol(),
+                    "A received message frame; read-only buffer, no copy.")
+      .def_buffer(&Frame::buffer)
+      .def("__len__", &Frame::size)
+      .def("__bytes__", &Frame::to_bytes);
+}
+
+Executor::Executor() {
+  // Make the Frame type exist before the first task.
+  py::module_::import("_zfarm_engine");
+  try {
+    run_task_ = py::module_::import("zfarm._worker").attr("run_task");
+  } catch (const py::error_already_set& e) {
+    import_error_ = std::string("cannot import zfarm._worker: ") + e.what();
+  }
+}
+
+Executor::~Executor() = default;
+
+Outcome Executor::run(std::uint64_t task_id, Frames payload) {
+  if (!run_task_) return failure(task_id, import_error_);
+  try {
+    py::list frames;
+    for (auto& msg : payload) {
+      frames.append(py::cast(new Frame(std::move(msg)), py::return_value_policy::take_ownership));
+    }
+    py::object returned = run_task_(task_id, frames);
+    if (!py::isinstance<py::sequence>(returned) || py::len(returned) != 2) {
+      return failure(task_id, "zfarm._worker.run_task did not return (status, frames)");
+    }
+    auto pair = returned.cast<py::sequence>();
+    Outcome out;
+    out.status = pair[0].cast<std::uint32_t>();
+    py::object result_frames = pair[1];
+    for (py::handle item : result_frames) out.frames.push_back(to_message(item));
+    return out;
+  } catch (py::error_already_set& e) {
+    return failure(task_id, std::string("zfarm._worker.run_task failed: ") + e.what());
+  } catch (const std::exception& e) {
+    return failure(task_id, std::string("zfarm._worker.run_task failed: ") + e.what());
+  }
+}
+
+}  // namespace zfarm::engine

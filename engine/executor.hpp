@@ -1,0 +1,48 @@
+// Executor: runs tasks in the embedded interpreter by calling
+//
+//     zfarm._worker.run_task(task_id: int, frames: list) -> (status, frames)
+//
+// Task payload frames reach Python without a copy: each zmq message is
+// wrapped in a _zfarm_engine.Frame, which owns the message and exposes it
+// through the (read-only) buffer protocol, so whatever Python builds on it
+// (a numpy array unpickled from an out-of-band buffer) keeps it alive.
+//
+// Every method requires the calling thread to hold the GIL.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <pybind11/pybind11.h>
+
+#include "io_thread.hpp"
+
+namespace zfarm::engine {
+
+struct Outcome {
+  std::uint32_t status = 0;  // proto::ResultStatus: 0 ok, 1 remote error
+  Frames frames;             // result payload
+  std::string error;         // set when run_task itself failed (or is missing)
+};
+
+class Executor {
+ public:
+  // Imports zfarm._worker.  If that fails the engine still serves: every
+  // task then ends as a remote error carrying the import error, so the
+  // client sees why instead of waiting for an engine that never comes.
+  Executor();
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  Outcome run(std::uint64_t task_id, Frames payload);
+
+  // Empty when zfarm._worker was imported.
+  const std::string& import_error() const { return import_error_; }
+
+ private:
+  pybind11::object run_task_;
+  std::string import_error_;
+};
+
+}  // namespace zfarm::engine

@@ -1,0 +1,321 @@
+// zfarm-engine: connects to a broker, registers, and runs the tasks it is
+// given in an embedded Python interpreter.
+//
+// Two threads.  The I/O thread (IoThread) owns the DEALER socket and runs the
+// Session state machine: registration and heartbeats happen there in plain
+// C++, never needing the GIL, so a task computing in Python for an hour does
+// not make the engine look dead.  The main thread holds the interpreter: it
+// waits for Task messages with the GIL released, then runs them one at a
+// time, in arrival order, and queues each Result for the I/O thread.
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <random>
+#include <string>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <pybind11/pybind11.h>
+
+#include "connection_file.hpp"
+#include "executor.hpp"
+#include "io_thread.hpp"
+#include "log.hpp"
+#include "protocol.hpp"
+#include "python_env.hpp"
+#include "session.hpp"
+
+namespace py = pybind11;
+using namespace zfarm;
+using namespace zfarm::engine;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// How long the main thread waits for a task before looking at the stop
+// flags again: the worst-case delay of an idle engine reacting to SIGTERM.
+constexpr int kIdleWaitMs = 100;
+// How long to wait for the broker's connection file to appear, for an engine
+// started together with its broker.
+constexpr auto kConnectionFileWait = std::chrono::seconds(10);
+// Linger-free close would lose a final Result or our Shutdown; IoThread
+// closes with a 1 s linger.
+
+std::atomic<int> g_signal{0};
+std::atomic<bool> g_in_task{false};
+
+void on_signal(int sig) {
+  g_signal = sig;
+  // A task is running: interrupt it as Ctrl-C would (KeyboardInterrupt in the
+  // task, which ends as a remote error), so the engine leaves promptly.
+  // PyErr_SetInterruptEx is async-signal-safe.
+  if (g_in_task) PyErr_SetInterruptEx(SIGINT);
+}
+
+std::string random_identity() {
+  std::random_device rd;
+  std::uniform_int_distribution<unsigned> byte(0, 255);
+  static const char* hex = "0123456789abcdef";
+  std::string id = "engine-";
+  for (int i = 0; i < 8; ++i) {
+    const unsigned b = byte(rd);
+    id.push_back(hex[b >> 4]);
+    id.push_back(hex[b & 15]);
+  }
+  return id;
+}
+
+std::string host_pid() {
+  char host[256] = {0};
+  if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "unknown");
+  return std::string(host) + ":" + std::to_string(static_cast<long>(::getpid()));
+}
+
+bool resolve_endpoint(const std::string& connection_file, std::string* endpoint) {
+  const auto deadline = Clock::now() + kConnectionFileWait;
+  std::string why;
+  while (true) {
+    if (read_engine_endpoint(connection_file, endpoint, &why)) return true;
+    if (::access(connection_file.c_str(), F_OK) == 0 || Clock::now() >= deadline || g_signal != 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  log_error("%s", why.c_str());
+  return false;
+}
+
+// Counts malformed or unexpected input; logs the first one only, so a
+// misbehaving peer cannot flood the log.
+struct BadInput {
+  std::atomic<std::uint64_t> count{0};
+  void note(const std::string& what) {
+    if (count++ == 0) log_error("dropped a bad message (%s); further ones are only counted", what.c_str());
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"zfarm-engine: runs zfarm tasks in an embedded Python interpreter"};
+  std::string connection_file;
+  std::string url;
+  int prefetch = 2;
+  int heartbeat_ms = 1000;
+  int liveness = 3;
+  bool quiet = false;
+  auto* file_opt = app.add_option("--connection-file", connection_file,
+                                  "the broker's connection file (JSON); its \"engine\" endpoint is used");
+  app.add_option("--url", url, "the broker's engine endpoint, e.g. tcp://127.0.0.1:5555")->excludes(file_opt);
+  app.add_option("--prefetch", prefetch, "tasks the engine may hold at once (its credit)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
+  app.add_option("--heartbeat-ms", heartbeat_ms, "heartbeat interval until the broker announces its own")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3600 * 1000));
+  app.add_option("--liveness", liveness, "silent broker heartbeat intervals before registering again")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  app.add_flag("--quiet", quiet, "log only errors");
+  CLI11_PARSE(app, argc, argv);
+  g_quiet = quiet;
+
+  // SIGTERM from now on; Python installs its SIGINT handler itself.
+  struct sigaction sa{};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGTERM, &sa, nullptr);
+
+  std::string endpoint = url;
+  if (endpoint.empty()) {
+    if (connection_file.empty()) {
+      log_error("give --connection-file PATH or --url ENDPOINT (see --help)");
+      return 2;
+    }
+    if (!resolve_endpoint(connection_file, &endpoint)) return 2;
+  }
+
+  const std::string program = find_sibling_python(argv[0]);
+  std::string why;
+  if (!start_python(program, argv[0], &why)) {
+    log_error("cannot start Python%s%s: %s", program.empty() ? "" : " as ", program.c_str(), why.c_str());
+    return 1;
+  }
+
+  int exit_code = 0;
+  {
+    zmq::context_t ctx(1);
+    zmq::socket_t socket(ctx, zmq::socket_type::dealer);
+    const std::string identity = random_identity();
+    socket.set(zmq::sockopt::routing_id, identity);
+    socket.set(zmq::sockopt::sndhwm, 0);
+    socket.set(zmq::sockopt::rcvhwm, 0);
+    socket.set(zmq::sockopt::linger, 1000);
+    try {
+      socket.connect(endpoint);
+    } catch (const zmq::error_t& e) {
+      log_error("cannot connect to %s: %s", endpoint.c_str(), e.what());
+      stop_python();
+      return 2;
+    }
+
+    Executor executor;
+    if (!executor.import_error().empty()) log_error("%s", executor.import_error().c_str());
+
+    SessionOptions options;
+    options.credit = prefetch;
+    options.heartbeat = std::chrono::milliseconds(heartbeat_ms);
+    options.liveness = liveness;
+    options.host_pid = host_pid();
+    Session session(options);
+    BadInput bad;
+    std::atomic<bool> shutdown_requested{false};
+    IoThread* io_ptr = nullptr;
+
+    // Both callbacks run on the I/O thread, the only one touching session.
+    auto send_headers = [&](std::vector<proto::Header>& headers) {
+      for (auto& h : headers) {
+        Frames frames = proto::encode(h);
+        io_ptr->send_now(frames);
+      }
+      headers.clear();
+    };
+    auto report_change = [&](Session::State before, const char* reason) {
+      const Session::State now = session.state();
+      if (now == before) return;
+      if (now == Session::State::kRegistered) {
+        log_info("registered as engine %lld (heartbeat %lld ms)", static_cast<long long>(session.engine_id()),
+                 static_cast<long long>(session.heartbeat().count()));
+      } else if (now == Session::State::kRegistering) {
+        log_info("%s; registering again", reason);
+      }
+    };
+    auto on_incoming = [&](Frames& frames) -> bool {
+      proto::Message msg;
+      const proto::Status st = proto::decode(frames, 0, &msg);
+      if (!st.ok()) {
+        bad.note(st.detail);
+        return true;
+      }
+      std::vector<proto::Header> replies;
+      const Session::State before = session.state();
+      const auto verdict = session.on_message(msg.header, Clock::now(), &replies);
+      send_headers(replies);
+      report_change(before, "the broker does not know this engine");
+      switch (verdict) {
+        case Session::Verdict::kRunTask:
+          // Hand the frames on as they came (decode moved the payload out).
+          for (std::size_t i = 0; i < msg.payload.size(); ++i) frames[2 + i] = std::move(msg.payload[i]);
+          return false;
+        case Session::Verdict::kShutdown:
+          log_info("the broker asked this engine to shut down");
+          shutdown_requested = true;
+          io_ptr->wake_receivers();
+          return true;
+        case Session::Verdict::kUnexpected:
+          bad.note(std::string("unexpected ") + proto::to_string(msg.header.type) + " message");
+          return true;
+        case Session::Verdict::kDone:
+          if (msg.header.type == proto::MsgType::kError && msg.header.text.rfind("unknown engine", 0) != 0) {
+            log_error("the broker reports an error: %s", msg.header.text.c_str());
+          }
+          return true;
+      }
+      return true;
+    };
+    auto on_tick = [&] {
+      std::vector<proto::Header> out;
+      const Session::State before = session.state();
+      session.on_tick(Clock::now(), &out);
+      send_headers(out);
+      report_change(before, "no word from the broker");
+    };
+
+    const int tick_ms = std::clamp(heartbeat_ms / 4, 10, 100);
+    IoThread io(std::move(socket), tick_ms, on_incoming, on_tick);
+    io_ptr = &io;
+    // Signals go to the main thread: block them while the I/O thread is
+    // created so it inherits the blocked mask.
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    io.start();
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    log_info("connecting to %s as %s", endpoint.c_str(), identity.c_str());
+
+    std::uint64_t tasks_run = 0;
+    std::uint64_t stale_tasks = 0;
+    bool by_signal = false;
+    while (true) {
+      if (shutdown_requested) break;
+      if (g_signal != 0) {
+        by_signal = true;
+        break;
+      }
+      std::vector<Frames> got;
+      {
+        py::gil_scoped_release nogil;
+        io.recv(got, kIdleWaitMs, 1);
+      }
+      // Runs Python-level signal handlers: Ctrl-C while idle stops the engine.
+      if (PyErr_CheckSignals() != 0) {
+        const bool interrupted = PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) != 0;
+        if (!interrupted) PyErr_Print();
+        PyErr_Clear();
+        if (interrupted) {
+          by_signal = true;
+          break;
+        }
+      }
+      if (got.empty() || shutdown_requested || g_signal != 0) {
+        // A task that arrived together with Shutdown is not started: the
+        // broker ends queued tasks itself when it shuts down.
+        continue;
+      }
+      proto::Message task;
+      if (!proto::decode(got[0], 0, &task).ok()) continue;  // checked on the I/O thread already
+      const std::int64_t id_now = session.engine_id();
+      if (task.header.aux != id_now) {
+        // Sent to an earlier registration of this engine: the broker has
+        // already given that task to another engine or ended it.
+        ++stale_tasks;
+        log_info("skipping task %llu sent to engine %lld (now engine %lld)",
+                 static_cast<unsigned long long>(task.header.id), static_cast<long long>(task.header.aux),
+                 static_cast<long long>(id_now));
+        continue;
+      }
+      g_in_task = true;
+      Outcome outcome = executor.run(task.header.id, std::move(task.payload));
+      g_in_task = false;
+      // An interrupt meant for the task that landed just after it ended
+      // must not hit the next one.
+      if (PyErr_CheckSignals() != 0) {
+        if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) != 0) by_signal = true;
+        PyErr_Clear();
+      }
+      ++tasks_run;
+      proto::Header h;
+      h.type = proto::MsgType::kResult;
+      h.id = task.header.id;
+      h.status = outcome.status;
+      h.aux = id_now;
+      if (!outcome.error.empty()) h.text = outcome.error.substr(0, 1024);
+      io.send(proto::encode(h, std::move(outcome.frames)));
+      if (by_signal) break;
+    }
+
+    if (by_signal && session.engine_id() >= 0) {
+      // Tell the broker now rather than let it wait for missed heartbeats.
+      io.send(proto::encode(session.leave_message()));
+    }
+    io.stop();  // sends what is queued, then closes the socket
+    log_info("exiting%s: %llu tasks run, %llu stale tasks skipped, %llu bad messages", by_signal ? " on a signal" : "",
+             static_cast<unsigned long long>(tasks_run), static_cast<unsigned long long>(stale_tasks),
+             static_cast<unsigned long long>(bad.count.load()));
+  }
+  if (!stop_python()) exit_code = exit_code == 0 ? 1 : exit_code;
+  return exit_code;
+}

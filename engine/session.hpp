@@ -1,0 +1,80 @@
+// Session: the engine's side of the conversation with the broker, as an
+// explicit state machine with no socket in it (the I/O thread feeds it
+// messages and clock ticks and sends what it returns).
+//
+//   state        event                          action
+//   ----------   ----------------------------   ---------------------------------
+//   Registering  tick, retry time reached       send Register, retry in 1 s
+//   Registering  RegisterReply                  take id and interval -> Registered
+//   Registered   tick, heartbeat due            send Heartbeat
+//   Registered   broker silent for liveness     send Register -> Registering
+//                intervals
+//   any          Error "unknown engine..."      send Register -> Registering
+//   any          Task                           hand to the executor
+//   any          Shutdown                       -> Stopped
+//
+// Every message from the broker counts as a sign of life.  The engine keeps
+// its Python namespace across registrations; only its id may change.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "protocol.hpp"
+
+namespace zfarm::engine {
+
+struct SessionOptions {
+  std::int64_t credit = 2;                         // tasks the engine may hold (prefetch)
+  std::chrono::milliseconds heartbeat{1000};       // until the broker says otherwise
+  int liveness = 3;                                // silent intervals before re-registering
+  std::chrono::milliseconds register_retry{1000};  // Register resend while unanswered
+  std::string host_pid;                            // Register text, "host:pid"
+};
+
+class Session {
+ public:
+  using Clock = std::chrono::steady_clock;
+  enum class State { kRegistering, kRegistered, kStopped };
+  // What the caller should do with a message after on_message.
+  enum class Verdict {
+    kDone,        // handled here (and replies, if any, are in *out)
+    kRunTask,     // a Task: queue it for the executor
+    kShutdown,    // the broker told the engine to stop
+    kUnexpected,  // a well-formed message an engine should never get
+  };
+
+  explicit Session(SessionOptions options);
+
+  // Handles a decoded message from the broker at time `now`; appends the
+  // headers to send (no payload) to *out.
+  Verdict on_message(const proto::Header& h, Clock::time_point now, std::vector<proto::Header>* out);
+  // Called often (every few tens of milliseconds); sends Register or
+  // Heartbeat when due and notices a silent broker.
+  void on_tick(Clock::time_point now, std::vector<proto::Header>* out);
+  // The Shutdown an engine sends when it leaves on its own (a signal), so the
+  // broker re-queues its tasks without waiting for missed heartbeats.
+  proto::Header leave_message() const;
+
+  State state() const { return state_; }
+  // Readable from any thread.  -1 until the first RegisterReply.
+  std::int64_t engine_id() const { return engine_id_.load(); }
+  std::chrono::milliseconds heartbeat() const { return options_.heartbeat; }
+  std::uint64_t registrations() const { return registrations_; }
+
+ private:
+  void send_register(Clock::time_point now, std::vector<proto::Header>* out);
+
+  SessionOptions options_;
+  State state_ = State::kRegistering;
+  std::atomic<std::int64_t> engine_id_{-1};
+  Clock::time_point next_register_{};  // epoch: the first tick registers at once
+  Clock::time_point next_heartbeat_{};
+  Clock::time_point last_heard_{};
+  std::uint64_t registrations_ = 0;
+};
+
+}  // namespace zfarm::engine
