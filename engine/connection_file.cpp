@@ -133,6 +133,16 @@ struct Reader {
   }
 };
 
+// `"key"`, built by appending (GCC 12 warns falsely on "lit" + string).
+std::string quoted(std::string_view key) {
+  std::string q;
+  q.reserve(key.size() + 2);
+  q.push_back('"');
+  q.append(key);
+  q.push_back('"');
+  return q;
+}
+
 }  // namespace
 
 bool json_string_field(std::string_view text, std::string_view key, std::string* value, std::string* why) {
@@ -142,7 +152,7 @@ bool json_string_field(std::string_view text, std::string_view key, std::string*
     return false;
   }
   if (r.eat('}')) {
-    *why = "no \"" + std::string(key) + "\" field";
+    *why = "no " + quoted(key) + " field";
     return false;
   }
   std::string name;
@@ -153,7 +163,7 @@ bool json_string_field(std::string_view text, std::string_view key, std::string*
     }
     if (name == key) {
       if (!r.string(value)) {
-        *why = "\"" + std::string(key) + "\" is not a string";
+        *why = quoted(key) + " is not a string";
         return false;
       }
       return true;
@@ -167,7 +177,7 @@ bool json_string_field(std::string_view text, std::string_view key, std::string*
     *why = "malformed JSON object";
     return false;
   }
-  *why = "no \"" + std::string(key) + "\" field";
+  *why = "no " + quoted(key) + " field";
   return false;
 }
 
