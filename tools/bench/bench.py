@@ -510,7 +510,7 @@ def available(name: str) -> bool:
 
 def run_child(name: str, engines: int, size_name: str, timeout: float):
     """Runs one framework in a new session; kills the whole group on timeout."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--engines", str(engines),
+    cmd = [sys.executable, "-X", "faulthandler", os.path.abspath(__file__), "--child", name, "--engines", str(engines),
            "--size", size_name]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -531,10 +531,13 @@ def run_child(name: str, engines: int, size_name: str, timeout: float):
         except ProcessLookupError:
             pass
     lines = [x for x in stdout.splitlines() if x.startswith("{")]
+    result = json.loads(lines[-1]) if lines else {"framework": name, "notes": []}
     if proc.returncode != 0 or not lines:
-        tail = stderr.strip().splitlines()[-3:]
-        return {"framework": name, "notes": [f"failed (exit {proc.returncode}): {' | '.join(tail)}"[:400]]}
-    return json.loads(lines[-1])
+        tail = " | ".join(stderr.strip().splitlines()[-3:])
+        done = ", ".join(result.get("phase_s", {})) or "nothing"
+        result["notes"].append(f"the child process failed (exit {proc.returncode}) after finishing: {done}; "
+                               f"stderr: {tail}"[:600])
+    return result
 
 
 def fmt(v):
@@ -573,7 +576,8 @@ def print_table(results: dict, lg: dict, engines: int, size_name: str) -> str:
         if floor:
             extra = f"  ({r['tasks_per_s'] / floor['msgs_per_s']:.2f}x the libzmq floor)"
         lines.append(f"broker capacity, {r['engines']:5d} simulated engines: {r['tasks_per_s']:>10,.0f} tasks/s, "
-                     f"round trip p50 {r['latency_p50_us'] / 1000:.1f} ms with window {r['window']}{extra}")
+                     f"round trip p50 {r['latency_p50_us'] / 1000:.1f} ms with window {r['window']}, "
+                     f"broker at {r.get('broker_cpu_pct', -1):.0f}% of a core{extra}")
     if floor:
         lines.append(f"libzmq floor (DEALER->ROUTER proxy->DEALER echo, tcp): {floor['msgs_per_s']:>10,.0f} msgs/s "
                      f"with window {floor['window']}, one-at-a-time round trip p50 {floor['latency_p50_us']:.0f} us, "
@@ -609,7 +613,8 @@ def plot(results: dict, lg: dict, path: str, engines: int) -> str:
     names = [n for n in FRAMEWORKS if n in results]
     z = results.get("zfarm", {})
     keys = [m for m in METRICS if z.get(m[0])]
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(keys) * max(1, len(names) - 1) + 2))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 0.25 * len(keys) * max(1, len(names) - 1) + 2),
+                                  gridspec_kw={"width_ratios": [3, 1]})
     height = 0.8 / max(1, len(names) - 1)
     peers = [n for n in names if n != "zfarm"]
     for j, n in enumerate(peers):
@@ -631,6 +636,24 @@ def plot(results: dict, lg: dict, path: str, engines: int) -> str:
     ax.invert_yaxis()
     ax.legend(loc="best")
     ax.set_title(f"zfarm vs peers, {engines} workers, {datetime.date.today().isoformat()}")
+    # Broker capacity from zfarm-loadgen, beside the bare libzmq floor.
+    labels, rates, colors = [], [], []
+    for r in lg.get("capacity", []):
+        labels.append(f"broker\n{r['engines']} eng.")
+        rates.append(r["tasks_per_s"])
+        colors.append("tab:blue")
+    if lg.get("floor"):
+        labels.append("libzmq\nfloor")
+        rates.append(lg["floor"]["msgs_per_s"])
+        colors.append("tab:gray")
+    if rates:
+        ax2.bar(range(len(rates)), rates, color=colors)
+        ax2.set_xticks(range(len(rates)))
+        ax2.set_xticklabels(labels)
+        ax2.set_ylabel("round trips / s (C++ loadgen)")
+        ax2.set_title("broker capacity")
+    else:
+        ax2.set_axis_off()
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)

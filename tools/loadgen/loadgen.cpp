@@ -27,6 +27,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -115,6 +116,24 @@ long vm_rss_kib(long pid) {
     if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
   }
   return -1;
+}
+
+// CPU seconds (user + system) the process has used so far; -1 if unreadable.
+double cpu_seconds(long pid) {
+  if (pid <= 0) return -1;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto close = text.rfind(')');  // the command name may hold spaces
+  if (close == std::string::npos) return -1;
+  std::istringstream rest(text.substr(close + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  // Fields after the name start at 3 (state); utime and stime are 14 and 15.
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::strtoull(field.c_str(), nullptr, 10);
+    if (i == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
 // --- helpers ----------------------------------------------------------------
@@ -312,6 +331,7 @@ int run_throughput(const Options& o, const Connection& c) {
   int rc = 0;
   std::vector<ClientResult> results(static_cast<std::size_t>(o.clients));
   double elapsed = 0;
+  double broker_cpu_pct = -1;  // share of one core the broker used during the run
   if (stats.registered.load() < o.engines) {
     std::fprintf(stderr, "zfarm-loadgen: only %d of %d engines registered before the timeout\n",
                  stats.registered.load(), o.engines);
@@ -325,10 +345,13 @@ int run_throughput(const Options& o, const Connection& c) {
     }
     // Let the client sockets connect before the clock starts.
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const double cpu0 = cpu_seconds(c.pid);
     const auto t0 = Clock::now();
     go.store(true);
     for (auto& t : cthreads) t.join();
     elapsed = seconds_since(t0);
+    const double cpu1 = cpu_seconds(c.pid);
+    if (cpu0 >= 0 && cpu1 >= 0 && elapsed > 0) broker_cpu_pct = 100.0 * (cpu1 - cpu0) / elapsed;
   }
   stop_engines.store(true);
   for (auto& t : ethreads) t.join();
@@ -347,16 +370,16 @@ int run_throughput(const Options& o, const Connection& c) {
   if (o.json) {
     std::printf("{\"mode\": \"throughput\", \"engines\": %d, \"clients\": %d, \"window\": %d, \"payload_bytes\": %d, "
                 "\"tasks\": %ld, \"done\": %ld, \"failed\": %ld, \"timed_out\": %s, \"seconds\": %.4f, "
-                "\"tasks_per_s\": %.1f, \"register_s\": %.3f, ",
+                "\"tasks_per_s\": %.1f, \"register_s\": %.3f, \"broker_cpu_pct\": %.1f, ",
                 o.engines, o.clients, o.window, o.payload_bytes, o.tasks, done, failed, timed_out ? "true" : "false",
-                elapsed, rate, register_s);
+                elapsed, rate, register_s, broker_cpu_pct);
     print_latency("latency", lat, true);
     std::printf("}\n");
   } else {
     std::printf("engines %d (registered in %.3f s), clients %d, window %d, payload %d B\n", o.engines, register_s,
                 o.clients, o.window, o.payload_bytes);
-    std::printf("%ld of %ld tasks done (%ld failed)%s in %.3f s: %.0f tasks/s\n", done, o.tasks, failed,
-                timed_out ? ", TIMED OUT" : "", elapsed, rate);
+    std::printf("%ld of %ld tasks done (%ld failed)%s in %.3f s: %.0f tasks/s; broker used %.0f%% of a core\n",
+                done, o.tasks, failed, timed_out ? ", TIMED OUT" : "", elapsed, rate, broker_cpu_pct);
     print_latency("round-trip", lat, false);
   }
   if (failed > 0) rc = 1;
