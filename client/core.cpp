@@ -23,7 +23,8 @@ using namespace zfarm;
 
 namespace {
 
-// Owns one received frame; Python sees it as a read-only buffer.
+// Owns one received frame; Python sees it as a writable buffer (the bytes
+// belong to this message alone), so gathered numpy arrays can be updated.
 struct Frame {
   zmq::message_t msg;
 };
@@ -233,7 +234,7 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Frame>(m, "Frame", py::buffer_protocol())
       .def_buffer([](Frame& f) {
         return py::buffer_info(f.msg.data(), 1, py::format_descriptor<std::uint8_t>::format(), 1,
-                               {static_cast<py::ssize_t>(f.msg.size())}, {1}, /*readonly=*/true);
+                               {static_cast<py::ssize_t>(f.msg.size())}, {1}, /*readonly=*/false);
       })
       .def("__len__", [](const Frame& f) { return f.msg.size(); })
       .def("bytes", [](const Frame& f) { return py::bytes(static_cast<const char*>(f.msg.data()), f.msg.size()); });

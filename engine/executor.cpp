@@ -14,7 +14,9 @@ namespace {
 
 // One received payload frame, owned by Python.  The message is a member of
 // a heap object that never moves, so its data pointer stays valid (zmq keeps
-// very small messages inside the message_t itself).
+// very small messages inside the message_t itself).  The buffer is writable:
+// the bytes belong to this message alone, and users expect a pushed numpy
+// array to be an ordinary array they can update in place.
 class Frame {
  public:
   explicit Frame(zmq::message_t msg) : msg_(std::move(msg)) {}
@@ -25,7 +27,7 @@ class Frame {
     static unsigned char empty = 0;  // a valid pointer for empty frames
     void* data = msg_.size() > 0 ? msg_.data() : &empty;
     return py::buffer_info(data, 1, "B", 1, {static_cast<py::ssize_t>(msg_.size())}, {1},
-                           /*readonly=*/true);
+                           /*readonly=*/false);
   }
   std::size_t size() const { return msg_.size(); }
   py::bytes to_bytes() const { return py::bytes(static_cast<const char*>(msg_.data()), msg_.size()); }

@@ -102,6 +102,19 @@ def test_push_and_pull_a_large_numpy_array(rc):
         assert got.dtype == np.int32 and got.shape == (500, 400)
 
 
+def test_pushed_and_pulled_arrays_are_ordinary_writable_arrays(rc):
+    arr = np.zeros(200_000, dtype=np.int64)  # large enough to travel out of band
+    dv = rc[:]
+    dv.push({"w": arr}, block=True)
+    dv.execute("w += 7; ok = bool(w.flags.writeable)", block=True)
+    assert dv.pull("ok", block=True) == [True, True]
+    for got in dv.pull("w", block=True):
+        assert got.flags.writeable
+        got[0] = -1  # the client can update what it pulled
+        assert got[0] == -1 and got[1] == 7
+    np.testing.assert_array_equal(arr, 0)  # the original was not touched
+
+
 def test_direct_map_spreads_blocks_over_engines(rc):
     out = rc[:].map_sync(lambda a, b: a * b, range(9), range(100, 109))
     assert out == [a * b for a, b in zip(range(9), range(100, 109))]
