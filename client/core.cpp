@@ -42,11 +42,48 @@ std::string random_identity(const char* prefix) {
   return buf;
 }
 
-// Reads one (type, id, targets, aux, text, frames) tuple while holding the GIL.
+// A Python dict of options (keys as in proto::Options) into the header's
+// seventh item.  Unknown keys are a programming error on this side: refused.
+proto::Options to_options(const py::object& opts) {
+  proto::Options o;
+  if (opts.is_none()) return o;
+  for (auto item : opts.cast<py::dict>()) {
+    const std::string key = item.first.cast<std::string>();
+    py::handle v = item.second;
+    if (key == "retries") o.retries = v.cast<std::int64_t>();
+    else if (key == "timeout_ms") o.timeout_ms = v.cast<std::int64_t>();
+    else if (key == "priority") o.priority = v.cast<std::int64_t>();
+    else if (key == "after") o.after = v.cast<std::vector<std::uint64_t>>();
+    else if (key == "follow") o.follow = v.cast<std::vector<std::uint64_t>>();
+    else if (key == "engines") o.engines = v.cast<std::vector<std::int64_t>>();
+    else if (key == "ids") o.ids = v.cast<std::vector<std::uint64_t>>();
+    else if (key == "session") o.session = v.cast<std::string>();
+    else throw py::value_error("unknown option " + key);
+  }
+  return o;
+}
+
+py::object from_options(const proto::Options& o) {
+  if (o.empty()) return py::none();
+  py::dict d;
+  if (o.retries != 0) d["retries"] = o.retries;
+  if (o.timeout_ms != 0) d["timeout_ms"] = o.timeout_ms;
+  if (o.priority != 0) d["priority"] = o.priority;
+  if (!o.after.empty()) d["after"] = o.after;
+  if (!o.follow.empty()) d["follow"] = o.follow;
+  if (!o.engines.empty()) d["engines"] = o.engines;
+  if (!o.ids.empty()) d["ids"] = o.ids;
+  if (!o.session.empty()) d["session"] = o.session;
+  return d;
+}
+
+// Reads one (type, id, targets, aux, text, frames[, opts]) message while
+// holding the GIL.
 Outgoing to_outgoing(int type, std::uint64_t id, std::vector<std::int64_t> targets, std::int64_t aux,
-                     std::string text, const py::list& frames) {
+                     std::string text, const py::list& frames, const py::object& opts = py::none()) {
   if (type <= 0 || type > proto::kMaxMsgType) throw py::value_error("unknown message type");
   Outgoing o;
+  o.header.opts = to_options(opts);
   o.header.type = static_cast<proto::MsgType>(type);
   o.header.id = id;
   o.header.targets = std::move(targets);
@@ -113,9 +150,9 @@ class Core {
   ~Core() { close(); }
 
   void send(int type, std::uint64_t id, std::vector<std::int64_t> targets, std::int64_t aux,
-            std::string text, const py::list& frames) {
+            std::string text, const py::list& frames, const py::object& opts) {
     auto io = open_io();
-    Outgoing o = to_outgoing(type, id, std::move(targets), aux, std::move(text), frames);
+    Outgoing o = to_outgoing(type, id, std::move(targets), aux, std::move(text), frames, opts);
     Frames wire;
     {
       py::gil_scoped_release nogil;
@@ -132,10 +169,13 @@ class Core {
     batch.reserve(messages.size());
     for (const auto& m : messages) {
       auto t = m.cast<py::tuple>();
-      if (t.size() != 6) throw py::value_error("each message is (type, id, targets, aux, text, frames)");
+      if (t.size() != 6 && t.size() != 7) {
+        throw py::value_error("each message is (type, id, targets, aux, text, frames[, opts])");
+      }
       batch.push_back(to_outgoing(t[0].cast<int>(), t[1].cast<std::uint64_t>(),
                                   t[2].cast<std::vector<std::int64_t>>(), t[3].cast<std::int64_t>(),
-                                  t[4].cast<std::string>(), t[5].cast<py::list>()));
+                                  t[4].cast<std::string>(), t[5].cast<py::list>(),
+                                  t.size() == 7 ? py::object(t[6]) : py::object(py::none())));
     }
     std::vector<Frames> wire;
     {
@@ -158,7 +198,8 @@ class Core {
     io->send(std::move(wire));
   }
 
-  // Returns a list of (type, id, status, aux, text, [Frame, ...]); messages
+  // Returns a list of (type, id, status, aux, text, [Frame, ...], targets,
+  // opts-dict-or-None); messages
   // that do not decode are counted in bad_messages and skipped.
   py::list recv(int timeout_ms, std::size_t max_batch) {
     py::list out;
@@ -183,7 +224,7 @@ class Core {
       for (auto& f : msg.payload) payload.append(py::cast(Frame{std::move(f)}));
       out.append(py::make_tuple(static_cast<int>(msg.header.type), msg.header.id, msg.header.status,
                                 msg.header.aux, py::bytes(msg.header.text).attr("decode")("utf-8", "replace"),
-                                payload));
+                                payload, py::cast(msg.header.targets), from_options(msg.header.opts)));
     }
     return out;
   }
@@ -242,7 +283,7 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Core>(m, "Core")
       .def(py::init<const std::string&>(), py::arg("endpoint"))
       .def("send", &Core::send, py::arg("type"), py::arg("id"), py::arg("targets"), py::arg("aux"),
-           py::arg("text"), py::arg("frames"))
+           py::arg("text"), py::arg("frames"), py::arg("opts") = py::none())
       .def("send_many", &Core::send_many, py::arg("messages"))
       .def("send_raw", &Core::send_raw, py::arg("frames"))
       .def("recv", &Core::recv, py::arg("timeout_ms"), py::arg("max_batch") = 4096)

@@ -1,7 +1,9 @@
 #include "protocol.hpp"
 
 #include <cstring>
+#include <algorithm>
 #include <limits>
+#include <string_view>
 
 #include <msgpack.hpp>
 
@@ -35,6 +37,26 @@ const char* to_string(MsgType t) {
     case MsgType::kShutdown: return "shutdown";
     case MsgType::kError: return "error";
     case MsgType::kHello: return "hello";
+    case MsgType::kAbort: return "abort";
+    case MsgType::kInterrupt: return "interrupt";
+    case MsgType::kAck: return "ack";
+    case MsgType::kFetch: return "fetch";
+    case MsgType::kEvent: return "event";
+    case MsgType::kWelcome: return "welcome";
+  }
+  return "unknown";
+}
+
+const char* to_string(ResultStatus s) {
+  switch (s) {
+    case ResultStatus::kOk: return "ok";
+    case ResultStatus::kRemoteError: return "remote error";
+    case ResultStatus::kEngineDied: return "engine died";
+    case ResultStatus::kAborted: return "aborted";
+    case ResultStatus::kRejected: return "rejected";
+    case ResultStatus::kTimedOut: return "timed out";
+    case ResultStatus::kLost: return "lost";
+    case ResultStatus::kImpossible: return "impossible";
   }
   return "unknown";
 }
@@ -62,6 +84,88 @@ bool as_i64(const msgpack::object& o, std::int64_t* v) {
   return false;
 }
 
+template <typename Packer, typename T>
+void pack_list(Packer& pk, const char* key, const std::vector<T>& v) {
+  if (v.empty()) return;
+  pk.pack(key);
+  pk.pack_array(static_cast<std::uint32_t>(v.size()));
+  for (T x : v) pk.pack(x);
+}
+
+template <typename Packer>
+void pack_options(Packer& pk, const Options& o) {
+  std::uint32_t n = 0;
+  n += o.retries != 0;
+  n += o.timeout_ms != 0;
+  n += o.priority != 0;
+  n += !o.after.empty();
+  n += !o.follow.empty();
+  n += !o.engines.empty();
+  n += !o.ids.empty();
+  n += !o.session.empty();
+  pk.pack_map(n);
+  if (o.retries != 0) pk.pack("retries"), pk.pack_int64(o.retries);
+  if (o.timeout_ms != 0) pk.pack("timeout_ms"), pk.pack_int64(o.timeout_ms);
+  if (o.priority != 0) pk.pack("priority"), pk.pack_int64(o.priority);
+  pack_list(pk, "after", o.after);
+  pack_list(pk, "follow", o.follow);
+  pack_list(pk, "engines", o.engines);
+  pack_list(pk, "ids", o.ids);
+  if (!o.session.empty()) pk.pack("session"), pk.pack(o.session);
+}
+
+bool key_is(const msgpack::object& k, std::string_view name) {
+  return k.type == msgpack::type::STR && std::string_view(k.via.str.ptr, k.via.str.size) == name;
+}
+
+template <typename T, typename Conv>
+bool read_list(const msgpack::object& v, std::vector<T>* out, Conv conv) {
+  if (v.type != msgpack::type::ARRAY) return false;
+  out->clear();
+  out->reserve(v.via.array.size);
+  for (std::uint32_t i = 0; i < v.via.array.size; ++i) {
+    T x{};
+    if (!conv(v.via.array.ptr[i], &x)) return false;
+    out->push_back(x);
+  }
+  return true;
+}
+
+Status decode_options(const msgpack::object& o, Options* out, const Limits& limits) {
+  *out = Options{};
+  if (o.type != msgpack::type::MAP) return fail(DecodeError::kBadHeaderShape, "options must be a map");
+  for (std::uint32_t i = 0; i < o.via.map.size; ++i) {
+    const msgpack::object& k = o.via.map.ptr[i].key;
+    const msgpack::object& v = o.via.map.ptr[i].val;
+    auto bad = [&](const char* what) {
+      return fail(DecodeError::kBadHeaderShape, std::string("option ") + what);
+    };
+    auto list_ok = [&](const msgpack::object& val) {
+      return val.type == msgpack::type::ARRAY && val.via.array.size <= limits.max_ids;
+    };
+    if (key_is(k, "retries")) {
+      if (!as_i64(v, &out->retries)) return bad("retries must be an integer");
+    } else if (key_is(k, "timeout_ms")) {
+      if (!as_i64(v, &out->timeout_ms)) return bad("timeout_ms must be an integer");
+    } else if (key_is(k, "priority")) {
+      if (!as_i64(v, &out->priority)) return bad("priority must be an integer");
+    } else if (key_is(k, "after")) {
+      if (!list_ok(v) || !read_list(v, &out->after, as_u64)) return bad("after must be a list of task ids");
+    } else if (key_is(k, "follow")) {
+      if (!list_ok(v) || !read_list(v, &out->follow, as_u64)) return bad("follow must be a list of task ids");
+    } else if (key_is(k, "engines")) {
+      if (!list_ok(v) || !read_list(v, &out->engines, as_i64)) return bad("engines must be a list of engine ids");
+    } else if (key_is(k, "ids")) {
+      if (!list_ok(v) || !read_list(v, &out->ids, as_u64)) return bad("ids must be a list of task ids");
+    } else if (key_is(k, "session")) {
+      if (v.type != msgpack::type::STR) return bad("session must be a string");
+      out->session.assign(v.via.str.ptr, v.via.str.size);
+    }
+    // Any other key: ignored (a newer peer's option).
+  }
+  return Status{};
+}
+
 }  // namespace
 
 void encode_header(const Header& h, std::vector<zmq::message_t>& out) {
@@ -72,7 +176,8 @@ void encode_header(const Header& h, std::vector<zmq::message_t>& out) {
 
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk(buf);
-  pk.pack_array(6);
+  const bool with_opts = !h.opts.empty();
+  pk.pack_array(with_opts ? 7 : 6);
   pk.pack_uint8(static_cast<std::uint8_t>(h.type));
   pk.pack_uint64(h.id);
   pk.pack_array(static_cast<std::uint32_t>(h.targets.size()));
@@ -81,6 +186,7 @@ void encode_header(const Header& h, std::vector<zmq::message_t>& out) {
   pk.pack_int64(h.aux);
   pk.pack_str(static_cast<std::uint32_t>(h.text.size()));
   pk.pack_str_body(h.text.data(), static_cast<std::uint32_t>(h.text.size()));
+  if (with_opts) pack_options(pk, h.opts);
   out.emplace_back(buf.data(), buf.size());
 }
 
@@ -100,7 +206,7 @@ Status decode_header(const void* data, std::size_t size, Header* out, const Limi
   }
   // Explicit limits: without them a few bytes may announce a huge array and
   // make the unpacker allocate for it before noticing the input is short.
-  const msgpack::unpack_limit ulimit(/*array=*/limits.max_targets, /*map=*/0,
+  const msgpack::unpack_limit ulimit(/*array=*/std::max(limits.max_targets, limits.max_ids), /*map=*/64,
                                      /*str=*/limits.max_text_bytes, /*bin=*/0, /*ext=*/0,
                                      /*depth=*/3);
   msgpack::object_handle handle;
@@ -112,8 +218,8 @@ Status decode_header(const void* data, std::size_t size, Header* out, const Limi
     return fail(DecodeError::kBadMsgpack, std::string("header is not valid msgpack: ") + e.what());
   }
   const msgpack::object& o = handle.get();
-  if (o.type != msgpack::type::ARRAY || o.via.array.size < 6) {
-    return fail(DecodeError::kBadHeaderShape, "header must be an array of at least 6 items");
+  if (o.type != msgpack::type::ARRAY || o.via.array.size < 6 || o.via.array.size > 7) {
+    return fail(DecodeError::kBadHeaderShape, "header must be an array of 6 or 7 items");
   }
   const msgpack::object* f = o.via.array.ptr;
   std::uint64_t type = 0, status = 0;
@@ -122,7 +228,10 @@ Status decode_header(const void* data, std::size_t size, Header* out, const Limi
     return fail(DecodeError::kUnknownType, "unknown message type " + std::to_string(type));
   }
   if (!as_u64(f[1], &out->id)) return fail(DecodeError::kBadHeaderShape, "id must be an unsigned integer");
-  if (f[2].type != msgpack::type::ARRAY) return fail(DecodeError::kBadHeaderShape, "targets must be an array");
+  if (f[2].type != msgpack::type::ARRAY || f[2].via.array.size > limits.max_targets) {
+    return fail(DecodeError::kBadHeaderShape, "targets must be an array of at most " +
+                                                  std::to_string(limits.max_targets) + " items");
+  }
   out->targets.clear();
   out->targets.reserve(f[2].via.array.size);
   for (std::uint32_t i = 0; i < f[2].via.array.size; ++i) {
@@ -137,6 +246,12 @@ Status decode_header(const void* data, std::size_t size, Header* out, const Limi
   }
   if (!as_i64(f[4], &out->aux)) return fail(DecodeError::kBadHeaderShape, "aux must be an integer");
   if (f[5].type != msgpack::type::STR) return fail(DecodeError::kBadHeaderShape, "text must be a string");
+  if (o.via.array.size == 7) {
+    Status st = decode_options(f[6], &out->opts, limits);
+    if (!st.ok()) return st;
+  } else {
+    out->opts = Options{};
+  }
   out->type = static_cast<MsgType>(type);
   out->status = static_cast<std::uint32_t>(status);
   out->text.assign(f[5].via.str.ptr, f[5].via.str.size);

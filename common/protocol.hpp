@@ -6,7 +6,9 @@
 //
 // The envelope is added and stripped by ROUTER sockets and is not seen here.
 // The signature frame is the four bytes "ZFRM" followed by one version byte.
-// The header frame is a msgpack array (see Header).  Payload frames are opaque
+// The header frame is a msgpack array (see Header): six fixed items and an
+// optional seventh, a map of task options and request fields (see Options),
+// present only when one of them is set.  Payload frames are opaque
 // bytes that only the Python ends interpret (a pickle and its out-of-band
 // buffers); the broker forwards them untouched.
 //
@@ -31,9 +33,10 @@ inline constexpr std::size_t kSignatureSize = 5;
 // anything large is allocated.
 struct Limits {
   std::size_t max_frames = 4096;          // signature + header + payload frames
-  std::size_t max_header_bytes = 64 * 1024;
+  std::size_t max_header_bytes = 1024 * 1024;  // room for 65536 ids in Options
   std::size_t max_targets = 65536;         // entries of Header::targets
   std::size_t max_text_bytes = 16 * 1024;  // Header::text
+  std::size_t max_ids = 65536;             // entries of each Options list
 };
 
 enum class MsgType : std::uint8_t {
@@ -47,9 +50,25 @@ enum class MsgType : std::uint8_t {
   kStatusReply = 8,    // broker -> client   payload[0] = msgpack map
   kShutdown = 9,       // client -> broker (whole cluster), broker -> engine
   kError = 10,         // either way: text says what was wrong with a message
-  kHello = 11,         // client -> broker: first contact, text = client name
+  kHello = 11,         // client -> broker: first contact; opts.session names
+                       //   the client's session (a reconnecting client reuses it)
+  kAbort = 12,         // client -> broker   opts.ids: drop these tasks if still queued
+  kInterrupt = 13,     // client -> broker   opts.ids tasks (or targets = engines) to
+                       //   interrupt; broker -> engine  id = the running task
+  kAck = 14,           // client -> broker   opts.ids: results received, free them
+  kFetch = 15,         // client -> broker   opts.ids: send these results (again)
+  kEvent = 16,         // broker -> client   status = EventKind, aux = engine id
+  kWelcome = 17,       // broker -> client   reply to Hello and to a client
+                       //   Heartbeat: text = broker incarnation, targets =
+                       //   engine ids, status = heartbeat ms
 };
-inline constexpr std::uint8_t kMaxMsgType = 11;
+inline constexpr std::uint8_t kMaxMsgType = 17;
+
+// Event::status values.
+enum class EventKind : std::uint32_t {
+  kEngineJoined = 0,
+  kEngineLeft = 1,
+};
 
 // How a task ended.  Every submitted task ends in exactly one Result.
 enum class ResultStatus : std::uint32_t {
@@ -59,11 +78,31 @@ enum class ResultStatus : std::uint32_t {
   kAborted = 3,      // dropped from a queue on request
   kRejected = 4,     // the broker refused it (bad target, duplicate id, ...)
   kTimedOut = 5,
+  kLost = 6,        // the broker restarted and no longer knows the task
+  kImpossible = 7,  // a dependency failed or can never be met (after/follow/engines)
 };
 
 // Submit::targets uses these sentinels alone, or a list of engine ids.
 inline constexpr std::int64_t kLoadBalanced = -1;  // targets == {-1}
 inline constexpr std::int64_t kAllEngines = -2;    // reserved; clients list engine ids instead
+
+// The optional seventh header item: a msgpack map whose keys are the names
+// below.  Only set fields are written; unknown keys are ignored, so a newer
+// peer may add some.  A known key with a value of the wrong type is an error.
+struct Options {
+  std::int64_t retries = 0;           // "retries": Submit (load-balanced)
+  std::int64_t timeout_ms = 0;        // "timeout_ms": Submit; 0 = none, counted from submission
+  std::int64_t priority = 0;          // "priority": Submit; higher runs first
+  std::vector<std::uint64_t> after;   // "after": Submit; run once these tasks ended
+  std::vector<std::uint64_t> follow;  // "follow": Submit; run where these ran
+  std::vector<std::int64_t> engines;  // "engines": Submit; load-balanced only among these
+  std::vector<std::uint64_t> ids;     // "ids": Abort, Interrupt, Ack, Fetch
+  std::string session;                // "session": Hello
+  bool empty() const {
+    return retries == 0 && timeout_ms == 0 && priority == 0 && after.empty() && follow.empty() &&
+           engines.empty() && ids.empty() && session.empty();
+  }
+};
 
 struct Header {
   MsgType type = MsgType::kError;
@@ -72,6 +111,7 @@ struct Header {
   std::uint32_t status = 0;
   std::int64_t aux = 0;
   std::string text;
+  Options opts;
 };
 
 struct Message {
@@ -100,6 +140,7 @@ struct Status {
 
 const char* to_string(DecodeError e);
 const char* to_string(MsgType t);
+const char* to_string(ResultStatus s);
 
 // Encodes the signature and header frames and appends them to `out`.
 void encode_header(const Header& h, std::vector<zmq::message_t>& out);

@@ -17,6 +17,8 @@ from ._errors import (
     TaskFailure,
     TaskRejected,
     TaskTimedOut,
+    TaskLost,
+    ImpossibleDependency,
     TimeoutError,
     ZfarmError,
 )
@@ -39,6 +41,8 @@ __all__ = [
     "TaskFailure",
     "TaskRejected",
     "TaskTimedOut",
+    "TaskLost",
+    "ImpossibleDependency",
     "TimeoutError",
     "ZfarmError",
     "ZfarmExecutor",

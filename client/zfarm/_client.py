@@ -29,6 +29,13 @@ MSG_STATUS = 7
 MSG_STATUS_REPLY = 8
 MSG_SHUTDOWN = 9
 MSG_ERROR = 10
+MSG_HELLO = 11
+MSG_ABORT = 12
+MSG_INTERRUPT = 13
+MSG_ACK = 14
+MSG_FETCH = 15
+MSG_EVENT = 16
+MSG_WELCOME = 17
 LOAD_BALANCED = -1
 
 # The receiver thread wakes at least this often to notice close().
@@ -112,7 +119,17 @@ class Client:
             self._core.send_many(wire)
         return ar
 
-    def _on_message(self, mtype: int, mid: int, status: int, aux: int, text: str, frames: List[Any]) -> None:
+    def _on_message(
+        self,
+        mtype: int,
+        mid: int,
+        status: int,
+        aux: int,
+        text: str,
+        frames: List[Any],
+        targets: Optional[List[int]] = None,
+        opts: Optional[Dict[str, Any]] = None,
+    ) -> None:
         if mtype == MSG_RESULT:
             with self._lock:
                 entry = self._pending.pop(mid, None)

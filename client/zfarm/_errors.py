@@ -42,6 +42,14 @@ class TaskTimedOut(TaskFailure):
     """The task ran past its time limit and was stopped."""
 
 
+class TaskLost(TaskFailure):
+    """The broker restarted while the task was pending; it may or may not have run."""
+
+
+class ImpossibleDependency(TaskFailure):
+    """A dependency (after/follow/engines) failed or can never be met."""
+
+
 class RemoteError(ZfarmError):
     """An exception raised by the task on an engine.
 
@@ -91,10 +99,14 @@ STATUS_ENGINE_DIED = 2
 STATUS_ABORTED = 3
 STATUS_REJECTED = 4
 STATUS_TIMED_OUT = 5
+STATUS_LOST = 6
+STATUS_IMPOSSIBLE = 7
 
 FAILURE_TYPES = {
     STATUS_ENGINE_DIED: EngineDiedError,
     STATUS_ABORTED: TaskAborted,
     STATUS_REJECTED: TaskRejected,
     STATUS_TIMED_OUT: TaskTimedOut,
+    STATUS_LOST: TaskLost,
+    STATUS_IMPOSSIBLE: ImpossibleDependency,
 }

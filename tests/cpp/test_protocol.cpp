@@ -256,3 +256,95 @@ TEST_CASE("every error has a name and a detail") {
   CHECK_FALSE(st.detail.empty());
   CHECK(std::string(proto::to_string(st.code)) == "bad signature");
 }
+
+TEST_CASE("Options: a round trip of every field, and none written when unset") {
+  proto::Header h;
+  h.type = proto::MsgType::kSubmit;
+  h.id = 9;
+  h.targets = {proto::kLoadBalanced};
+  h.opts.retries = 2;
+  h.opts.timeout_ms = 1500;
+  h.opts.priority = -3;
+  h.opts.after = {1, std::uint64_t{1} << 62};
+  h.opts.follow = {7};
+  h.opts.engines = {0, 4};
+  h.opts.ids = {5, 6, 7};
+  h.opts.session = "s-1";
+  auto f = proto::encode(h);
+  proto::Message m;
+  REQUIRE(proto::decode(f, 0, &m).ok());
+  CHECK(m.header.opts.retries == 2);
+  CHECK(m.header.opts.timeout_ms == 1500);
+  CHECK(m.header.opts.priority == -3);
+  CHECK(m.header.opts.after == h.opts.after);
+  CHECK(m.header.opts.follow == h.opts.follow);
+  CHECK(m.header.opts.engines == h.opts.engines);
+  CHECK(m.header.opts.ids == h.opts.ids);
+  CHECK(m.header.opts.session == "s-1");
+
+  proto::Header plain;
+  plain.type = proto::MsgType::kHeartbeat;
+  std::vector<zmq::message_t> g;
+  proto::encode_header(plain, g);
+  msgpack::object_handle oh = msgpack::unpack(static_cast<const char*>(g[1].data()), g[1].size());
+  CHECK(oh.get().via.array.size == 6);
+}
+
+TEST_CASE("Options: unknown keys are ignored, known keys of the wrong type are refused") {
+  auto with_opts = [](auto fill) {
+    return packed([&](auto& pk) {
+      pk.pack_array(7);
+      pk.pack(4), pk.pack(1), pk.pack_array(0), pk.pack(0), pk.pack(0), pk.pack(std::string(""));
+      fill(pk);
+    });
+  };
+  proto::Header h;
+  const std::string unknown = with_opts([](auto& pk) {
+    pk.pack_map(2);
+    pk.pack(std::string("from_the_future")), pk.pack(std::string("x"));
+    pk.pack(std::string("priority")), pk.pack(5);
+  });
+  REQUIRE(proto::decode_header(unknown.data(), unknown.size(), &h, proto::Limits{}).ok());
+  CHECK(h.opts.priority == 5);
+
+  CHECK(decode_raw(with_opts([](auto& pk) { pk.pack(3); })) == DecodeError::kBadHeaderShape);
+  CHECK(decode_raw(with_opts([](auto& pk) {
+          pk.pack_map(1), pk.pack(std::string("retries")), pk.pack(std::string("two"));
+        })) == DecodeError::kBadHeaderShape);
+  CHECK(decode_raw(with_opts([](auto& pk) {
+          pk.pack_map(1), pk.pack(std::string("after")), pk.pack_array(1), pk.pack(-1);
+        })) == DecodeError::kBadHeaderShape);
+  CHECK(decode_raw(with_opts([](auto& pk) {
+          pk.pack_map(1), pk.pack(std::string("session")), pk.pack(12);
+        })) == DecodeError::kBadHeaderShape);
+  // An eighth item is not a header either.
+  CHECK(decode_raw(packed([](auto& pk) {
+          pk.pack_array(8);
+          pk.pack(4), pk.pack(1), pk.pack_array(0), pk.pack(0), pk.pack(0), pk.pack(std::string(""));
+          pk.pack_map(0), pk.pack(0);
+        })) == DecodeError::kBadHeaderShape);
+}
+
+TEST_CASE("Options: a list longer than Limits::max_ids is refused before use") {
+  proto::Limits limits;
+  limits.max_ids = 3;
+  const std::string h = packed([](auto& pk) {
+    pk.pack_array(7);
+    pk.pack(14), pk.pack(1), pk.pack_array(0), pk.pack(0), pk.pack(0), pk.pack(std::string(""));
+    pk.pack_map(1), pk.pack(std::string("ids")), pk.pack_array(4);
+    for (int i = 0; i < 4; ++i) pk.pack(i);
+  });
+  proto::Header out;
+  CHECK(proto::decode_header(h.data(), h.size(), &out, limits).code == DecodeError::kBadHeaderShape);
+}
+
+TEST_CASE("every message type and result status has a name") {
+  for (int t = 1; t <= proto::kMaxMsgType; ++t) {
+    CAPTURE(t);
+    CHECK(std::string(proto::to_string(static_cast<proto::MsgType>(t))) != "unknown");
+  }
+  for (int s = 0; s <= 7; ++s) {
+    CAPTURE(s);
+    CHECK(std::string(proto::to_string(static_cast<proto::ResultStatus>(s))) != "unknown");
+  }
+}

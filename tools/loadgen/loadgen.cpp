@@ -212,7 +212,7 @@ void engine_thread(zmq::context_t& ctx, const std::string& endpoint, int count, 
           switch (msg.header.type) {
             case MsgType::kTask: {
               Frames out = zfarm::proto::encode(
-                  Header{MsgType::kResult, msg.header.id, {}, 0, e.id, {}}, std::move(msg.payload));
+                  Header{MsgType::kResult, msg.header.id, {}, 0, e.id, {}, {}}, std::move(msg.payload));
               zfarm::send_frames(e.socket, out, true);
               stats.tasks.fetch_add(1, std::memory_order_relaxed);
               break;
