@@ -33,6 +33,9 @@ class Sessions {
   // identity's implicit session.
   Bind bind(const std::string& session, const std::string& identity);
 
+  // The session `identity` speaks for, or nullptr if it has none yet.
+  const std::string* find(const std::string& identity) const;
+
   // The identity results of `session` go to, or nullptr if it is unknown.
   const std::string* identity_of(const std::string& session) const;
 

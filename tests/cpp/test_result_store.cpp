@@ -198,6 +198,9 @@ TEST_CASE("sessions: hello binds, a repeated hello is the same, a new identity r
   CHECK(s.size() == 2);
   CHECK(s.identities() == std::vector<std::string>{"id1", "id2"});
   CHECK(s.identity_of("nope") == nullptr);
+  CHECK(s.find("nope") == nullptr);
+  REQUIRE(s.find("id2") != nullptr);
+  CHECK(*s.find("id2") == "sess");
 }
 
 TEST_CASE("sessions: hello with no session name binds the implicit session") {

@@ -326,6 +326,28 @@ TEST_CASE("unacknowledged results over the bound are dropped and counted in the 
   CHECK(map.at("incarnation").as<std::string>() == "feedface");
 }
 
+TEST_CASE("an ack from a client with no session is ignored and makes none") {
+  Broker b;
+  CHECK(b.with_ids("stranger", MsgType::kAck, {1, 2}).empty());
+  CHECK(b.s.session_count() == 0);
+  CHECK(b.s.counters().bad_messages == 0);
+}
+
+TEST_CASE("fetch of a pending task whose id was also refused as a duplicate waits for the real result") {
+  Broker b;
+  b.add_engine("e");
+  b.submit("c", 1);
+  auto got = b.submit("c", 1);  // refused: already pending, and stored as such
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.status == static_cast<std::uint32_t>(ResultStatus::kRejected));
+  CHECK(b.with_ids("other", MsgType::kFetch, {1}).empty());
+  got = b.result("e", 1, payload(64));
+  REQUIRE(got.size() == 2);
+  CHECK(got[1].identity == "other");
+  CHECK(got[1].header.status == 0);
+  CHECK(b.s.results().stats().stored_results == 1);  // the refusal was replaced
+}
+
 TEST_CASE("client identities: the current identity of every session, once") {
   Broker b;
   b.hello("a", "s1");
