@@ -30,7 +30,7 @@ Frames ResultStore::add(const std::string& session, std::uint64_t task_id, Frame
   Frames now = share_frames(message);
   Entry& e = entries_[task_id];
   e.session = session;
-  e.bytes = size_of(message);
+  e.bytes = size_of(message) + kEntryOverhead;
   e.message = std::move(message);
   e.seq = next_seq_++;
   unacked_order_.emplace(e.seq, task_id);

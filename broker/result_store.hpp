@@ -48,9 +48,15 @@ class ResultStore {
     std::size_t max_unacked_bytes = std::size_t{1} << 30;
   };
 
+  // What one kept result costs besides its frames' bytes: the zmq message
+  // objects, the map and set nodes that index it, the session name.  Counted
+  // in every size below, so a flood of tiny results meets the bounds too
+  // instead of using several times the memory the bounds name.
+  static constexpr std::size_t kEntryOverhead = 512;
+
   struct Stats {
     std::size_t stored_results = 0;  // unacknowledged
-    std::size_t stored_bytes = 0;
+    std::size_t stored_bytes = 0;    // frame bytes + kEntryOverhead per result
     std::size_t cached_results = 0;  // acknowledged, kept for Fetch
     std::size_t cached_bytes = 0;
     std::uint64_t evicted = 0;       // unacknowledged results dropped over the bound

@@ -300,7 +300,7 @@ TEST_CASE("results share their frames: delivered, resent and fetched point at th
 
 TEST_CASE("unacknowledged results over the bound are dropped and counted in the status") {
   broker::SchedulerOptions o = Broker::with_incarnation();
-  o.max_unacked_bytes = 2500;
+  o.max_unacked_bytes = 2 * (1000 + broker::ResultStore::kEntryOverhead + 100);  // two results, not three
   Broker b(o);
   b.add_engine("e");
   for (std::uint64_t id = 1; id <= 3; ++id) b.submit("c", id);
