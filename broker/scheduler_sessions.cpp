@@ -14,6 +14,12 @@ using proto::MsgType;
 using proto::ResultStatus;
 
 void Scheduler::handle_hello(const std::string& identity, const Message& msg, Outbox& out) {
+  if (msg.header.opts.session.size() > Sessions::kMaxName) {
+    ++counters_.bad_messages;
+    send_error(Outgoing::kClient, identity, msg.header.id,
+               "hello: session name longer than " + std::to_string(Sessions::kMaxName) + " bytes", out);
+    return;
+  }
   const Sessions::Bind bind = sessions_.bind(msg.header.opts.session, identity);
   send_welcome(identity, msg.header.id, out);
   if (bind != Sessions::Bind::kRebound) return;

@@ -20,6 +20,10 @@ namespace zfarm::broker {
 
 class Sessions {
  public:
+  // Longest session name accepted.  Names are kept for the broker's life;
+  // clients make 32-character random ones.
+  static constexpr std::size_t kMaxName = 256;
+
   // The session `identity` speaks for; made (implicit, named after the
   // identity) if the identity never said Hello.
   std::string session_of(const std::string& identity);

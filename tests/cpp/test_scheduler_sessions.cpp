@@ -129,6 +129,18 @@ TEST_CASE("welcome answers hello: incarnation, engine ids, heartbeat ms") {
   CHECK(b.s.session_count() == 1);
 }
 
+TEST_CASE("hello with an overlong session name is refused with Error") {
+  Broker b;
+  auto got = b.hello("c", std::string(broker::Sessions::kMaxName + 1, 's'));
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kError);
+  CHECK(b.s.session_count() == 0);
+  CHECK(b.s.counters().bad_messages == 1);
+  got = b.hello("c", std::string(broker::Sessions::kMaxName, 's'));
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kWelcome);
+}
+
 TEST_CASE("welcome answers a client heartbeat") {
   Broker b;
   auto got = b.client("c", Broker::header(MsgType::kHeartbeat, 4));
