@@ -27,6 +27,9 @@ std::size_t size_of(const Frames& frames) {
 
 Frames ResultStore::add(const std::string& session, std::uint64_t task_id, Frames message) {
   if (auto old = entries_.find(task_id); old != entries_.end()) erase(old);
+  for (auto& f : message) {
+    if (f.size() <= kOwnCopyMaxBytes) f = zmq::message_t(f.data(), f.size());
+  }
   Frames now = share_frames(message);
   Entry& e = entries_[task_id];
   e.session = session;

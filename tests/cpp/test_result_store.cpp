@@ -160,7 +160,7 @@ TEST_CASE("store find of an unknown id gives nothing") {
 
 TEST_CASE("store shares frames: sent, resent and fetched copies point at the same bytes") {
   ResultStore s;
-  Frames original = message(4096);
+  Frames original = message(ResultStore::kOwnCopyMaxBytes + 1);
   const void* bytes = original[0].data();
   Frames now = s.add("s", 1, std::move(original));
   CHECK(now[0].data() == bytes);
@@ -171,6 +171,19 @@ TEST_CASE("store shares frames: sent, resent and fetched copies point at the sam
   auto fetched = s.find(1);
   REQUIRE(fetched.has_value());
   CHECK((*fetched)[0].data() == bytes);
+}
+
+TEST_CASE("store copies a small frame once on the way in, then shares that copy") {
+  ResultStore s;
+  Frames original = message(ResultStore::kOwnCopyMaxBytes, 'q');
+  const void* received = original[0].data();
+  Frames now = s.add("s", 1, std::move(original));
+  const void* kept = now[0].data();
+  CHECK(kept != received);  // no longer a slice of someone else's buffer
+  CHECK(tag_of(now) == 'q');
+  CHECK(now[0].size() == ResultStore::kOwnCopyMaxBytes);
+  CHECK(s.unacked("s")[0][0].data() == kept);
+  CHECK((*s.find(1))[0].data() == kept);
 }
 
 TEST_CASE("store watchers are returned once each, then forgotten") {
