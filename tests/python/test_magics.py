@@ -16,11 +16,16 @@ from zfarm import _magics  # noqa: E402
 
 
 @pytest.fixture()
-def shell():
+def shell(tmp_path, monkeypatch):
     """A fresh IPython shell, its magics not yet bound to any client."""
+    from traitlets.config import Config
+
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    config = Config()
+    config.HistoryManager.enabled = False  # no history database, no saving thread
     InteractiveShell.clear_instance()
     _magics._ACTIVE.clear()
-    ip = InteractiveShell.instance()
+    ip = InteractiveShell.instance(config=config)
     try:
         yield ip
     finally:
@@ -29,8 +34,7 @@ def shell():
 
 
 def run(ip, cell: str):
-    result = ip.run_cell(cell)
-    return result
+    return ip.run_cell(cell)
 
 
 def test_px_line_runs_on_every_engine_output_grouped_per_engine(shell, rc, capsys):
