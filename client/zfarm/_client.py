@@ -219,6 +219,13 @@ class Client:
 
         return ZfarmExecutor(self.load_balanced_view(**kwargs))
 
+    def activate(self, targets: Union[str, int, Sequence[int]] = "all", suffix: str = "") -> None:
+        """Binds the IPython magics (%px, %%px, %autopx, %pxresult) to these
+        engines; ``suffix`` names a second set (``%px2`` ...) for other engines."""
+        from ._magics import activate
+
+        activate(self, targets, suffix)
+
     # -- waiting and closing -----------------------------------------------------
     @property
     def outstanding(self) -> int:

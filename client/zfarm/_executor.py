@@ -24,6 +24,7 @@ class ZfarmExecutor(concurrent.futures.Executor):
         self._shutdown = False
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        """Runs ``fn(*args, **kwargs)`` as one load-balanced task; returns its AsyncResult."""
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -38,6 +39,11 @@ class ZfarmExecutor(concurrent.futures.Executor):
 
     def map(self, fn: Callable, *iterables: Iterable[Any], timeout: Optional[float] = None,
             chunksize: int = 1) -> Iterator[Any]:
+        """Like the builtin ``map``, as tasks of ``chunksize`` items each.
+
+        The iterator raises ``concurrent.futures.TimeoutError`` if the
+        results are not all there ``timeout`` seconds after this call.
+        """
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         ar = self.view.map(fn, *iterables, chunksize=chunksize, block=False)
@@ -51,6 +57,7 @@ class ZfarmExecutor(concurrent.futures.Executor):
         return results()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuses new work; waits for submitted work when ``wait`` is true."""
         with self._lock:
             self._shutdown = True
             pending = list(self._futures)

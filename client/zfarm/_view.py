@@ -111,6 +111,12 @@ class DirectView(_View):
         self.client._submit([([t], _serialize.dumps(op), 0) for t, op in zip(self._ids, ops)], ar)
         return self._finish(ar, block)
 
+    def activate(self, suffix: str = "") -> None:
+        """Binds the IPython magics (%px, ...) to this view's engines."""
+        from ._magics import activate
+
+        activate(self.client, list(self._ids), suffix)
+
     # -- code and functions ------------------------------------------------------
     def execute(self, code: str, block: Optional[bool] = None) -> Any:
         """Runs ``code`` in each engine's namespace."""
