@@ -24,6 +24,7 @@ from ._errors import (
 )
 from ._executor import ZfarmExecutor
 from ._view import DirectView, LoadBalancedView
+from . import mpi  # rank and communicator inside tasks (mpi4py imported on first use)
 
 __version__ = "0.1.0"
 

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--mpi-arg", action="append", default=[], help="mpi: extra mpiexec argument (repeatable)")
     start.add_argument("--sbatch", default="sbatch", help="slurm: the sbatch command")
     start.add_argument("--slurm-option", action="append", default=[],
-                       help="slurm: extra '#SBATCH' option, e.g. --time=1:00:00 (repeatable)")
+                       help="slurm: extra '#SBATCH' option, e.g. --slurm-option=--time=1:00:00 (repeatable)")
     start.add_argument("--engine-cmd", default=None, help="zfarm-engine path to run (default: the installed one)")
     start.add_argument("--heartbeat-ms", type=int, default=None, help="heartbeat interval of broker and engines")
     start.add_argument("--broker-arg", action="append", default=[], help="extra zfarm-broker argument")

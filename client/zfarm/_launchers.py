@@ -122,7 +122,8 @@ class SSHLauncher(Launcher):
 
     The engine connection file is sent over ssh's stdin to
     ``~/.zfarm/<profile>.engine.json`` (mode 0600) on each host, so no shared
-    filesystem is needed; the engines run detached under nohup.
+    filesystem is needed (and a shared home is replaced atomically, never
+    seen half-written); the engines run detached under nohup.
     """
 
     name = "ssh"
@@ -145,7 +146,7 @@ class SSHLauncher(Launcher):
         cmd = " ".join([cmd[0] if cmd[0] == '"$f"' else shlex.quote(cmd[0])] +
                        [a if a == '"$f"' else shlex.quote(a) for a in cmd[1:]])
         return ("set -e; umask 077; d=\"$HOME/.zfarm\"; mkdir -p \"$d\"; "
-                f"f=\"$d/{name}\"; cat > \"$f\"; "
+                f"f=\"$d/{name}\"; cat > \"$f.$$\"; mv -f \"$f.$$\" \"$f\"; "
                 f"i=0; while [ $i -lt {int(n)} ]; do i=$((i+1)); "
                 f"nohup {cmd} >>\"$d/{name}.log\" 2>&1 </dev/null & echo $!; done")
 
