@@ -247,9 +247,9 @@ def start_cluster(profile: str, n: int, launcher: Any = None, *, ip: str = "127.
     if running_state(profile) is not None:
         raise ZfarmError(f"a cluster is already running for profile {profile!r}; "
                          f"stop it first with: zfarm cluster stop --profile {profile}")
-    stale = read_state(profile)
-    if stale is not None:
-        cleanup_files(profile)
+    if read_state(profile) is not None:
+        # A cluster whose broker died: end its engines before reusing the name.
+        stop_cluster(profile)
     conn = profile_path(profile)
     args = [find_binary("zfarm-broker"), "--connection-file", conn,
             "--client-endpoint", "tcp://127.0.0.1:*", "--engine-endpoint", f"tcp://{ip}:*"]
@@ -362,7 +362,12 @@ def cluster_status(profile: str, interval: float = 1.0, timeout: float = 10.0) -
     """Two status samples ``interval`` apart; adds ``throughput`` (results/s)."""
     from ._client import Client
 
-    with Client(connection_file(profile)) as rc:
+    conn = connection_file(profile)
+    state = read_state(profile)
+    if state is not None and running_state(profile) is None:
+        raise ZfarmError(f"the broker of profile {profile!r} is not running any more; "
+                         f"clean up with: zfarm cluster stop --profile {profile}")
+    with Client(conn) as rc:
         first = rc.queue_status(timeout=timeout)
         t0 = time.monotonic()
         if interval > 0:
@@ -370,7 +375,7 @@ def cluster_status(profile: str, interval: float = 1.0, timeout: float = 10.0) -
         second = rc.queue_status(timeout=timeout)
         dt = time.monotonic() - t0
     second["throughput"] = (second.get("done", 0) - first.get("done", 0)) / dt if dt > 0 else 0.0
-    state = read_state(profile) or {}
+    state = state or {}
     second["profile"] = profile
     second["launcher"] = state.get("launcher")
     second["connection_file"] = profile_path(profile)

@@ -154,8 +154,19 @@ def test_start_status_stop_local_cluster(env, stop_at_end):
     assert "engines: 2" in text and "throughput:" in text and "failed" in text
     assert "t\trunning\tlocal" in ok(zfarm_cmd(env, "cluster", "list")).stdout
 
-    pids = [broker] + engine_pids(s)
-    ok(zfarm_cmd(env, "cluster", "stop", "--profile", "t"))
+    # One more engine by hand, in the foreground: it joins the same cluster.
+    extra = subprocess.Popen([sys.executable, "-m", "zfarm", "engine", "--profile", "t", "--heartbeat-ms",
+                              HEARTBEAT, "--quiet"], env=env["env"], stdin=subprocess.DEVNULL)
+    try:
+        with zfarm.Client(profile="t") as rc:
+            assert len(rc.wait_for_engines(3, timeout=WAIT)) == 3
+        pids = [broker] + engine_pids(s)
+        ok(zfarm_cmd(env, "cluster", "stop", "--profile", "t"))
+        assert extra.wait(WAIT) == 0  # the broker's Shutdown reached it too
+    finally:
+        if extra.poll() is None:
+            extra.kill()
+            extra.wait(WAIT)
     assert gone(pids)
     assert not (d / "t.json").exists() and not (d / "t.state.json").exists()
     r = zfarm_cmd(env, "cluster", "status", "--profile", "t")
@@ -170,6 +181,8 @@ def test_stop_after_the_broker_died_ends_the_engines(env, stop_at_end):
     engines = [e["pid"] for e in state["engines"]]
     os.kill(state["broker"]["pid"], 9)
     assert gone([state["broker"]["pid"]])
+    r = zfarm_cmd(env, "cluster", "status", "--profile", "k")
+    assert r.returncode == 1 and "not running any more" in r.stderr
     # No broker to pass Shutdown on: stop signals the engines itself.
     ok(zfarm_cmd(env, "cluster", "stop", "--profile", "k"))
     assert gone(engines)
@@ -225,9 +238,7 @@ def _has_mpi() -> bool:
 
 @pytest.mark.skipif(not _has_mpi(), reason="needs mpiexec and mpi4py (tools/setup.sh installs them)")
 def test_mpi_engines_allreduce_across_ranks(env, stop_at_end):
-    if os.geteuid() == 0:
-        env["env"]["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
-        env["env"]["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    # As root, OpenMPI needs --allow-run-as-root: the launcher adds it.
     ok(zfarm_cmd(env, "cluster", "start", "-n", "2", "--engines", "mpi", "--profile", "m",
                  "--heartbeat-ms", HEARTBEAT))
     job = _profiles.read_state("m")["mpiexec"]
