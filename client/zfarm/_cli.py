@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from typing import List, Optional
 
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = csub.add_parser("start", help="start a broker and N engines in the background")
     _add_profile(start)
-    start.add_argument("-n", type=int, default=os.cpu_count() or 1, help="number of engines (default: cores)")
+    start.add_argument("-n", type=int, default=None,
+                       help="number of engines (default: the hosts file's total for ssh, else this machine's cores)")
     start.add_argument("--engines", choices=["local", "mpi", "ssh", "slurm"], default="local",
                        help="how engines are started (default: local processes)")
     start.add_argument("--ip", default=None,
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--location", default=None,
                        help="host name engines use to reach the broker (default: this host's name)")
     start.add_argument("--hosts", help="ssh: hosts file, lines 'host [n]'")
-    start.add_argument("--ssh", default="ssh", help="ssh: the ssh command")
+    start.add_argument("--ssh", default="ssh", help="ssh: the ssh command, with options (e.g. 'ssh -p 2222')")
     start.add_argument("--mpiexec", default="mpiexec", help="mpi: the mpiexec command")
     start.add_argument("--mpi-arg", action="append", default=[], help="mpi: extra mpiexec argument (repeatable)")
     start.add_argument("--sbatch", default="sbatch", help="slurm: the sbatch command")
@@ -86,10 +88,15 @@ def _start(args: argparse.Namespace) -> int:
     if args.engines == "mpi":
         kwargs.update(mpiexec=args.mpiexec, mpi_args=args.mpi_arg)
     elif args.engines == "ssh":
-        kwargs.update(ssh=args.ssh)
+        ssh = shlex.split(args.ssh)
+        kwargs.update(ssh=ssh[0], ssh_args=ssh[1:])
     elif args.engines == "slurm":
         kwargs.update(sbatch=args.sbatch, options=args.slurm_option)
     launcher = make_launcher(args.engines, hosts_file=args.hosts, **kwargs)
+    if args.n is None:
+        args.n = sum(k for _, k in launcher.hosts) if args.engines == "ssh" else (os.cpu_count() or 1)
+    if args.n < 1:
+        raise ZfarmError("-n must be at least 1")
     ip = args.ip or ("127.0.0.1" if args.engines in ("local", "mpi") else "*")
     wait = not args.no_wait
     print(f"zfarm: starting profile {args.profile!r}: broker and {args.n} {args.engines} engines", flush=True)

@@ -153,25 +153,35 @@ class SSHLauncher(Launcher):
     def command(self, host: str, n: int, engine_file: str, engine_args: Sequence[str]) -> List[str]:
         return [self.ssh, *self.ssh_args, host, "sh -c " + shlex.quote(self.remote_script(n, engine_file, engine_args))]
 
-    def start(self, n, engine_file, engine_args, log_path):
-        # n engines spread over the hosts, in hosts-file order, at most as many
-        # per host as its line says (cycling again when n is larger).
+    def plan(self, n: int) -> Dict[str, int]:
+        """host -> engines: hosts-file order, as many per host as its line
+        says, then round again from the top while n is not reached."""
         plan: Dict[str, int] = {}
         order = [h for h, k in self.hosts for _ in range(k)]
         for i in range(n):
             host = order[i % len(order)]
             plan[host] = plan.get(host, 0) + 1
+        return plan
+
+    def start(self, n, engine_file, engine_args, log_path):
+        plan = self.plan(n)
         remote = []
         with open(engine_file, "rb") as f:
             body = f.read()
-        for host, k in plan.items():
-            out = subprocess.run(self.command(host, k, engine_file, engine_args), input=body,
-                                 capture_output=True, timeout=COMMAND_TIMEOUT)
-            if out.returncode != 0:
-                raise ZfarmError(f"ssh {host} failed ({out.returncode}): {out.stderr.decode(errors='replace')}")
-            pids = [int(w) for w in out.stdout.split() if w.isdigit()]
-            remote.append({"host": host, "pids": pids})
-        return {"remote": remote, "ssh": [self.ssh, *self.ssh_args]}
+        started = {"remote": remote, "ssh": [self.ssh, *self.ssh_args]}
+        try:
+            for host, k in plan.items():
+                out = subprocess.run(self.command(host, k, engine_file, engine_args), input=body,
+                                     capture_output=True, timeout=COMMAND_TIMEOUT)
+                if out.returncode != 0:
+                    err = out.stderr.decode(errors="replace").strip()
+                    raise ZfarmError(f"ssh {host} failed with exit code {out.returncode}: {err}")
+                pids = [int(w) for w in out.stdout.split() if w.isdigit()]
+                remote.append({"host": host, "pids": pids})
+        except BaseException:
+            self.stop(started, 0)  # the engines already started on earlier hosts
+            raise
+        return started
 
     def stop(self, state, grace):
         ssh = state.get("ssh") or [self.ssh]

@@ -296,16 +296,34 @@ def start_cluster(profile: str, n: int, launcher: Any = None, *, ip: str = "127.
         raise
     write_private_json(profile_path(profile, ".state.json"), state)
     if wait:
-        from ._client import Client
-
-        with Client(conn) as rc:
-            try:
-                rc.wait_for_engines(n, timeout=timeout)
-            except BaseException:
-                rc.close()
-                stop_cluster(profile)
-                raise
+        try:
+            _wait_for_engines(profile, conn, n, state, timeout)
+        except BaseException:
+            stop_cluster(profile)
+            raise
     return state
+
+
+def _wait_for_engines(profile: str, conn: str, n: int, state: Dict[str, Any], timeout: float) -> None:
+    """Until n engines registered; fails early if every local engine process
+    (or the mpiexec) has already exited."""
+    from ._client import Client
+    from ._errors import TimeoutError
+
+    local = list(state.get("engines") or [])
+    deadline = time.monotonic() + timeout
+    with Client(conn) as rc:
+        while True:
+            have = len(rc.ids)
+            if have >= n:
+                return
+            if local and not wait_gone(local, 0):
+                raise ZfarmError(f"the engines exited before {n} registered ({have} did); "
+                                 f"see {profile_path(profile, '.engines.log')}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{have} of {n} engines registered after {timeout} s; "
+                                   f"see {profile_path(profile, '.engines.log')}")
+            time.sleep(0.05)
 
 
 def cleanup_files(profile: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -189,6 +190,15 @@ def test_stop_after_the_broker_died_ends_the_engines(env, stop_at_end):
     assert _profiles.list_profiles() == []
 
 
+def test_start_fails_fast_when_the_engines_cannot_start(env, stop_at_end):
+    fake(env, "broken-engine", "echo 'broken engine' >&2; exit 3\n")
+    r = zfarm_cmd(env, "cluster", "start", "-n", "2", "--profile", "b", "--engine-cmd",
+                  str(env["bin"] / "broken-engine"), "--timeout", str(WAIT * 5))
+    assert r.returncode == 1 and "exited before 2 registered" in r.stderr
+    assert "broken engine" in (env["dir"] / "b.engines.log").read_text()
+    assert _profiles.list_profiles() == [] and not (env["dir"] / "b.json").exists()
+
+
 def test_bad_profile_name_and_profile_dir_mode(env, tmp_path, monkeypatch):
     r = zfarm_cmd(env, "cluster", "stop", "--profile", "../x")
     assert r.returncode == 1 and "bad profile name" in r.stderr
@@ -264,10 +274,21 @@ def test_mpi_engines_allreduce_across_ranks(env, stop_at_end):
 FAKE_SSH = """\
 # Stands in for ssh: records the call, skips options, runs the command here.
 echo "$@" >> "$FAKE_DIR/ssh.log"
-while [ $# -gt 0 ]; do case "$1" in -*) shift ;; *) break ;; esac; done
+while [ $# -gt 0 ]; do case "$1" in -o|-p|-i|-l) shift 2 ;; -*) shift ;; *) break ;; esac; done
 shift
 exec sh -c "$*"
 """
+
+
+def test_ssh_plan_cycles_through_the_hosts_file(tmp_path):
+    launcher = _launchers.SSHLauncher([("a", 2), ("b", 1)], engine="/opt/zfarm-engine")
+    assert launcher.plan(2) == {"a": 2}
+    assert launcher.plan(5) == {"a": 4, "b": 1}
+    cmd = launcher.command("a", 2, "/p/x.engine.json", ["--prefetch", "4"])
+    assert cmd[:2] == ["ssh", "a"] and cmd[2].startswith("sh -c ")
+    script = launcher.remote_script(2, "/p/x.engine.json", ["--prefetch", "4"])
+    assert '/opt/zfarm-engine --connection-file "$f" --prefetch 4' in script
+    assert "umask 077" in script and 'f="$d/x.engine.json"' in script
 
 
 def test_hosts_file_parsing(tmp_path):
@@ -282,12 +303,13 @@ def test_hosts_file_parsing(tmp_path):
 def test_ssh_launcher_starts_engines_on_each_host(env, stop_at_end):
     fake(env, "ssh", FAKE_SSH)
     hosts = env["tmp"] / "hosts"
-    hosts.write_text("nodeA 1\nnodeB 1\n")
+    hosts.write_text("nodeA 2\nnodeB   # one engine\n")
     # A loopback engine port: the fake ssh runs the engines on this machine.
-    ok(zfarm_cmd(env, "cluster", "start", "-n", "3", "--engines", "ssh", "--hosts", str(hosts),
-                 "--profile", "s", "--ip", "127.0.0.1", "--heartbeat-ms", HEARTBEAT))
+    # No -n: as many engines as the hosts file lists.
+    ok(zfarm_cmd(env, "cluster", "start", "--engines", "ssh", "--hosts", str(hosts), "--ssh",
+                 "ssh -o BatchMode=yes", "--profile", "s", "--ip", "127.0.0.1", "--heartbeat-ms", HEARTBEAT))
     calls = (env["tmp"] / "ssh.log").read_text().splitlines()
-    assert [c.split()[0] for c in calls] == ["nodeA", "nodeB"]
+    assert [c.split()[:3] for c in calls] == [["-o", "BatchMode=yes", "nodeA"], ["-o", "BatchMode=yes", "nodeB"]]
     assert "zfarm-engine" in calls[0] and "--connection-file" in calls[0]
     remote_file = env["home"] / ".zfarm" / "s.engine.json"
     assert mode(remote_file) == 0o600 and json.loads(remote_file.read_text())["engine"].startswith("tcp://")
@@ -299,6 +321,21 @@ def test_ssh_launcher_starts_engines_on_each_host(env, stop_at_end):
         assert sorted(rc[:].apply_sync(os.getpid)) == sorted(pids)
     ok(zfarm_cmd(env, "cluster", "stop", "--profile", "s"))
     assert gone(pids)
+
+
+def test_ssh_failure_on_one_host_stops_the_engines_of_the_others(env, stop_at_end):
+    fake(env, "ssh", 'case "$*" in *badhost*) echo "badhost: unreachable" >&2; exit 255 ;; esac\n' + FAKE_SSH)
+    hosts = env["tmp"] / "hosts"
+    hosts.write_text("nodeA 1\nbadhost 1\n")
+    r = zfarm_cmd(env, "cluster", "start", "--engines", "ssh", "--hosts", str(hosts), "--profile", "f",
+                  "--ip", "127.0.0.1", "--heartbeat-ms", HEARTBEAT)
+    assert r.returncode == 1 and "ssh badhost failed with exit code 255: badhost: unreachable" in r.stderr
+    assert _profiles.list_profiles() == [] and not (env["dir"] / "f.json").exists()
+    # The clean-up went back to nodeA and ended the engine started there.
+    last = (env["tmp"] / "ssh.log").read_text().splitlines()[-1]
+    assert last.startswith("nodeA ") and "kill" in last
+    pids = [int(p) for p in re.search(r"for p in ([0-9 ]+);", last).group(1).split()]
+    assert len(pids) == 1 and gone(pids)
 
 
 # -- slurm --------------------------------------------------------------------------------
