@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     stop = csub.add_parser("stop", help="shut the cluster down and reap its processes")
     _add_profile(stop)
+    stop.add_argument("--grace", type=float, default=None,
+                      help="seconds processes get to leave after Shutdown, and again after SIGTERM (default 10)")
 
     status = csub.add_parser("status", help="engines, queue depths, tasks done/failed, throughput")
     _add_profile(status)
@@ -115,7 +117,7 @@ def _start(args: argparse.Namespace) -> int:
 def _stop(args: argparse.Namespace) -> int:
     from ._profiles import stop_cluster
 
-    summary = stop_cluster(args.profile)
+    summary = stop_cluster(args.profile) if args.grace is None else stop_cluster(args.profile, args.grace)
     extra = f" (signalled {summary['killed']})" if summary["killed"] else ""
     print(f"zfarm: profile {args.profile!r} stopped{extra}")
     return 0

@@ -190,6 +190,22 @@ def test_stop_after_the_broker_died_ends_the_engines(env, stop_at_end):
     assert _profiles.list_profiles() == []
 
 
+def test_stop_interrupts_an_engine_stuck_in_a_task(env, stop_at_end):
+    ok(zfarm_cmd(env, "cluster", "start", "-n", "1", "--profile", "h", "--heartbeat-ms", HEARTBEAT))
+    with zfarm.Client(profile="h") as rc:
+        rc.load_balanced_view().apply(time.sleep, 3600)
+        deadline = time.monotonic() + WAIT
+        while rc.queue_status()["engines"][0]["inflight"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        engine = engine_pids(rc.queue_status())[0]
+    # The engine cannot act on Shutdown while the task runs: after the grace
+    # period SIGTERM interrupts the task and the engine leaves.
+    r = ok(zfarm_cmd(env, "cluster", "stop", "--profile", "h", "--grace", "1"))
+    assert f"signalled [{engine}]" in r.stdout
+    assert gone([engine])
+
+
 def test_start_fails_fast_when_the_engines_cannot_start(env, stop_at_end):
     fake(env, "broken-engine", "echo 'broken engine' >&2; exit 3\n")
     r = zfarm_cmd(env, "cluster", "start", "-n", "2", "--profile", "b", "--engine-cmd",
