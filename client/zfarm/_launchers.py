@@ -232,7 +232,8 @@ class SlurmLauncher(Launcher):
         with open(engine_file, encoding="utf-8") as f:
             endpoint = json.load(f).get("engine", "?")
         profile = os.path.basename(engine_file).split(".engine.json")[0]
-        return Template(self.template).substitute(
+        # safe_substitute: a template may use shell variables ($SLURM_JOB_ID).
+        return Template(self.template).safe_substitute(
             job_name=f"zfarm-{profile}",
             n=int(n),
             output=log_path,

@@ -85,11 +85,17 @@ def write_private_json(path: str, data: Dict[str, Any]) -> None:
 
 
 def read_state(profile: str) -> Optional[Dict[str, Any]]:
+    path = profile_path(profile, ".state.json")
     try:
-        with open(profile_path(profile, ".state.json"), encoding="utf-8") as f:
-            return json.load(f)
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
     except FileNotFoundError:
         return None
+    except ValueError as exc:
+        raise ZfarmError(f"{path} is damaged ({exc}); remove it by hand") from None
+    if not isinstance(state, dict):
+        raise ZfarmError(f"{path} is damaged (not a JSON object); remove it by hand")
+    return state
 
 
 def list_profiles() -> List[str]:
@@ -380,8 +386,8 @@ def cluster_status(profile: str, interval: float = 1.0, timeout: float = 10.0) -
     """Two status samples ``interval`` apart; adds ``throughput`` (results/s)."""
     from ._client import Client
 
-    conn = connection_file(profile)
     state = read_state(profile)
+    conn = connection_file(profile)
     if state is not None and running_state(profile) is None:
         raise ZfarmError(f"the broker of profile {profile!r} is not running any more; "
                          f"clean up with: zfarm cluster stop --profile {profile}")

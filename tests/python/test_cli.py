@@ -218,6 +218,12 @@ def test_start_fails_fast_when_the_engines_cannot_start(env, stop_at_end):
 def test_bad_profile_name_and_profile_dir_mode(env, tmp_path, monkeypatch):
     r = zfarm_cmd(env, "cluster", "stop", "--profile", "../x")
     assert r.returncode == 1 and "bad profile name" in r.stderr
+    r = zfarm_cmd(env, "cluster", "stop", "--profile", "nothing")
+    assert r.returncode == 1 and "no cluster is known" in r.stderr
+    (env["dir"] / "bad.state.json").write_text("{not json")
+    r = zfarm_cmd(env, "cluster", "status", "--profile", "bad")
+    assert r.returncode == 1 and "damaged" in r.stderr
+    (env["dir"] / "bad.state.json").unlink()
     wide = tmp_path / "wide"
     wide.mkdir(mode=0o755)
     monkeypatch.setenv("ZFARM_PROFILE_DIR", str(wide))
@@ -375,6 +381,16 @@ wait
 FAKE_SCANCEL = """\
 echo "$@" >> "$FAKE_DIR/scancel.log"
 """
+
+
+def test_slurm_custom_template_keeps_shell_variables(tmp_path):
+    engine_file = tmp_path / "x.engine.json"
+    engine_file.write_text('{"version": 1, "engine": "tcp://head:5556"}')
+    template = "#!/bin/bash\n#SBATCH -n ${n}\necho job $SLURM_JOB_ID to ${endpoint}\nsrun ${engine_command}\n"
+    script = _launchers.SlurmLauncher(template=template, engine="/opt/zfarm-engine").script(
+        3, str(engine_file), ["--prefetch", "1"], str(tmp_path / "log"))
+    assert script == ("#!/bin/bash\n#SBATCH -n 3\necho job $SLURM_JOB_ID to tcp://head:5556\n"
+                      f"srun /opt/zfarm-engine --connection-file {engine_file} --prefetch 1\n")
 
 
 def test_slurm_script_and_engine_start_up(env, stop_at_end):
