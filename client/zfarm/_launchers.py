@@ -142,9 +142,8 @@ class SSHLauncher(Launcher):
     def remote_script(self, n: int, engine_file: str, engine_args: Sequence[str]) -> str:
         """The shell script run on a host: store the file from stdin, start n engines, print pids."""
         name = os.path.basename(engine_file)
-        cmd = self.engine_command('"$f"', engine_args)
-        cmd = " ".join([cmd[0] if cmd[0] == '"$f"' else shlex.quote(cmd[0])] +
-                       [a if a == '"$f"' else shlex.quote(a) for a in cmd[1:]])
+        engine = shlex.quote(self.engine or find_binary("zfarm-engine"))
+        cmd = " ".join([engine, "--connection-file", '"$f"', *(shlex.quote(a) for a in engine_args)])
         return ("set -e; umask 077; d=\"$HOME/.zfarm\"; mkdir -p \"$d\"; "
                 f"f=\"$d/{name}\"; cat > \"$f.$$\"; mv -f \"$f.$$\" \"$f\"; "
                 f"i=0; while [ $i -lt {int(n)} ]; do i=$((i+1)); "
@@ -158,6 +157,8 @@ class SSHLauncher(Launcher):
         says, then round again from the top while n is not reached."""
         plan: Dict[str, int] = {}
         order = [h for h, k in self.hosts for _ in range(k)]
+        if not order:
+            raise ZfarmError("the hosts file offers no engine slots")
         for i in range(n):
             host = order[i % len(order)]
             plan[host] = plan.get(host, 0) + 1
