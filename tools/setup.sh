@@ -33,4 +33,19 @@ VPY=.venv/bin/python
 # A persistent build directory makes a repeated install an incremental build.
 "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation \
   -Cbuild-dir=build-pip -Csetup-args=-Dtests=false -Ccompile-args=-j2 .
+# MPI launcher (zfarm cluster start --engines mpi) and its test: OpenMPI and
+# mpi4py, which compiles against it.
+MPI_APT=(openmpi-bin libopenmpi-dev)
+mpi_missing=()
+for p in "${MPI_APT[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || mpi_missing+=("$p")
+done
+if [ ${#mpi_missing[@]} -gt 0 ]; then
+  echo "setup: installing ${mpi_missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${mpi_missing[@]}" >/dev/null
+fi
+"$VPY" -c "import mpi4py" 2>/dev/null || "$VPY" -m pip install -q --disable-pip-version-check mpi4py
 echo "setup: zfarm installed in $(pwd)/.venv"

@@ -24,6 +24,9 @@ from ._errors import (
 )
 from ._executor import ZfarmExecutor
 from ._view import DirectView, LoadBalancedView
+from . import mpi  # rank and communicator inside tasks (mpi4py imported on first use)
+from ._launchers import LocalLauncher, MPILauncher, SlurmLauncher, SSHLauncher
+from ._profiles import cluster_status, start_cluster, stop_cluster
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""``python -m zfarm``: runs the demo job (see zfarm.demo)."""
-from .demo import main
+"""``python -m zfarm``: the ``zfarm`` command (see zfarm._cli)."""
+from ._cli import main
 
 raise SystemExit(main())

@@ -47,14 +47,20 @@ class Client:
     """A connection to a zfarm cluster.
 
     ``Client(connection_file)`` connects to a running cluster (the file its
-    broker wrote).  With no argument it uses $ZFARM_CONNECTION_FILE if set;
+    broker wrote); ``Client(profile="name")`` to the one ``zfarm cluster
+    start --profile name`` started.  With no argument it uses $ZFARM_CONNECTION_FILE if set;
     otherwise it starts a local cluster of ``n`` engines (default: one per
     core) and stops it again on :meth:`close` or at exit.
     """
 
     def __init__(self, connection_file: Optional[str] = None, *, n: Optional[int] = None,
-                 timeout: float = 30.0, cluster: Optional[Cluster] = None):
+                 timeout: float = 30.0, cluster: Optional[Cluster] = None, profile: Optional[str] = None):
         self._cluster: Optional[Cluster] = None
+        if profile is not None and connection_file is None:
+            # A cluster started with `zfarm cluster start --profile NAME`.
+            from ._profiles import connection_file as profile_connection_file
+
+            connection_file = profile_connection_file(profile)
         if connection_file is None and cluster is None:
             connection_file = os.environ.get("ZFARM_CONNECTION_FILE")
         if connection_file is None:
