@@ -38,6 +38,8 @@ import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+from ._errors import ZfarmError
+
 SHM_DIR = "/dev/shm"
 # Buffers smaller than this go through the socket: below about a megabyte a
 # file's create/map/unlink costs more than the copies it saves.
@@ -57,7 +59,7 @@ DESCRIPTOR_MAX = 256
 _NAME = re.compile(r"zfarm-(\d+)-[0-9a-f]{16}")
 
 
-class ShmError(OSError):
+class ShmError(ZfarmError, OSError):
     """A shared-memory descriptor could not be turned back into its buffer."""
 
 
