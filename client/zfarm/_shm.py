@@ -122,12 +122,12 @@ def export(frames: Sequence[Any], *, claim: bool, minimum: Optional[int] = None)
     names: List[str] = []
     for i in range(1, len(out)):
         view = memoryview(out[i])
-        if view.nbytes < limit or view.nbytes == 0:
+        if view.nbytes < max(limit, 1) or not view.c_contiguous:
             continue
         try:
             name = _write_file(view.cast("B") if view.format != "B" or view.ndim != 1 else view)
         except OSError:
-            continue  # the socket still works
+            continue  # no /dev/shm, or full: the socket still works
         names.append(name)
         out[i] = descriptor(name, view.nbytes, claim)
     return out, names
@@ -172,8 +172,10 @@ def release(names: Sequence[str]) -> None:
 
 
 def _remove_all_created() -> None:
+    # Only this process's own files: a forked child inherits the set.
+    mine = f"zfarm-{os.getpid()}-"
     with _created_lock:
-        names = list(_created)
+        names = [n for n in _created if n.startswith(mine)]
     release(names)
 
 
@@ -185,9 +187,9 @@ def is_descriptor(frame: Any) -> bool:
     """True if ``frame`` is a descriptor rather than a buffer's bytes."""
     try:
         view = memoryview(frame)
-    except TypeError:
+        return _HEAD.size < view.nbytes <= DESCRIPTOR_MAX and bytes(view.cast("B")[:8]) == MAGIC
+    except (TypeError, ValueError):
         return False
-    return _HEAD.size < view.nbytes <= DESCRIPTOR_MAX and view.cast("B")[:8] == MAGIC
 
 
 def open_descriptor(frame: Any) -> mmap.mmap:
@@ -206,7 +208,8 @@ def open_descriptor(frame: Any) -> mmap.mmap:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise ShmError(f"zfarm: cannot open the shared-memory buffer {path} ({exc.strerror}): its sender "
-                       f"removed it, or runs on another host (set {ENV}=0 there)") from None
+                       f"removed it, or sender and receiver are not on one host (then set {ENV}=0 for "
+                       f"the sender)") from None
     try:
         size = os.fstat(fd).st_size
         if size < nbytes:  # mapping past the end would kill us with SIGBUS
