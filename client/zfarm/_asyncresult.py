@@ -84,6 +84,7 @@ class AsyncResult(concurrent.futures.Future):
         self._cond = threading.Condition()
         self.task_ids: List[int] = []
         self.submitted = time.monotonic()
+        self._on_ended: List[Callable[[], None]] = []  # see _when_ended
         if n_tasks == 0:
             self._finish()
 
@@ -97,7 +98,26 @@ class AsyncResult(concurrent.futures.Future):
             finished = len(self._completion) == self._n
             self._cond.notify_all()
         if finished:
+            self._run_ended()
             self._finish()
+
+    def _when_ended(self, fn: Callable[[], None]) -> None:
+        """Calls ``fn()`` once every task has its outcome (unlike a done
+        callback, not earlier on cancel()); at once if that is already so."""
+        with self._cond:
+            if len(self._completion) < self._n:
+                self._on_ended.append(fn)
+                return
+        fn()
+
+    def _run_ended(self) -> None:
+        with self._cond:
+            fns, self._on_ended = self._on_ended, []
+        for fn in fns:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - clean-up must not stop delivery
+                pass
 
     def _finish(self) -> None:
         errors = [o.value for o in self._outcomes if o is not None and not o.ok]

@@ -17,7 +17,7 @@ import warnings
 import weakref
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from . import _core
+from . import _core, _shm
 from ._asyncresult import AsyncResult, decode_outcome
 from ._cluster import Cluster, read_connection_file
 from ._errors import STATUS_ABORTED, NoEnginesError, TimeoutError, ZfarmError
@@ -72,6 +72,7 @@ class Client:
         self.connection_file = connection_file
         self.connection_info = read_connection_file(connection_file)
         self._core = _core.Core(self.connection_info["client"])
+        self._shm_policy = _shm.SendPolicy(local=cluster is not None)
         # Task ids are unique per session: 32 random bits, then a counter.
         self._session = secrets.randbits(31) << 32
         self._next = 1
@@ -106,6 +107,11 @@ class Client:
         """
         if self._closed:
             raise ZfarmError("the client is closed")
+        # Large buffers go through shared memory when the engines are local;
+        # the files live until every task of this call has ended.
+        messages, shm_files = _shm.export_messages(messages, lambda: self._shm_policy.enabled(self))
+        if shm_files:
+            ar._when_ended(lambda: _shm.release(shm_files))
         total = sum(1 if t == [LOAD_BALANCED] else len(t) for t, _, _ in messages)
         first = self._take_ids(total)
         wire = []
@@ -140,6 +146,7 @@ class Client:
             with self._lock:
                 entry = self._pending.pop(mid, None)
             if entry is None:
+                _shm.discard(frames)
                 return  # a duplicate or a result for another session
             ar, index = entry
             ar._deliver(index, decode_outcome(mid, status, aux, text, frames))

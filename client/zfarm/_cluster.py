@@ -19,6 +19,7 @@ import time
 import weakref
 from typing import List, Optional, Sequence
 
+from . import _shm
 from ._errors import ZfarmError
 
 # How long a starting broker may take to write its connection file.
@@ -107,6 +108,7 @@ class Cluster:
         """Starts the broker, waits for its connection file, starts engines."""
         if self.broker is not None:
             return self
+        _shm.remove_stale()  # shared-memory files of processes that died
         self.workdir = tempfile.mkdtemp(prefix="zfarm-")
         self.connection_file = os.path.join(self.workdir, "connection.json")
         args = [find_binary("zfarm-broker"), "--connection-file", self.connection_file]
@@ -140,8 +142,10 @@ class Cluster:
 
     def _spawn(self, args: List[str]) -> subprocess.Popen:
         out = subprocess.DEVNULL if self.quiet else None
+        # Engines of a local cluster share this host: large results through /dev/shm.
+        env = dict(os.environ, **{_shm.ENV: "1" if _shm.enabled_by_env(True) else "0"})
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                preexec_fn=_die_with_parent, close_fds=True)
+                                preexec_fn=_die_with_parent, close_fds=True, env=env)
 
     def connect(self, timeout: float = 30.0):
         """A Client of this cluster, once all its engines have registered."""
@@ -149,7 +153,7 @@ class Cluster:
 
         if self.connection_file is None:
             self.start()
-        client = Client(self.connection_file)
+        client = Client(cluster=self)
         try:
             client.wait_for_engines(len(self.engines), timeout=timeout)
         except BaseException:

@@ -2,7 +2,9 @@
 
 The first frame is the pickle; every large contiguous buffer (a numpy array's
 data, a bytes object reached through ``pickle.PickleBuffer``) travels as a
-frame of its own, so it is never copied into the pickle stream.
+frame of its own, so it is never copied into the pickle stream.  Between
+processes of one host the largest of them may instead travel through shared
+memory (:mod:`zfarm._shm`); :func:`loads` accepts both.
 
 >>> frames = dumps({"a": 1})
 >>> loads(frames)
@@ -14,6 +16,8 @@ import pickle
 from typing import Any, List, Sequence
 
 import cloudpickle
+
+from . import _shm
 
 PROTOCOL = 5
 # Buffers smaller than this stay inside the pickle: a frame of its own costs
@@ -50,5 +54,9 @@ def dumps_function(obj: Any) -> bytes:
 
 
 def loads(frames: Sequence[Any]) -> Any:
-    """Inverse of :func:`dumps`; frames may be any buffer-protocol objects."""
-    return pickle.loads(frames[0], buffers=frames[1:])
+    """Inverse of :func:`dumps`; frames may be any buffer-protocol objects.
+
+    A buffer sent through shared memory (a descriptor frame, see
+    :mod:`zfarm._shm`) is mapped copy-on-write and unpickled from there.
+    """
+    return pickle.loads(frames[0], buffers=_shm.import_buffers(frames[1:]))

@@ -30,7 +30,7 @@ import sys
 import traceback
 from typing import Any, Dict, List, Tuple
 
-from . import _serialize
+from . import _serialize, _shm
 
 STATUS_OK = 0
 STATUS_REMOTE_ERROR = 1
@@ -125,4 +125,4 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
         info["evalue"] = f"result of task {task_id} could not be serialised: {info['evalue']}"
         result = _serialize.dumps(("error", info, out.getvalue(), err.getvalue()))
         status = STATUS_REMOTE_ERROR
-    return status, result
+    return status, _shm.export_result(result)
