@@ -61,7 +61,8 @@ struct SchedulerOptions {
   // Decoder limits for every incoming message.
   proto::Limits limits;
   // Finished tasks remembered (id -> status, engine) so opts.after and
-  // opts.follow may name tasks that already ended.  About 50 bytes each.
+  // opts.follow may name tasks that already ended.  About 70 bytes each
+  // (a hash node and an entry of the eviction order).
   std::size_t finished_record = 1000000;
 };
 
