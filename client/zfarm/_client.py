@@ -55,8 +55,12 @@ EVENT_LEFT = 1
 # send heartbeats and acknowledgements on time.
 RECV_TIMEOUT_MS = 50
 RECV_BATCH = 8192
-# Heartbeat (or, until the broker has welcomed us, Hello) about this often.
+# Heartbeat (or, until the broker has welcomed us, Hello) about this often;
+# more often if the broker's own heartbeat interval (from Welcome) is shorter.
 HEARTBEAT_S = 1.0
+# get_result() needs a broker that keeps results; one that has not answered
+# Hello with Welcome within this time does not.
+WELCOME_WAIT_S = 5.0
 # Results are acknowledged in batches: when this many are waiting, or when
 # the oldest has waited this long.
 ACK_BATCH = 256
@@ -306,7 +310,8 @@ class Client:
     def _housekeeping(self) -> None:
         """Heartbeats and batched acknowledgements (receiver thread)."""
         now = time.monotonic()
-        if now - self._last_beat >= HEARTBEAT_S:
+        interval = min(HEARTBEAT_S, self.heartbeat_ms / 1000) if self.heartbeat_ms else HEARTBEAT_S
+        if now - self._last_beat >= interval:
             self._last_beat = now
             # Until the broker has answered with Welcome it may not know
             # sessions at all: Hello is harmless to any broker.
@@ -331,6 +336,8 @@ class Client:
         a single value, a list gives a list (one entry per task: a map task
         gives its chunk).
         """
+        if self._closed:
+            raise ZfarmError("the client is closed")
         single = isinstance(jobs, int)
         ids = task_ids_of(jobs)
         ar = AsyncResult(self, len(ids), single=single, label="get_result")
@@ -352,8 +359,11 @@ class Client:
         for i, outcome in ready:
             ar._deliver(i, outcome)
         if fetch:
-            if self._closed:
-                raise ZfarmError("the client is closed")
+            if not self._welcomed.wait(WELCOME_WAIT_S):
+                with self._lock:
+                    for task_id in fetch:
+                        self._pending.pop(task_id, None)
+                raise ZfarmError("this broker does not keep results (it never answered Hello with Welcome)")
             self._send_ids(MSG_FETCH, fetch)
         return ar
 
