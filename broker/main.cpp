@@ -115,6 +115,7 @@ int main(int argc, char** argv) {
   int liveness = 3;
   std::int64_t max_message_bytes = kDefaultMaxMessageBytes;
   bool allow_insecure = false;
+  zfarm::broker::SchedulerOptions options;
   app.add_option("--client-endpoint", client_endpoint, "address clients connect to")->capture_default_str();
   app.add_option("--engine-endpoint", engine_endpoint, "address engines connect to")->capture_default_str();
   app.add_option("--connection-file", connection_file,
@@ -130,6 +131,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--allow-insecure", allow_insecure,
                "allow binding tcp addresses other than loopback (no authentication yet!)");
+  app.add_option("--result-cache-bytes", options.result_cache_bytes,
+                 "acknowledged results kept for Fetch, in bytes (least recently used dropped first)")
+      ->capture_default_str();
+  app.add_option("--max-unacked-bytes", options.max_unacked_bytes,
+                 "results sent but not yet acknowledged kept for resending, in bytes (oldest dropped beyond it)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   if (!allow_insecure) {
@@ -142,7 +149,6 @@ int main(int argc, char** argv) {
     }
   }
 
-  zfarm::broker::SchedulerOptions options;
   options.heartbeat = std::chrono::milliseconds(heartbeat_ms);
   options.liveness = liveness;
   Scheduler scheduler(options);

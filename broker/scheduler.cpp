@@ -34,7 +34,10 @@ Header make_header(MsgType type, std::uint64_t id) {
 
 }  // namespace
 
-Scheduler::Scheduler(SchedulerOptions options) : options_(std::move(options)) {
+Scheduler::Scheduler(SchedulerOptions options)
+    : options_(std::move(options)),
+      results_(ResultStore::Limits{options_.result_cache_bytes, options_.max_unacked_bytes}),
+      incarnation_(options_.incarnation.empty() ? random_incarnation() : options_.incarnation) {
   if (options_.heartbeat.count() < 1) options_.heartbeat = std::chrono::milliseconds(1);
   if (options_.liveness < 1) options_.liveness = 1;
   if (options_.max_credit < 1) options_.max_credit = 1;
@@ -98,9 +101,19 @@ void Scheduler::on_client(const std::string& identity, Message&& msg, Clock::tim
   clients_.insert(identity);
   switch (msg.header.type) {
     case MsgType::kHello:
-      return;  // first contact; nothing to answer
+      handle_hello(identity, msg, out);
+      return;
+    case MsgType::kHeartbeat:
+      send_welcome(identity, msg.header.id, out);
+      return;
+    case MsgType::kAck:
+      handle_ack(identity, msg);
+      return;
+    case MsgType::kFetch:
+      handle_fetch(identity, msg, out);
+      return;
     case MsgType::kSubmit:
-      handle_submit(identity, std::move(msg), out);
+      handle_submit(sessions_.session_of(identity), std::move(msg), out);
       return;
     case MsgType::kStatus:
       handle_status(identity, msg, out);
@@ -396,6 +409,7 @@ void Scheduler::finish(std::uint64_t task_id, ResultStatus status, std::int64_t 
   if (node.empty()) return;
   send_result(node.mapped().client, task_id, static_cast<std::uint32_t>(status), aux, std::move(text),
               std::move(payload), out);
+  notify_watchers(task_id, node.mapped().client, out);
 }
 
 void Scheduler::reject(const std::string& client, std::uint64_t task_id, std::int64_t aux, std::string text,
@@ -412,7 +426,12 @@ void Scheduler::send_result(const std::string& client, std::uint64_t task_id, st
   h.text = std::move(text);
   ++counters_.done;
   if (status != static_cast<std::uint32_t>(ResultStatus::kOk)) ++counters_.failed;
-  out.push_back({Outgoing::kClient, client, proto::encode(h, std::move(payload))});
+  // `client` is a session: the store keeps the result until that session
+  // acknowledges it, and a shared copy goes to the session's identity now.
+  Frames now = results_.add(client, task_id, proto::encode(h, std::move(payload)));
+  if (const std::string* identity = sessions_.identity_of(client)) {
+    out.push_back({Outgoing::kClient, *identity, std::move(now)});
+  }
 }
 
 void Scheduler::send_error(Outgoing::Side side, const std::string& identity, std::uint64_t id, std::string text,

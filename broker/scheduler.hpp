@@ -31,6 +31,8 @@
 
 #include "io_thread.hpp"  // Frames
 #include "protocol.hpp"
+#include "result_store.hpp"
+#include "sessions.hpp"
 
 namespace zfarm::broker {
 
@@ -59,6 +61,14 @@ struct SchedulerOptions {
   std::int64_t max_credit = 1 << 16;
   // Decoder limits for every incoming message.
   proto::Limits limits;
+  // Results kept after they were sent (see result_store.hpp for the reasons
+  // behind the defaults): acknowledged ones for Fetch, unacknowledged ones
+  // for a client that reconnects.
+  std::size_t result_cache_bytes = ResultStore::Limits{}.cache_bytes;
+  std::size_t max_unacked_bytes = ResultStore::Limits{}.max_unacked_bytes;
+  // Names this run of the broker in every Welcome, so clients notice a
+  // restart.  Empty: random hex made at construction (tests may set one).
+  std::string incarnation;
 };
 
 // What the broker has counted since it started.
@@ -117,10 +127,18 @@ class Scheduler {
   // In-flight count of engine `id`, or -1 if there is no such engine.
   std::int64_t inflight(std::int64_t id) const;
 
+  // Client sessions and stored results (scheduler_sessions.cpp).
+  const std::string& incarnation() const { return incarnation_; }
+  const ResultStore& results() const { return results_; }
+  std::size_t session_count() const { return sessions_.size(); }
+  // The current identity of every client session, each once: where a
+  // message for all clients (an Event) goes.
+  std::vector<std::string> client_identities() const { return sessions_.identities(); }
+
  private:
   struct Task {
     std::uint64_t id = 0;
-    std::string client;       // identity of the submitting client
+    std::string client;       // session of the submitting client (results go to its identity)
     Frames payload;           // kept while a retry may need it
     std::int64_t retries = 0; // load-balanced only
     bool balanced = false;
@@ -166,6 +184,14 @@ class Scheduler {
 
   Frames status_payload() const;
 
+  // Client sessions and stored results (scheduler_sessions.cpp).
+  void handle_hello(const std::string& identity, const proto::Message& msg, Outbox& out);
+  void handle_ack(const std::string& identity, const proto::Message& msg);
+  void handle_fetch(const std::string& identity, const proto::Message& msg, Outbox& out);
+  void send_welcome(const std::string& identity, std::uint64_t id, Outbox& out);
+  // Sends a finished task's result to the sessions that fetched it while it was pending.
+  void notify_watchers(std::uint64_t task_id, const std::string& owner, Outbox& out);
+
   SchedulerOptions options_;
   std::map<std::int64_t, Engine> engines_;  // by engine id, ascending
   std::unordered_map<std::string, std::int64_t> engine_by_identity_;
@@ -175,6 +201,10 @@ class Scheduler {
   std::set<std::string> clients_;                  // identities seen on the client side
   Counters counters_;
   bool shutting_down_ = false;
+  // Client sessions and stored results.
+  Sessions sessions_;
+  ResultStore results_;
+  std::string incarnation_;
 };
 
 }  // namespace zfarm::broker

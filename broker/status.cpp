@@ -15,7 +15,7 @@ void key(msgpack::packer<msgpack::sbuffer>& pk, const char* k) { pk.pack(std::st
 Frames Scheduler::status_payload() const {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk(buf);
-  pk.pack_map(13);
+  pk.pack_map(13 + 7);  // + the result store and sessions
 
   key(pk, "engines");
   pk.pack_array(static_cast<std::uint32_t>(engines_.size()));
@@ -58,6 +58,23 @@ Frames Scheduler::status_payload() const {
   pk.pack_uint64(counters_.unroutable);
   key(pk, "errors_received");
   pk.pack_uint64(counters_.errors_received);
+
+  // The result store and sessions.
+  const ResultStore::Stats rs = results_.stats();
+  key(pk, "stored_results");
+  pk.pack_uint64(rs.stored_results);
+  key(pk, "stored_bytes");
+  pk.pack_uint64(rs.stored_bytes);
+  key(pk, "cached_results");
+  pk.pack_uint64(rs.cached_results);
+  key(pk, "cached_bytes");
+  pk.pack_uint64(rs.cached_bytes);
+  key(pk, "results_evicted");
+  pk.pack_uint64(rs.evicted);
+  key(pk, "sessions");
+  pk.pack_uint64(sessions_.size());
+  key(pk, "incarnation");
+  pk.pack(incarnation_);
 
   Frames frames;
   frames.emplace_back(buf.data(), buf.size());

@@ -594,9 +594,11 @@ TEST_CASE("an Error from a peer is counted and never answered") {
   CHECK(h.s.counters().bad_messages == 0);
 }
 
-TEST_CASE("hello from a client is accepted silently") {
+TEST_CASE("hello from a client is answered with Welcome") {
   Harness h;
-  CHECK(h.from_client("cl", header(MsgType::kHello)).empty());
+  auto got = h.from_client("cl", header(MsgType::kHello));
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kWelcome);
   CHECK(h.s.client_count() == 1);
 }
 

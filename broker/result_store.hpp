@@ -1,0 +1,114 @@
+// ResultStore: the results the broker keeps so that none is lost.
+//
+// Every Result the broker sends to a client is first put here, as the whole
+// encoded message (signature, header, payload).  It stays "unacknowledged",
+// filed under the session it belongs to, until that session sends Ack; a
+// client that reconnects gets every unacknowledged result of its session
+// again.  Acknowledged results move to a cache that other clients may Fetch
+// from, bounded by bytes and dropping the least recently used first.
+// Unacknowledged results are bounded too; beyond the bound the oldest are
+// dropped and counted (results_evicted), so a client that never acknowledges
+// cannot exhaust the broker's memory.
+//
+// Frames are never copied byte by byte: what the store hands out are shared
+// copies (zmq_msg_copy, a reference count on the same buffer).
+//
+// The store also remembers who asked (Fetch) for a task still running, so the
+// Scheduler can send them the result when the task ends.
+//
+// No sockets; not thread-safe.  docs/architecture.rst explains the choices.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "io_thread.hpp"  // Frames
+
+namespace zfarm::broker {
+
+// Shares frames without copying their bytes: zmq's copy() bumps a reference
+// count (frames under 33 bytes are copied inline, which costs nothing).
+Frames share_frames(Frames& frames);
+
+class ResultStore {
+ public:
+  struct Limits {
+    // Acknowledged results kept for Fetch.  64 MiB holds thousands of
+    // ordinary results and costs little next to what engines hold.
+    std::size_t cache_bytes = std::size_t{64} << 20;
+    // Results sent but not yet acknowledged.  Large, because dropping one
+    // loses it for a client that reconnects; bounded, because a client that
+    // never acknowledges must not take all memory.
+    std::size_t max_unacked_bytes = std::size_t{1} << 30;
+  };
+
+  struct Stats {
+    std::size_t stored_results = 0;  // unacknowledged
+    std::size_t stored_bytes = 0;
+    std::size_t cached_results = 0;  // acknowledged, kept for Fetch
+    std::size_t cached_bytes = 0;
+    std::uint64_t evicted = 0;       // unacknowledged results dropped over the bound
+  };
+
+  ResultStore() : ResultStore(Limits()) {}
+  explicit ResultStore(Limits limits) : limits_(limits) {}
+
+  // Keeps `message` (a whole encoded Result for task `task_id`) as
+  // unacknowledged for `session` and returns a shared copy of it to send now.
+  // An older result with the same task id, acknowledged or not, is replaced.
+  Frames add(const std::string& session, std::uint64_t task_id, Frames message);
+
+  // Moves the results of `session` named in `ids` to the cache.  Ids that are
+  // unknown, already acknowledged or of another session are ignored.
+  void ack(const std::string& session, const std::vector<std::uint64_t>& ids);
+
+  // Shared copies of every unacknowledged result of `session`, in task-id order.
+  std::vector<Frames> unacked(const std::string& session);
+
+  // A shared copy of the result of `task_id`, acknowledged or not; nothing if
+  // the store does not hold it.  A cache hit counts as a use for LRU.
+  std::optional<Frames> find(std::uint64_t task_id);
+  bool contains(std::uint64_t task_id) const { return entries_.count(task_id) != 0; }
+
+  // Watchers: sessions waiting for the result of a task that is still
+  // pending.  take_watchers() returns and forgets them (each session once).
+  void watch(std::uint64_t task_id, const std::string& session);
+  std::vector<std::string> take_watchers(std::uint64_t task_id);
+  std::size_t watched_tasks() const { return watchers_.size(); }
+
+  Stats stats() const;
+  const Limits& limits() const { return limits_; }
+
+ private:
+  struct Entry {
+    std::string session;  // owner while unacknowledged
+    bool acked = false;
+    Frames message;
+    std::size_t bytes = 0;
+    std::uint64_t seq = 0;  // position in unacked_order_ or cache_order_
+  };
+
+  void erase(std::unordered_map<std::uint64_t, Entry>::iterator it);
+  void to_cache(std::unordered_map<std::uint64_t, Entry>::iterator it);
+  void trim_unacked();
+  void trim_cache();
+
+  Limits limits_;
+  std::unordered_map<std::uint64_t, Entry> entries_;          // by task id
+  std::map<std::uint64_t, std::uint64_t> unacked_order_;      // seq -> task id, oldest first
+  std::map<std::uint64_t, std::uint64_t> cache_order_;        // seq -> task id, least recent first
+  std::map<std::string, std::set<std::uint64_t>> by_session_;  // unacknowledged ids per session
+  std::unordered_map<std::uint64_t, std::vector<std::string>> watchers_;
+  std::uint64_t next_seq_ = 0;
+  std::size_t unacked_bytes_ = 0;
+  std::size_t cached_bytes_ = 0;
+  std::uint64_t evicted_ = 0;
+};
+
+}  // namespace zfarm::broker

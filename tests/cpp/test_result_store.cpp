@@ -1,0 +1,215 @@
+// ResultStore and Sessions on their own: what is kept, what is freed, what is
+// dropped over the bounds, and that nothing is copied byte by byte.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "result_store.hpp"
+#include "sessions.hpp"
+
+using namespace zfarm;
+using broker::ResultStore;
+using broker::Sessions;
+
+namespace {
+
+// A stand-in for an encoded Result: one frame of `bytes` bytes whose first
+// byte says which task it is for.
+Frames message(std::size_t bytes, char tag = 'x') {
+  Frames f;
+  f.emplace_back(bytes);
+  static_cast<char*>(f[0].data())[0] = tag;
+  return f;
+}
+
+char tag_of(const Frames& f) { return static_cast<const char*>(f[0].data())[0]; }
+
+ResultStore::Limits limits(std::size_t cache, std::size_t unacked) {
+  ResultStore::Limits l;
+  l.cache_bytes = cache;
+  l.max_unacked_bytes = unacked;
+  return l;
+}
+
+}  // namespace
+
+TEST_CASE("store add keeps the result unacknowledged and returns it to send") {
+  ResultStore s;
+  Frames now = s.add("s1", 7, message(100, 'a'));
+  REQUIRE(now.size() == 1);
+  CHECK(now[0].size() == 100);
+  CHECK(tag_of(now) == 'a');
+  auto st = s.stats();
+  CHECK(st.stored_results == 1);
+  CHECK(st.stored_bytes == 100);
+  CHECK(st.cached_results == 0);
+  CHECK(s.contains(7));
+}
+
+TEST_CASE("store ack frees unacknowledged results into the cache") {
+  ResultStore s;
+  s.add("s1", 1, message(100));
+  s.add("s1", 2, message(50));
+  s.ack("s1", {1});
+  auto st = s.stats();
+  CHECK(st.stored_results == 1);
+  CHECK(st.stored_bytes == 50);
+  CHECK(st.cached_results == 1);
+  CHECK(st.cached_bytes == 100);
+  CHECK(s.unacked("s1").size() == 1);
+  CHECK(s.find(1).has_value());  // still there for Fetch
+}
+
+TEST_CASE("store ack of another session's, unknown or repeated ids is ignored") {
+  ResultStore s;
+  s.add("s1", 1, message(100));
+  s.ack("s2", {1});
+  s.ack("s1", {99});
+  CHECK(s.stats().stored_results == 1);
+  s.ack("s1", {1});
+  s.ack("s1", {1});
+  CHECK(s.stats().stored_results == 0);
+  CHECK(s.stats().cached_results == 1);
+  CHECK(s.stats().cached_bytes == 100);
+}
+
+TEST_CASE("store cache bound drops the least recently used first") {
+  ResultStore s(limits(250, 1 << 20));
+  for (std::uint64_t id = 1; id <= 3; ++id) s.add("s", id, message(100, static_cast<char>('0' + id)));
+  s.ack("s", {1, 2});
+  CHECK(s.stats().cached_results == 2);
+  CHECK(s.find(1).has_value());  // 1 is now more recently used than 2
+  s.ack("s", {3});               // 300 bytes > 250: the least recently used goes
+  auto st = s.stats();
+  CHECK(st.cached_results == 2);
+  CHECK(st.cached_bytes == 200);
+  CHECK(s.contains(1));
+  CHECK_FALSE(s.contains(2));
+  CHECK(s.contains(3));
+  CHECK(st.evicted == 0);  // only unacknowledged drops are counted
+}
+
+TEST_CASE("store result larger than the cache is dropped on ack") {
+  ResultStore s(limits(10, 1 << 20));
+  s.add("s", 1, message(100));
+  s.ack("s", {1});
+  CHECK_FALSE(s.contains(1));
+  CHECK(s.stats().cached_bytes == 0);
+}
+
+TEST_CASE("store unacknowledged bound drops the oldest and counts them") {
+  ResultStore s(limits(1 << 20, 250));
+  s.add("a", 1, message(100, '1'));
+  s.add("b", 2, message(100, '2'));
+  s.add("a", 3, message(100, '3'));  // over: 1 (the oldest, any session) goes
+  auto st = s.stats();
+  CHECK(st.stored_results == 2);
+  CHECK(st.stored_bytes == 200);
+  CHECK(st.evicted == 1);
+  CHECK_FALSE(s.contains(1));
+  auto a = s.unacked("a");
+  REQUIRE(a.size() == 1);
+  CHECK(tag_of(a[0]) == '3');
+}
+
+TEST_CASE("store unacked lists a session's results in task-id order") {
+  ResultStore s;
+  s.add("s", 30, message(40, 'c'));
+  s.add("s", 10, message(40, 'a'));
+  s.add("other", 15, message(40, 'o'));
+  s.add("s", 20, message(40, 'b'));
+  auto r = s.unacked("s");
+  REQUIRE(r.size() == 3);
+  CHECK(tag_of(r[0]) == 'a');
+  CHECK(tag_of(r[1]) == 'b');
+  CHECK(tag_of(r[2]) == 'c');
+  CHECK(s.unacked("nobody").empty());
+}
+
+TEST_CASE("store a second result for the same task id replaces the first") {
+  ResultStore s;
+  s.add("s", 5, message(100, 'a'));
+  s.ack("s", {5});
+  s.add("s", 5, message(60, 'b'));
+  auto st = s.stats();
+  CHECK(st.stored_results == 1);
+  CHECK(st.stored_bytes == 60);
+  CHECK(st.cached_results == 0);
+  CHECK(st.cached_bytes == 0);
+  auto f = s.find(5);
+  REQUIRE(f.has_value());
+  CHECK(tag_of(*f) == 'b');
+}
+
+TEST_CASE("store find of an unknown id gives nothing") {
+  ResultStore s;
+  CHECK_FALSE(s.find(42).has_value());
+}
+
+TEST_CASE("store shares frames: sent, resent and fetched copies point at the same bytes") {
+  ResultStore s;
+  Frames original = message(4096);
+  const void* bytes = original[0].data();
+  Frames now = s.add("s", 1, std::move(original));
+  CHECK(now[0].data() == bytes);
+  auto again = s.unacked("s");
+  REQUIRE(again.size() == 1);
+  CHECK(again[0][0].data() == bytes);
+  s.ack("s", {1});
+  auto fetched = s.find(1);
+  REQUIRE(fetched.has_value());
+  CHECK((*fetched)[0].data() == bytes);
+}
+
+TEST_CASE("store watchers are returned once each, then forgotten") {
+  ResultStore s;
+  s.watch(9, "a");
+  s.watch(9, "b");
+  s.watch(9, "a");
+  CHECK(s.watched_tasks() == 1);
+  auto w = s.take_watchers(9);
+  REQUIRE(w.size() == 2);
+  CHECK(w[0] == "a");
+  CHECK(w[1] == "b");
+  CHECK(s.take_watchers(9).empty());
+  CHECK(s.watched_tasks() == 0);
+}
+
+TEST_CASE("sessions: an identity without Hello gets an implicit session named after it") {
+  Sessions s;
+  CHECK(s.session_of("id1") == "id1");
+  REQUIRE(s.identity_of("id1") != nullptr);
+  CHECK(*s.identity_of("id1") == "id1");
+  CHECK(s.size() == 1);
+}
+
+TEST_CASE("sessions: hello binds, a repeated hello is the same, a new identity rebinds") {
+  Sessions s;
+  CHECK(s.bind("sess", "id1") == Sessions::Bind::kNew);
+  CHECK(s.session_of("id1") == "sess");
+  CHECK(s.bind("sess", "id1") == Sessions::Bind::kSame);
+  CHECK(s.bind("sess", "id2") == Sessions::Bind::kRebound);
+  CHECK(*s.identity_of("sess") == "id2");
+  CHECK(s.session_of("id2") == "sess");
+  // The old identity speaks for itself now.
+  CHECK(s.session_of("id1") == "id1");
+  CHECK(s.size() == 2);
+  CHECK(s.identities() == std::vector<std::string>{"id1", "id2"});
+  CHECK(s.identity_of("nope") == nullptr);
+}
+
+TEST_CASE("sessions: hello with no session name binds the implicit session") {
+  Sessions s;
+  CHECK(s.bind("", "id1") == Sessions::Bind::kNew);
+  CHECK(s.session_of("id1") == "id1");
+}
+
+TEST_CASE("incarnations are 32 hex digits and differ") {
+  const std::string a = broker::random_incarnation();
+  const std::string b = broker::random_incarnation();
+  CHECK(a.size() == 32);
+  CHECK(a.find_first_not_of("0123456789abcdef") == std::string::npos);
+  CHECK(a != b);
+}

@@ -1,0 +1,335 @@
+// The Scheduler's session side, message by message: Hello and Welcome,
+// results kept until Ack, resent to a reconnected session, Fetch.
+#include <doctest/doctest.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include <msgpack.hpp>
+
+#include "scheduler.hpp"
+
+using namespace zfarm;
+using broker::Clock;
+using broker::Outbox;
+using broker::Outgoing;
+using broker::Scheduler;
+using proto::MsgType;
+using proto::ResultStatus;
+
+namespace {
+
+struct Sent {
+  std::string identity;
+  proto::Header header;
+  Frames payload;
+};
+
+class Broker {
+ public:
+  explicit Broker(broker::SchedulerOptions options = with_incarnation()) : s(options), now(Clock::now()) {}
+
+  static broker::SchedulerOptions with_incarnation() {
+    broker::SchedulerOptions o;
+    o.incarnation = "feedface";
+    return o;
+  }
+
+  std::vector<Sent> engine(const std::string& identity, proto::Header h, Frames payload = {}) {
+    Frames f = framed(identity, proto::encode(h, std::move(payload)));
+    s.on_engine_frames(f, now, out);
+    return take();
+  }
+  std::vector<Sent> client(const std::string& identity, proto::Header h, Frames payload = {}) {
+    Frames f = framed(identity, proto::encode(h, std::move(payload)));
+    s.on_client_frames(f, now, out);
+    return take();
+  }
+
+  void add_engine(const std::string& identity, std::int64_t credit = 100) {
+    proto::Header h = header(MsgType::kRegister);
+    h.aux = credit;
+    h.text = "host:1";
+    const std::size_t before = s.engine_count();
+    engine(identity, h);
+    REQUIRE(s.engine_count() == before + 1);
+  }
+  std::vector<Sent> hello(const std::string& identity, const std::string& session) {
+    proto::Header h = header(MsgType::kHello, 1);
+    h.opts.session = session;
+    return client(identity, h);
+  }
+  std::vector<Sent> submit(const std::string& identity, std::uint64_t id) {
+    proto::Header h = header(MsgType::kSubmit, id);
+    h.targets = {proto::kLoadBalanced};
+    return client(identity, h);
+  }
+  std::vector<Sent> result(const std::string& engine_identity, std::uint64_t id, Frames payload = {}) {
+    return engine(engine_identity, header(MsgType::kResult, id), std::move(payload));
+  }
+  std::vector<Sent> with_ids(const std::string& identity, MsgType type, std::vector<std::uint64_t> ids) {
+    proto::Header h = header(type);
+    h.opts.ids = std::move(ids);
+    return client(identity, h);
+  }
+
+  std::vector<Sent> take() {
+    std::vector<Sent> sent;
+    for (auto& o : out) {
+      if (o.side == Outgoing::kEngine) continue;  // Tasks and replies to engines
+      proto::Message m;
+      REQUIRE(proto::decode(o.frames, 0, &m).ok());
+      sent.push_back({o.identity, m.header, std::move(m.payload)});
+    }
+    out.clear();
+    return sent;
+  }
+
+  static proto::Header header(MsgType type, std::uint64_t id = 0) {
+    proto::Header h;
+    h.type = type;
+    h.id = id;
+    return h;
+  }
+  static Frames framed(const std::string& identity, Frames frames) {
+    Frames f;
+    f.emplace_back(identity.data(), identity.size());
+    for (auto& x : frames) f.push_back(std::move(x));
+    return f;
+  }
+
+  Scheduler s;
+  Outbox out;
+  Clock::time_point now;
+};
+
+Frames payload(std::size_t bytes) {
+  Frames f;
+  f.emplace_back(bytes);
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("welcome answers hello: incarnation, engine ids, heartbeat ms") {
+  broker::SchedulerOptions o = Broker::with_incarnation();
+  o.heartbeat = std::chrono::milliseconds(250);
+  Broker b(o);
+  b.add_engine("e0");
+  b.add_engine("e1");
+  auto got = b.hello("c", "sess");
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].identity == "c");
+  CHECK(got[0].header.type == MsgType::kWelcome);
+  CHECK(got[0].header.id == 1);
+  CHECK(got[0].header.text == "feedface");
+  CHECK(got[0].header.targets == std::vector<std::int64_t>{0, 1});
+  CHECK(got[0].header.status == 250);
+  CHECK(b.s.session_count() == 1);
+}
+
+TEST_CASE("welcome answers a client heartbeat") {
+  Broker b;
+  auto got = b.client("c", Broker::header(MsgType::kHeartbeat, 4));
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kWelcome);
+  CHECK(got[0].header.id == 4);
+  CHECK(got[0].header.text == "feedface");
+  CHECK(got[0].header.targets.empty());
+  CHECK(b.s.counters().bad_messages == 0);
+}
+
+TEST_CASE("incarnation is random when not given") {
+  Scheduler a, b;
+  CHECK(a.incarnation().size() == 32);
+  CHECK(a.incarnation() != b.incarnation());
+}
+
+TEST_CASE("a result stays stored until acknowledged, then moves to the cache") {
+  Broker b;
+  b.add_engine("e");
+  b.hello("c", "sess");
+  b.submit("c", 1);
+  auto got = b.result("e", 1, payload(1000));
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].identity == "c");
+  CHECK(b.s.results().stats().stored_results == 1);
+  CHECK(b.s.results().stats().stored_bytes > 1000);
+  CHECK(b.with_ids("c", MsgType::kAck, {1}).empty());
+  CHECK(b.s.results().stats().stored_results == 0);
+  CHECK(b.s.results().stats().cached_results == 1);
+}
+
+TEST_CASE("a known session on a new identity gets every unacknowledged result again, in task-id order") {
+  Broker b;
+  b.add_engine("e");
+  b.hello("old", "sess");
+  for (std::uint64_t id : {30, 10, 20, 40}) b.submit("old", id);
+  for (std::uint64_t id : {30, 10, 20}) REQUIRE(b.result("e", id).size() == 1);
+  b.with_ids("old", MsgType::kAck, {20});
+
+  auto got = b.hello("new", "sess");
+  REQUIRE(got.size() == 3);
+  CHECK(got[0].header.type == MsgType::kWelcome);
+  for (const auto& x : got) CHECK(x.identity == "new");
+  CHECK(got[1].header.type == MsgType::kResult);
+  CHECK(got[1].header.id == 10);
+  CHECK(got[2].header.id == 30);
+
+  // A task of the session that ends later goes to the new identity too.
+  got = b.result("e", 40);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].identity == "new");
+  // A repeated Hello from the same identity resends nothing.
+  got = b.hello("new", "sess");
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kWelcome);
+}
+
+TEST_CASE("acks from the old identity after a rebind do not free the session's results") {
+  Broker b;
+  b.add_engine("e");
+  b.hello("old", "sess");
+  b.submit("old", 1);
+  b.result("e", 1);
+  b.hello("new", "sess");
+  b.with_ids("old", MsgType::kAck, {1});
+  CHECK(b.s.results().stats().stored_results == 1);
+  b.with_ids("new", MsgType::kAck, {1});
+  CHECK(b.s.results().stats().stored_results == 0);
+}
+
+TEST_CASE("a client that never said hello has its own implicit session") {
+  Broker b;
+  b.add_engine("e");
+  b.submit("plain", 5);
+  auto got = b.result("e", 5);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].identity == "plain");
+  CHECK(b.s.session_count() == 1);
+  CHECK(b.s.results().stats().stored_results == 1);
+  b.with_ids("plain", MsgType::kAck, {5});
+  CHECK(b.s.results().stats().stored_results == 0);
+}
+
+TEST_CASE("rejected submits are stored and routed by session too") {
+  Broker b;  // no engines
+  b.hello("c", "sess");
+  proto::Header h = Broker::header(MsgType::kSubmit, 3);
+  h.targets = {7};
+  auto got = b.client("c", h);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.status == static_cast<std::uint32_t>(ResultStatus::kRejected));
+  CHECK(b.s.results().stats().stored_results == 1);
+  got = b.hello("c2", "sess");
+  REQUIRE(got.size() == 2);
+  CHECK(got[1].header.id == 3);
+}
+
+TEST_CASE("fetch of a stored, a cached, a pending and an unknown id") {
+  Broker b;
+  b.add_engine("e");
+  b.hello("owner", "s1");
+  b.hello("other", "s2");
+  for (std::uint64_t id : {1, 2, 3}) b.submit("owner", id);
+  b.result("e", 1, payload(100));
+  b.result("e", 2, payload(200));
+  b.with_ids("owner", MsgType::kAck, {2});  // 1 stored, 2 cached, 3 pending
+
+  auto got = b.with_ids("other", MsgType::kFetch, {1, 2, 3, 99});
+  REQUIRE(got.size() == 3);
+  for (const auto& x : got) {
+    CHECK(x.identity == "other");
+    CHECK(x.header.type == MsgType::kResult);
+  }
+  CHECK(got[0].header.id == 1);
+  CHECK(got[0].header.status == 0);
+  REQUIRE(got[0].payload.size() == 1);
+  CHECK(got[0].payload[0].size() == 100);
+  CHECK(got[1].header.id == 2);
+  REQUIRE(got[1].payload.size() == 1);
+  CHECK(got[1].payload[0].size() == 200);
+  CHECK(got[2].header.id == 99);
+  CHECK(got[2].header.status == static_cast<std::uint32_t>(ResultStatus::kRejected));
+  CHECK(got[2].header.text == "no result for task 99");
+  CHECK(b.s.counters().done == 2);  // fetches and refusals are not results of tasks
+
+  // Fetching does not acknowledge for the owner.
+  CHECK(b.s.results().stats().stored_results == 1);
+
+  // The pending one reaches the owner and the fetcher when it ends.
+  got = b.result("e", 3, payload(300));
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].identity == "owner");
+  CHECK(got[1].identity == "other");
+  CHECK(got[1].header.id == 3);
+  REQUIRE(got[1].payload.size() == 1);
+  CHECK(got[1].payload[0].size() == 300);
+}
+
+TEST_CASE("fetch of its own pending task does not deliver the result twice") {
+  Broker b;
+  b.add_engine("e");
+  b.hello("c", "s");
+  b.submit("c", 1);
+  CHECK(b.with_ids("c", MsgType::kFetch, {1}).empty());
+  auto got = b.result("e", 1);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].identity == "c");
+}
+
+TEST_CASE("results share their frames: delivered, resent and fetched point at the engine's bytes") {
+  Broker b;
+  b.add_engine("e");
+  b.hello("old", "sess");
+  b.submit("old", 1);
+  Frames p = payload(4096);
+  const void* bytes = p[0].data();
+  auto got = b.result("e", 1, std::move(p));
+  REQUIRE(got.size() == 1);
+  REQUIRE(got[0].payload.size() == 1);
+  CHECK(got[0].payload[0].data() == bytes);
+  got = b.hello("new", "sess");
+  REQUIRE(got.size() == 2);
+  CHECK(got[1].payload[0].data() == bytes);
+  got = b.with_ids("other", MsgType::kFetch, {1});
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].payload[0].data() == bytes);
+}
+
+TEST_CASE("unacknowledged results over the bound are dropped and counted in the status") {
+  broker::SchedulerOptions o = Broker::with_incarnation();
+  o.max_unacked_bytes = 2500;
+  Broker b(o);
+  b.add_engine("e");
+  for (std::uint64_t id = 1; id <= 3; ++id) b.submit("c", id);
+  for (std::uint64_t id = 1; id <= 3; ++id) b.result("e", id, payload(1000));
+  CHECK(b.s.results().stats().evicted == 1);
+  CHECK(b.s.results().stats().stored_results == 2);
+  // The dropped one cannot be fetched any more.
+  auto got = b.with_ids("c", MsgType::kFetch, {1});
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.status == static_cast<std::uint32_t>(ResultStatus::kRejected));
+
+  auto reply = b.client("c", Broker::header(MsgType::kStatus, 9));
+  REQUIRE(reply.size() == 1);
+  REQUIRE(reply[0].payload.size() == 1);
+  auto handle = msgpack::unpack(static_cast<const char*>(reply[0].payload[0].data()), reply[0].payload[0].size());
+  auto map = handle.get().as<std::map<std::string, msgpack::object>>();
+  CHECK(map.at("results_evicted").as<std::uint64_t>() == 1);
+  CHECK(map.at("stored_results").as<std::uint64_t>() == 2);
+  CHECK(map.at("stored_bytes").as<std::uint64_t>() > 2000);
+  CHECK(map.at("cached_results").as<std::uint64_t>() == 0);
+  CHECK(map.at("cached_bytes").as<std::uint64_t>() == 0);
+  CHECK(map.at("sessions").as<std::uint64_t>() == 1);
+  CHECK(map.at("incarnation").as<std::string>() == "feedface");
+}
+
+TEST_CASE("client identities: the current identity of every session, once") {
+  Broker b;
+  b.hello("a", "s1");
+  b.hello("b", "s2");
+  b.hello("c", "s1");  // s1 moves from a to c
+  CHECK(b.s.client_identities() == std::vector<std::string>{"b", "c"});
+}
