@@ -27,10 +27,13 @@ std::size_t size_of(const Frames& frames) {
 
 Frames ResultStore::add(const std::string& session, std::uint64_t task_id, Frames message) {
   if (auto old = entries_.find(task_id); old != entries_.end()) erase(old);
+  for (auto& f : message) {
+    if (f.size() <= kOwnCopyMaxBytes) f = zmq::message_t(f.data(), f.size());
+  }
   Frames now = share_frames(message);
   Entry& e = entries_[task_id];
   e.session = session;
-  e.bytes = size_of(message);
+  e.bytes = size_of(message) + kEntryOverhead;
   e.message = std::move(message);
   e.seq = next_seq_++;
   unacked_order_.emplace(e.seq, task_id);

@@ -10,8 +10,10 @@
 // dropped and counted (results_evicted), so a client that never acknowledges
 // cannot exhaust the broker's memory.
 //
-// Frames are never copied byte by byte: what the store hands out are shared
-// copies (zmq_msg_copy, a reference count on the same buffer).
+// Frames are never copied byte by byte when they are sent, resent or
+// fetched: what the store hands out are shared copies (zmq_msg_copy, a
+// reference count on the same buffer).  The one exception is made once, on
+// the way in, for small frames (see kOwnCopyMaxBytes).
 //
 // The store also remembers who asked (Fetch) for a task still running, so the
 // Scheduler can send them the result when the task ends.
@@ -48,9 +50,23 @@ class ResultStore {
     std::size_t max_unacked_bytes = std::size_t{1} << 30;
   };
 
+  // What one kept result costs besides its frames' bytes: the zmq message
+  // objects, the map and set nodes that index it, the session name.  Counted
+  // in every size below, so a flood of tiny results meets the bounds too
+  // instead of using several times the memory the bounds name.
+  static constexpr std::size_t kEntryOverhead = 512;
+
+  // Frames up to this size are copied into their own buffer when stored.
+  // libzmq receives small messages as slices of a shared 8 KiB read buffer
+  // (ZMQ_IN_BATCH_SIZE) that stays allocated while any slice lives; a kept
+  // 100-byte result could otherwise hold a whole 8 KiB buffer for as long as
+  // it is kept.  Larger frames always have a buffer of their own and are
+  // shared, never copied.
+  static constexpr std::size_t kOwnCopyMaxBytes = 8192;
+
   struct Stats {
     std::size_t stored_results = 0;  // unacknowledged
-    std::size_t stored_bytes = 0;
+    std::size_t stored_bytes = 0;    // frame bytes + kEntryOverhead per result
     std::size_t cached_results = 0;  // acknowledged, kept for Fetch
     std::size_t cached_bytes = 0;
     std::uint64_t evicted = 0;       // unacknowledged results dropped over the bound

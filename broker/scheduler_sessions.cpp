@@ -14,6 +14,12 @@ using proto::MsgType;
 using proto::ResultStatus;
 
 void Scheduler::handle_hello(const std::string& identity, const Message& msg, Outbox& out) {
+  if (msg.header.opts.session.size() > Sessions::kMaxName) {
+    ++counters_.bad_messages;
+    send_error(Outgoing::kClient, identity, msg.header.id,
+               "hello: session name longer than " + std::to_string(Sessions::kMaxName) + " bytes", out);
+    return;
+  }
   const Sessions::Bind bind = sessions_.bind(msg.header.opts.session, identity);
   send_welcome(identity, msg.header.id, out);
   if (bind != Sessions::Bind::kRebound) return;
@@ -35,15 +41,18 @@ void Scheduler::send_welcome(const std::string& identity, std::uint64_t id, Outb
 }
 
 void Scheduler::handle_ack(const std::string& identity, const Message& msg) {
-  results_.ack(sessions_.session_of(identity), msg.header.opts.ids);
+  // An identity with no session has no results to acknowledge.
+  if (const std::string* session = sessions_.find(identity)) results_.ack(*session, msg.header.opts.ids);
 }
 
 void Scheduler::handle_fetch(const std::string& identity, const Message& msg, Outbox& out) {
   for (std::uint64_t id : msg.header.opts.ids) {
-    if (auto frames = results_.find(id)) {
-      out.push_back({Outgoing::kClient, identity, std::move(*frames)});
-    } else if (tasks_.count(id) != 0) {
+    // Pending first: a stored result with the id of a pending task can only
+    // be the refusal of a duplicate submit, not the result asked for.
+    if (tasks_.count(id) != 0) {
       results_.watch(id, sessions_.session_of(identity));
+    } else if (auto frames = results_.find(id)) {
+      out.push_back({Outgoing::kClient, identity, std::move(*frames)});
     } else {
       // Not a task result: not stored and not counted in done/failed.
       Header h;

@@ -30,6 +30,11 @@ Sessions::Bind Sessions::bind(const std::string& session, const std::string& ide
   return Bind::kRebound;
 }
 
+const std::string* Sessions::find(const std::string& identity) const {
+  auto it = session_by_identity_.find(identity);
+  return it == session_by_identity_.end() ? nullptr : &it->second;
+}
+
 const std::string* Sessions::identity_of(const std::string& session) const {
   auto it = identity_by_session_.find(session);
   return it == identity_by_session_.end() ? nullptr : &it->second;

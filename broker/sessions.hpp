@@ -20,6 +20,10 @@ namespace zfarm::broker {
 
 class Sessions {
  public:
+  // Longest session name accepted.  Names are kept for the broker's life;
+  // clients make 32-character random ones.
+  static constexpr std::size_t kMaxName = 256;
+
   // The session `identity` speaks for; made (implicit, named after the
   // identity) if the identity never said Hello.
   std::string session_of(const std::string& identity);
@@ -32,6 +36,9 @@ class Sessions {
   // Binds `session` to `identity` (Hello).  An empty session name means the
   // identity's implicit session.
   Bind bind(const std::string& session, const std::string& identity);
+
+  // The session `identity` speaks for, or nullptr if it has none yet.
+  const std::string* find(const std::string& identity) const;
 
   // The identity results of `session` go to, or nullptr if it is unknown.
   const std::string* identity_of(const std::string& session) const;

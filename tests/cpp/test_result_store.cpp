@@ -26,6 +26,9 @@ Frames message(std::size_t bytes, char tag = 'x') {
 
 char tag_of(const Frames& f) { return static_cast<const char*>(f[0].data())[0]; }
 
+// What the store counts for a result of `bytes` frame bytes.
+constexpr std::size_t cost(std::size_t bytes) { return bytes + ResultStore::kEntryOverhead; }
+
 ResultStore::Limits limits(std::size_t cache, std::size_t unacked) {
   ResultStore::Limits l;
   l.cache_bytes = cache;
@@ -43,7 +46,7 @@ TEST_CASE("store add keeps the result unacknowledged and returns it to send") {
   CHECK(tag_of(now) == 'a');
   auto st = s.stats();
   CHECK(st.stored_results == 1);
-  CHECK(st.stored_bytes == 100);
+  CHECK(st.stored_bytes == cost(100));
   CHECK(st.cached_results == 0);
   CHECK(s.contains(7));
 }
@@ -55,9 +58,9 @@ TEST_CASE("store ack frees unacknowledged results into the cache") {
   s.ack("s1", {1});
   auto st = s.stats();
   CHECK(st.stored_results == 1);
-  CHECK(st.stored_bytes == 50);
+  CHECK(st.stored_bytes == cost(50));
   CHECK(st.cached_results == 1);
-  CHECK(st.cached_bytes == 100);
+  CHECK(st.cached_bytes == cost(100));
   CHECK(s.unacked("s1").size() == 1);
   CHECK(s.find(1).has_value());  // still there for Fetch
 }
@@ -72,19 +75,19 @@ TEST_CASE("store ack of another session's, unknown or repeated ids is ignored") 
   s.ack("s1", {1});
   CHECK(s.stats().stored_results == 0);
   CHECK(s.stats().cached_results == 1);
-  CHECK(s.stats().cached_bytes == 100);
+  CHECK(s.stats().cached_bytes == cost(100));
 }
 
 TEST_CASE("store cache bound drops the least recently used first") {
-  ResultStore s(limits(250, 1 << 20));
+  ResultStore s(limits(2 * cost(100) + 50, 1 << 20));
   for (std::uint64_t id = 1; id <= 3; ++id) s.add("s", id, message(100, static_cast<char>('0' + id)));
   s.ack("s", {1, 2});
   CHECK(s.stats().cached_results == 2);
   CHECK(s.find(1).has_value());  // 1 is now more recently used than 2
-  s.ack("s", {3});               // 300 bytes > 250: the least recently used goes
+  s.ack("s", {3});               // three do not fit: the least recently used goes
   auto st = s.stats();
   CHECK(st.cached_results == 2);
-  CHECK(st.cached_bytes == 200);
+  CHECK(st.cached_bytes == 2 * cost(100));
   CHECK(s.contains(1));
   CHECK_FALSE(s.contains(2));
   CHECK(s.contains(3));
@@ -92,7 +95,7 @@ TEST_CASE("store cache bound drops the least recently used first") {
 }
 
 TEST_CASE("store result larger than the cache is dropped on ack") {
-  ResultStore s(limits(10, 1 << 20));
+  ResultStore s(limits(cost(10), 1 << 20));
   s.add("s", 1, message(100));
   s.ack("s", {1});
   CHECK_FALSE(s.contains(1));
@@ -100,13 +103,13 @@ TEST_CASE("store result larger than the cache is dropped on ack") {
 }
 
 TEST_CASE("store unacknowledged bound drops the oldest and counts them") {
-  ResultStore s(limits(1 << 20, 250));
+  ResultStore s(limits(1 << 20, 2 * cost(100) + 50));
   s.add("a", 1, message(100, '1'));
   s.add("b", 2, message(100, '2'));
   s.add("a", 3, message(100, '3'));  // over: 1 (the oldest, any session) goes
   auto st = s.stats();
   CHECK(st.stored_results == 2);
-  CHECK(st.stored_bytes == 200);
+  CHECK(st.stored_bytes == 2 * cost(100));
   CHECK(st.evicted == 1);
   CHECK_FALSE(s.contains(1));
   auto a = s.unacked("a");
@@ -128,6 +131,13 @@ TEST_CASE("store unacked lists a session's results in task-id order") {
   CHECK(s.unacked("nobody").empty());
 }
 
+TEST_CASE("store counts a fixed overhead per result, so tiny results meet the bound too") {
+  ResultStore s(limits(1 << 20, 10 * cost(0)));
+  for (std::uint64_t id = 0; id < 100; ++id) s.add("s", id, message(1));
+  CHECK(s.stats().stored_results == 9);
+  CHECK(s.stats().evicted == 91);
+}
+
 TEST_CASE("store a second result for the same task id replaces the first") {
   ResultStore s;
   s.add("s", 5, message(100, 'a'));
@@ -135,7 +145,7 @@ TEST_CASE("store a second result for the same task id replaces the first") {
   s.add("s", 5, message(60, 'b'));
   auto st = s.stats();
   CHECK(st.stored_results == 1);
-  CHECK(st.stored_bytes == 60);
+  CHECK(st.stored_bytes == cost(60));
   CHECK(st.cached_results == 0);
   CHECK(st.cached_bytes == 0);
   auto f = s.find(5);
@@ -150,7 +160,7 @@ TEST_CASE("store find of an unknown id gives nothing") {
 
 TEST_CASE("store shares frames: sent, resent and fetched copies point at the same bytes") {
   ResultStore s;
-  Frames original = message(4096);
+  Frames original = message(ResultStore::kOwnCopyMaxBytes + 1);
   const void* bytes = original[0].data();
   Frames now = s.add("s", 1, std::move(original));
   CHECK(now[0].data() == bytes);
@@ -161,6 +171,19 @@ TEST_CASE("store shares frames: sent, resent and fetched copies point at the sam
   auto fetched = s.find(1);
   REQUIRE(fetched.has_value());
   CHECK((*fetched)[0].data() == bytes);
+}
+
+TEST_CASE("store copies a small frame once on the way in, then shares that copy") {
+  ResultStore s;
+  Frames original = message(ResultStore::kOwnCopyMaxBytes, 'q');
+  const void* received = original[0].data();
+  Frames now = s.add("s", 1, std::move(original));
+  const void* kept = now[0].data();
+  CHECK(kept != received);  // no longer a slice of someone else's buffer
+  CHECK(tag_of(now) == 'q');
+  CHECK(now[0].size() == ResultStore::kOwnCopyMaxBytes);
+  CHECK(s.unacked("s")[0][0].data() == kept);
+  CHECK((*s.find(1))[0].data() == kept);
 }
 
 TEST_CASE("store watchers are returned once each, then forgotten") {
@@ -198,6 +221,9 @@ TEST_CASE("sessions: hello binds, a repeated hello is the same, a new identity r
   CHECK(s.size() == 2);
   CHECK(s.identities() == std::vector<std::string>{"id1", "id2"});
   CHECK(s.identity_of("nope") == nullptr);
+  CHECK(s.find("nope") == nullptr);
+  REQUIRE(s.find("id2") != nullptr);
+  CHECK(*s.find("id2") == "sess");
 }
 
 TEST_CASE("sessions: hello with no session name binds the implicit session") {

@@ -129,6 +129,18 @@ TEST_CASE("welcome answers hello: incarnation, engine ids, heartbeat ms") {
   CHECK(b.s.session_count() == 1);
 }
 
+TEST_CASE("hello with an overlong session name is refused with Error") {
+  Broker b;
+  auto got = b.hello("c", std::string(broker::Sessions::kMaxName + 1, 's'));
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kError);
+  CHECK(b.s.session_count() == 0);
+  CHECK(b.s.counters().bad_messages == 1);
+  got = b.hello("c", std::string(broker::Sessions::kMaxName, 's'));
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kWelcome);
+}
+
 TEST_CASE("welcome answers a client heartbeat") {
   Broker b;
   auto got = b.client("c", Broker::header(MsgType::kHeartbeat, 4));
@@ -284,7 +296,7 @@ TEST_CASE("results share their frames: delivered, resent and fetched point at th
   b.add_engine("e");
   b.hello("old", "sess");
   b.submit("old", 1);
-  Frames p = payload(4096);
+  Frames p = payload(broker::ResultStore::kOwnCopyMaxBytes + 1);  // smaller ones are copied once when stored
   const void* bytes = p[0].data();
   auto got = b.result("e", 1, std::move(p));
   REQUIRE(got.size() == 1);
@@ -300,7 +312,7 @@ TEST_CASE("results share their frames: delivered, resent and fetched point at th
 
 TEST_CASE("unacknowledged results over the bound are dropped and counted in the status") {
   broker::SchedulerOptions o = Broker::with_incarnation();
-  o.max_unacked_bytes = 2500;
+  o.max_unacked_bytes = 2 * (1000 + broker::ResultStore::kEntryOverhead + 100);  // two results, not three
   Broker b(o);
   b.add_engine("e");
   for (std::uint64_t id = 1; id <= 3; ++id) b.submit("c", id);
@@ -324,6 +336,28 @@ TEST_CASE("unacknowledged results over the bound are dropped and counted in the 
   CHECK(map.at("cached_bytes").as<std::uint64_t>() == 0);
   CHECK(map.at("sessions").as<std::uint64_t>() == 1);
   CHECK(map.at("incarnation").as<std::string>() == "feedface");
+}
+
+TEST_CASE("an ack from a client with no session is ignored and makes none") {
+  Broker b;
+  CHECK(b.with_ids("stranger", MsgType::kAck, {1, 2}).empty());
+  CHECK(b.s.session_count() == 0);
+  CHECK(b.s.counters().bad_messages == 0);
+}
+
+TEST_CASE("fetch of a pending task whose id was also refused as a duplicate waits for the real result") {
+  Broker b;
+  b.add_engine("e");
+  b.submit("c", 1);
+  auto got = b.submit("c", 1);  // refused: already pending, and stored as such
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.status == static_cast<std::uint32_t>(ResultStatus::kRejected));
+  CHECK(b.with_ids("other", MsgType::kFetch, {1}).empty());
+  got = b.result("e", 1, payload(64));
+  REQUIRE(got.size() == 2);
+  CHECK(got[1].identity == "other");
+  CHECK(got[1].header.status == 0);
+  CHECK(b.s.results().stats().stored_results == 1);  // the refusal was replaced
 }
 
 TEST_CASE("client identities: the current identity of every session, once") {
