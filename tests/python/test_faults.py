@@ -147,6 +147,8 @@ def test_a_new_client_of_the_same_session_gets_the_missed_results(own_cluster, t
         assert [x for chunk in got for x in chunk] == [x * x for x in range(20)]
         assert second.unclaimed == []
         assert second.get_result(ids[0]).get(timeout=WAIT) == [0, 1]  # still there: fetched again
+        # Every result was acknowledged (in batches): none waits in the broker.
+        wait_until(lambda: second.queue_status()["stored_results"] == 0, what="every result acknowledged")
 
 
 def test_get_result_from_another_client(cluster, tmp_path):
