@@ -2,8 +2,8 @@
 //
 // Everything the broker decides is in scheduler.cpp; this file binds the
 // sockets, writes the connection file, and runs one zmq::poll loop that feeds
-// messages to the Scheduler, calls tick() about every heartbeat/4 and sends
-// what the Scheduler produced.
+// messages to the Scheduler, calls tick() about every heartbeat/4 and at the
+// earliest task deadline, and sends what the Scheduler produced.
 #include <signal.h>
 #include <unistd.h>
 
@@ -181,7 +181,10 @@ int main(int argc, char** argv) {
       {clients.handle(), 0, ZMQ_POLLIN, 0},
   };
   while (!scheduler.shutting_down() && g_signal == 0) {
-    const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - Clock::now());
+    // Wake for the next heartbeat check or the earliest task deadline,
+    // whichever comes first, so timeouts fire on time.
+    const auto wake = std::min(next_tick, scheduler.next_deadline());
+    const auto wait = std::chrono::ceil<std::chrono::milliseconds>(wake - Clock::now());
     try {
       zmq::poll(items, 2, std::max(wait, std::chrono::milliseconds(0)));
     } catch (const zmq::error_t& e) {
@@ -193,9 +196,9 @@ int main(int argc, char** argv) {
     if (items[0].revents & ZMQ_POLLIN) drain(engines, true, scheduler, out);
     if (items[1].revents & ZMQ_POLLIN) drain(clients, false, scheduler, out);
     const auto now = Clock::now();
-    if (now >= next_tick) {
+    if (now >= next_tick || now >= scheduler.next_deadline()) {
       scheduler.tick(now, out);
-      next_tick = now + tick_every;
+      if (now >= next_tick) next_tick = now + tick_every;
     }
     send_all(clients, engines, out, scheduler);
   }

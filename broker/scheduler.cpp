@@ -97,7 +97,7 @@ void Scheduler::on_engine_frames(Frames& frames, Clock::time_point now, Outbox& 
 
 void Scheduler::on_client(const std::string& identity, Message&& msg, Clock::time_point now,
                           Outbox& out) {
-  (void)now;
+  now_ = now;
   clients_.insert(identity);
   switch (msg.header.type) {
     case MsgType::kHello:
@@ -123,6 +123,12 @@ void Scheduler::on_client(const std::string& identity, Message&& msg, Clock::tim
       // Acknowledge, so the client may wait for it.
       out.push_back({Outgoing::kClient, identity, proto::encode(make_header(MsgType::kShutdown, msg.header.id))});
       return;
+    case MsgType::kAbort:
+      handle_abort(msg, out);
+      return;
+    case MsgType::kInterrupt:
+      handle_interrupt(msg, out);
+      return;
     case MsgType::kError:
       ++counters_.errors_received;  // never answer an Error with an Error
       return;
@@ -137,6 +143,7 @@ void Scheduler::on_client(const std::string& identity, Message&& msg, Clock::tim
 
 void Scheduler::on_engine(const std::string& identity, Message&& msg, Clock::time_point now,
                           Outbox& out) {
+  now_ = now;
   if (msg.header.type == MsgType::kRegister) {
     handle_register(identity, msg, now, out);
     return;
@@ -192,6 +199,7 @@ void Scheduler::on_engine(const std::string& identity, Message&& msg, Clock::tim
 void Scheduler::handle_register(const std::string& identity, const Message& msg, Clock::time_point now,
                                 Outbox& out) {
   std::int64_t id = engine_id(identity);
+  bool joined = false;
   if (id < 0) {
     if (shutting_down_) {
       out.push_back({Outgoing::kEngine, identity, proto::encode(make_header(MsgType::kShutdown, 0))});
@@ -210,12 +218,14 @@ void Scheduler::handle_register(const std::string& identity, const Message& msg,
     e.credit = std::min(msg.header.aux, options_.max_credit);
     e.last_seen = now;
     engine_by_identity_[identity] = id;
+    joined = true;
   }
   // A repeated Register (say, our reply was lost) gets the same answer.
   Header reply = make_header(MsgType::kRegisterReply, msg.header.id);
   reply.aux = id;
   reply.status = static_cast<std::uint32_t>(options_.heartbeat.count());
   out.push_back({Outgoing::kEngine, identity, proto::encode(reply)});
+  if (joined) notify_clients(proto::EventKind::kEngineJoined, id, engines_.at(id).host, out);
   dispatch(out);
 }
 
@@ -228,6 +238,14 @@ void Scheduler::handle_result(Engine& engine, Message&& msg, Outbox& out) {
     return;
   }
   engine.inflight.erase(it);
+  if (abandoned_.erase(id) != 0) {
+    // It timed out while running: the client has its answer already.  Only
+    // now is the engine's slot free again.
+    --engine.abandoned;
+    ++counters_.dropped_results;
+    dispatch(out);
+    return;
+  }
   ++engine.done;
   finish(id, static_cast<ResultStatus>(msg.header.status), engine.id, std::move(msg.header.text),
          std::move(msg.payload), out);
@@ -235,13 +253,15 @@ void Scheduler::handle_result(Engine& engine, Message&& msg, Outbox& out) {
 }
 
 void Scheduler::tick(Clock::time_point now, Outbox& out) {
+  now_ = now;
+  expire(now, out);
   const auto limit = options_.heartbeat * options_.liveness;
   std::vector<std::int64_t> dead;
   for (const auto& [id, e] : engines_) {
     if (now - e.last_seen > limit) dead.push_back(id);
   }
   for (std::int64_t id : dead) remove_engine(id, "the engine stopped sending heartbeats", out);
-  if (!dead.empty()) dispatch(out);
+  dispatch(out);
 }
 
 void Scheduler::remove_engine(std::int64_t id, std::string_view reason, Outbox& out) {
@@ -253,8 +273,13 @@ void Scheduler::remove_engine(std::int64_t id, std::string_view reason, Outbox& 
   const std::string text = "engine " + std::to_string(id) + " (" + e.host + ") died: " + std::string(reason);
   std::vector<std::uint64_t> retry;
   for (std::uint64_t tid : e.inflight) {
+    if (abandoned_.erase(tid) != 0) continue;  // its client was answered at the timeout
     Task& t = tasks_.at(tid);
-    if (t.balanced && t.retries > 0) {
+    std::erase(t.allowed, id);
+    // A retry needs somewhere to go: not a follow task (its engine is this
+    // one), nor a restricted one whose engines are all gone.
+    const bool can_retry = t.balanced && t.retries > 0 && t.pin < 0 && (!t.restricted || !t.allowed.empty());
+    if (can_retry) {
       --t.retries;
       t.engine = -1;
       retry.push_back(tid);
@@ -262,18 +287,41 @@ void Scheduler::remove_engine(std::int64_t id, std::string_view reason, Outbox& 
       finish(tid, ResultStatus::kEngineDied, id, text, {}, out);
     }
   }
-  // Retried tasks go back to the front, keeping their order: they were
-  // submitted before anything still waiting.
-  for (auto r = retry.rbegin(); r != retry.rend(); ++r) shared_.push_front(*r);
+  // Retried tasks go back to the front of their priority level, keeping their
+  // order: they were submitted before anything still waiting there.
+  for (auto r = retry.rbegin(); r != retry.rend(); ++r) make_ready(tasks_.at(*r), /*front=*/true, out);
   counters_.retried += retry.size();
-  for (std::uint64_t tid : e.queue) finish(tid, ResultStatus::kEngineDied, id, text, {}, out);
+  // Work queued at this engine alone dies with it; restricted work stays in
+  // the queues of its other engines, if any are left.
+  for (auto& [priority, level] : e.queue.levels) {
+    for (const QueueEntry& q : level) {
+      auto it = tasks_.find(q.id);
+      if (it == tasks_.end() || it->second.ticket != q.ticket) continue;
+      Task& t = it->second;
+      if (!t.balanced) {
+        finish(t.id, ResultStatus::kEngineDied, id, text, {}, out);
+      } else if (t.pin == id) {
+        finish(t.id, ResultStatus::kImpossible, id,
+               "task " + std::to_string(t.id) + " must follow tasks that ran on engine " + std::to_string(id) +
+                   ", which is gone: " + text,
+               {}, out);
+      } else {
+        std::erase(t.allowed, id);
+        if (t.allowed.empty()) {
+          finish(t.id, ResultStatus::kImpossible, id,
+                 "task " + std::to_string(t.id) + ": none of its engines is left: " + text, {}, out);
+        }
+      }
+    }
+  }
+  notify_clients(proto::EventKind::kEngineLeft, id, text, out);
 }
 
 // ---- clients ------------------------------------------------------------------
 
 void Scheduler::handle_submit(const std::string& client, Message&& msg, Outbox& out) {
   const Header& h = msg.header;
-  const std::int64_t retries = std::max<std::int64_t>(0, h.aux);
+  const std::int64_t retries = std::max<std::int64_t>(0, h.opts.retries);
   if (shutting_down_) {
     const std::size_t k = h.targets.empty() ? 1 : h.targets.size();
     for (std::size_t i = 0; i < k; ++i) reject(client, h.id + i, -1, "the broker is shutting down", out);
@@ -283,8 +331,11 @@ void Scheduler::handle_submit(const std::string& client, Message&& msg, Outbox& 
     reject(client, h.id, -1, "submit with no targets", out);
     return;
   }
+  // An id is taken while its task is pending, and also while a task that
+  // timed out still runs on its engine (its Result would be ambiguous).
+  auto taken = [&](std::uint64_t tid) { return tasks_.count(tid) != 0 || abandoned_.count(tid) != 0; };
   if (h.targets.size() == 1 && h.targets[0] == proto::kLoadBalanced) {
-    if (tasks_.count(h.id) != 0) {
+    if (taken(h.id)) {
       reject(client, h.id, -1, "task id " + std::to_string(h.id) + " is already pending", out);
       return;
     }
@@ -294,7 +345,7 @@ void Scheduler::handle_submit(const std::string& client, Message&& msg, Outbox& 
     t.payload = std::move(msg.payload);
     t.retries = retries;
     t.balanced = true;
-    shared_.push_back(h.id);
+    admit(t, h.opts, now_, out);
     dispatch(out);
     return;
   }
@@ -311,7 +362,7 @@ void Scheduler::handle_submit(const std::string& client, Message&& msg, Outbox& 
     const std::int64_t target = h.targets[i];
     if (engines_.count(target) == 0) {
       reject(client, tid, target, "no engine with id " + std::to_string(target), out);
-    } else if (tasks_.count(tid) != 0) {
+    } else if (taken(tid)) {
       reject(client, tid, target, "task id " + std::to_string(tid) + " is already pending", out);
     } else {
       // Reserve the id now so a repeated id inside this Submit is refused too.
@@ -319,6 +370,7 @@ void Scheduler::handle_submit(const std::string& client, Message&& msg, Outbox& 
       t.id = tid;
       t.client = client;
       t.engine = target;
+      t.pin = target;
       accepted.push_back(i);
     }
   }
@@ -326,7 +378,7 @@ void Scheduler::handle_submit(const std::string& client, Message&& msg, Outbox& 
     const std::size_t i = accepted[n];
     Task& t = tasks_.at(h.id + i);
     t.payload = (n + 1 == accepted.size()) ? std::move(msg.payload) : share(msg.payload);
-    engines_.at(h.targets[i]).queue.push_back(t.id);
+    admit(t, h.opts, now_, out);
   }
   if (!accepted.empty()) dispatch(out);
 }
@@ -347,14 +399,19 @@ void Scheduler::shutdown(std::string_view reason, Outbox& out) {
   for (const auto& [id, t] : tasks_) ids.push_back(id);
   std::sort(ids.begin(), ids.end());
   for (std::uint64_t id : ids) {
-    const std::int64_t engine = tasks_.at(id).engine;
-    finish(id, ResultStatus::kAborted, engine, std::string(reason), {}, out);
+    auto it = tasks_.find(id);
+    if (it == tasks_.end()) continue;
+    finish(id, ResultStatus::kAborted, it->second.engine, std::string(reason), {}, out);
   }
-  shared_.clear();
+  shared_ = TaskQueue{};
   for (auto& [id, e] : engines_) {
-    e.queue.clear();
+    e.queue = TaskQueue{};
     e.inflight.clear();
+    e.abandoned = 0;
   }
+  abandoned_.clear();
+  waiters_.clear();
+  released_.clear();
 }
 
 // ---- dispatch -----------------------------------------------------------------
@@ -372,27 +429,53 @@ Scheduler::Engine* Scheduler::least_loaded() {
 }
 
 void Scheduler::dispatch(Outbox& out) {
-  if (shutting_down_) return;
-  // An engine's own FIFO first: targeted work may run nowhere else.
-  for (auto& [id, e] : engines_) {
-    while (e.free_credit() > 0 && !e.queue.empty()) {
-      const std::uint64_t tid = e.queue.front();
-      e.queue.pop_front();
-      send_task(e, tasks_.at(tid), out);
-    }
+  if (shutting_down_) {
+    released_.clear();
+    return;
   }
-  while (!shared_.empty()) {
+  release_waiters(out);
+  // Each round sends the task that comes first by priority among the front
+  // of the shared queue and the fronts of the queues of the engines with
+  // free credit (FIFO within a priority).  Engines without credit are not looked at, so
+  // work restricted to busy engines never slows the rest down.
+  for (;;) {
+    Engine* best = nullptr;
+    const QueueEntry* best_entry = nullptr;
+    for (auto& [id, e] : engines_) {
+      if (e.free_credit() <= 0) continue;
+      const QueueEntry* f = front_of(e.queue);
+      if (f == nullptr) continue;
+      // The same restricted task heads several queues: the roomiest engine gets it.
+      const bool roomier = best != nullptr && f->id == best_entry->id &&
+                           (e.free_credit() > best->free_credit() ||
+                            (e.free_credit() == best->free_credit() && e.inflight.size() < best->inflight.size()));
+      if (best_entry == nullptr || ahead(*f, *best_entry) || roomier) {
+        best = &e;
+        best_entry = f;
+      }
+    }
+    // At equal priority an engine's own queue goes first: that work can run
+    // nowhere else.
+    const QueueEntry* shared = front_of(shared_);
+    if (best_entry != nullptr && (shared == nullptr || shared->priority <= best_entry->priority)) {
+      const std::uint64_t tid = best_entry->id;
+      pop_front(best->queue);
+      send_task(*best, tasks_.at(tid), out);
+      continue;
+    }
+    if (shared == nullptr) break;
     Engine* e = least_loaded();
     if (e == nullptr) break;
-    const std::uint64_t tid = shared_.front();
-    shared_.pop_front();
-    Task& t = tasks_.at(tid);
-    t.engine = e->id;
-    send_task(*e, t, out);
+    const std::uint64_t tid = shared->id;
+    pop_front(shared_);
+    send_task(*e, tasks_.at(tid), out);
   }
 }
 
 void Scheduler::send_task(Engine& engine, Task& task, Outbox& out) {
+  unqueue(task);
+  task.state = State::kRunning;
+  task.engine = engine.id;
   Header h = make_header(MsgType::kTask, task.id);
   h.aux = engine.id;
   // Keep the frames while a retry may need them; otherwise hand them over.
@@ -407,6 +490,7 @@ void Scheduler::finish(std::uint64_t task_id, ResultStatus status, std::int64_t 
                        Frames payload, Outbox& out) {
   auto node = tasks_.extract(task_id);
   if (node.empty()) return;
+  retire(node.mapped(), status);
   send_result(node.mapped().client, task_id, static_cast<std::uint32_t>(status), aux, std::move(text),
               std::move(payload), out);
   notify_watchers(task_id, node.mapped().client, out);

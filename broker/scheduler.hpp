@@ -9,9 +9,10 @@
 // Invariants:
 //   - every task the Scheduler accepted ends in exactly one Result to its
 //     client: forwarded from an engine, or made here (Rejected, EngineDied,
-//     Aborted);
-//   - a task is in exactly one place: the shared queue, one engine's FIFO, or
-//     one engine's in-flight list;
+//     Aborted, TimedOut, Impossible);
+//   - a task is in exactly one place: waiting for dependencies, the shared
+//     queue, the queues of the engines it may run on (restricted tasks sit in
+//     several, the first to take it wins), or one engine's in-flight list;
 //   - an engine never holds more than `credit` tasks in flight;
 //   - payload frames are moved or shared (zmq refcounted copy), never copied
 //     byte by byte.
@@ -69,6 +70,9 @@ struct SchedulerOptions {
   // Names this run of the broker in every Welcome, so clients notice a
   // restart.  Empty: random hex made at construction (tests may set one).
   std::string incarnation;
+  // Finished tasks remembered (id -> status, engine) so opts.after and
+  // opts.follow may name tasks that already ended.  About 50 bytes each.
+  std::size_t finished_record = 1000000;
 };
 
 // What the broker has counted since it started.
@@ -81,6 +85,11 @@ struct Counters {
   std::uint64_t retried = 0;          // tasks put back in the shared queue
   std::uint64_t unroutable = 0;       // sends the socket loop could not deliver
   std::uint64_t errors_received = 0;  // Error messages peers sent us
+  std::uint64_t timed_out = 0;        // tasks ended TimedOut
+  std::uint64_t aborted = 0;          // tasks ended Aborted by the broker (Abort, shutdown)
+  std::uint64_t impossible = 0;       // tasks ended Impossible
+  std::uint64_t interrupts_sent = 0;  // Interrupt messages sent to engines
+  std::uint64_t events_sent = 0;      // Event messages sent to clients
 };
 
 class Scheduler {
@@ -101,8 +110,12 @@ class Scheduler {
   void on_engine(const std::string& identity, proto::Message&& msg, Clock::time_point now,
                  Outbox& out);
 
-  // Finds engines that missed their heartbeats and removes them.
+  // Ends tasks whose timeout passed and removes engines that missed their
+  // heartbeats.
   void tick(Clock::time_point now, Outbox& out);
+  // The earliest task deadline, or Clock::time_point::max() when none: the
+  // socket loop calls tick() by then.
+  Clock::time_point next_deadline() const;
 
   // Tells every engine to shut down and ends every pending task as Aborted.
   // Called for a client's Shutdown and by the socket loop on a signal.
@@ -120,7 +133,10 @@ class Scheduler {
   const Counters& counters() const { return counters_; }
   std::size_t engine_count() const { return engines_.size(); }
   std::size_t pending() const { return tasks_.size(); }
-  std::size_t shared_queued() const { return shared_.size(); }
+  std::size_t shared_queued() const { return shared_.live; }
+  std::size_t blocked() const { return blocked_; }
+  // Running tasks that timed out and whose engine has not answered yet.
+  std::size_t abandoned() const { return abandoned_.size(); }
   std::size_t client_count() const { return clients_.size(); }
   // -1 when `identity` is not a registered engine.
   std::int64_t engine_id(const std::string& identity) const;
@@ -136,6 +152,10 @@ class Scheduler {
   std::vector<std::string> client_identities() const { return sessions_.identities(); }
 
  private:
+  // Where a task is.  Queued tasks are in the shared queue or in the queue of
+  // one or more engines (targeted, follow, or restricted to a set of engines).
+  enum class State : std::uint8_t { kBlocked, kShared, kEngineQueued, kRunning };
+
   struct Task {
     std::uint64_t id = 0;
     std::string client;       // session of the submitting client (results go to its identity)
@@ -143,6 +163,51 @@ class Scheduler {
     std::int64_t retries = 0; // load-balanced only
     bool balanced = false;
     std::int64_t engine = -1; // engine queued at or running it; -1 in the shared queue
+    State state = State::kBlocked;
+    std::int64_t priority = 0;
+    std::uint64_t seq = 0;     // order of becoming ready: FIFO within a priority
+    std::uint64_t ticket = 0;  // names the current queue or waiter entries; 0 = none
+    std::int64_t pin = -1;     // the one engine it may run on (target or follow); -1 any
+    std::vector<std::int64_t> allowed;  // opts.engines, registered ones only
+    bool restricted = false;            // opts.engines was given
+    std::int64_t timeout_ms = 0;
+    bool has_timer = false;
+    std::multimap<Clock::time_point, std::uint64_t>::iterator timer;
+    std::size_t waiting = 0;           // dependencies not yet ended
+    std::int64_t follow_engine = -1;   // where its follow dependencies ran
+  };
+
+  // An entry of a task queue.  Entries are not removed when a task leaves the
+  // queue another way (abort, timeout, dispatch from another engine's queue):
+  // an entry whose ticket no longer matches its task is skipped.
+  struct QueueEntry {
+    std::uint64_t id;
+    std::uint64_t ticket;
+    std::uint64_t seq;
+    std::int64_t priority;
+  };
+  // Higher priority first, FIFO within one priority.  live = valid entries.
+  struct TaskQueue {
+    std::map<std::int64_t, std::deque<QueueEntry>, std::greater<>> levels;
+    std::size_t entries = 0;
+    std::size_t live = 0;
+  };
+
+  // A task waiting for a dependency: the waiter's id and ticket, and whether
+  // the dependency is an `after` (must end Ok) and/or a `follow` one.
+  struct Waiter {
+    std::uint64_t id;
+    std::uint64_t ticket;
+    std::uint8_t flags;
+  };
+  static constexpr std::uint8_t kAfterDep = 1;
+  static constexpr std::uint8_t kFollowDep = 2;
+
+  // What the broker remembers of a finished task, for after/follow.
+  struct Finished {
+    std::uint32_t status;
+    std::int64_t engine;  // where it ran; -1 never ran
+    std::uint64_t stamp;
   };
 
   struct Engine {
@@ -150,9 +215,10 @@ class Scheduler {
     std::string identity;
     std::string host;             // "host:pid" from Register
     std::int64_t credit = 1;
-    std::vector<std::uint64_t> inflight;  // in dispatch order
-    std::deque<std::uint64_t> queue;      // targeted work not yet sent
+    std::vector<std::uint64_t> inflight;  // in dispatch order (abandoned ones too)
+    TaskQueue queue;                      // targeted, follow and restricted work not yet sent
     std::uint64_t done = 0;
+    std::uint64_t abandoned = 0;          // timed-out tasks still in inflight
     Clock::time_point last_seen;
     std::int64_t free_credit() const { return credit - static_cast<std::int64_t>(inflight.size()); }
   };
@@ -191,13 +257,61 @@ class Scheduler {
   void send_welcome(const std::string& identity, std::uint64_t id, Outbox& out);
   // Sends a finished task's result to the sessions that fetched it while it was pending.
   void notify_watchers(std::uint64_t task_id, const std::string& owner, Outbox& out);
+  // Task options, abort, interrupt, timeouts and events (scheduler_tasks.cpp).
+  void handle_abort(const proto::Message& msg, Outbox& out);
+  void handle_interrupt(const proto::Message& msg, Outbox& out);
+  void send_interrupt(Engine& engine, std::uint64_t task_id, Outbox& out);
+  // A new task (already in tasks_): checks its dependencies and blocks it or
+  // makes it ready.
+  void admit(Task& t, const proto::Options& opts, Clock::time_point now, Outbox& out);
+  // A task whose dependencies all ended: queue it where it may run, or end it
+  // Impossible.  `front`: a retry, ahead of its priority level.
+  void make_ready(Task& t, bool front, Outbox& out);
+  void enqueue(TaskQueue& q, Task& t, bool front);
+  // The first valid entry of q (stale ones are dropped), or nullptr.
+  const QueueEntry* front_of(TaskQueue& q);
+  void compact(TaskQueue& q);
+  // Takes a task out of whatever queue, waiting set or timer holds it.
+  void unqueue(Task& t);
+  // Called by finish(): forgets the task's places, records how it ended and
+  // notes its waiters for release_waiters().
+  void retire(Task& t, proto::ResultStatus status);
+  void remember(std::uint64_t id, std::uint32_t status, std::int64_t engine);
+  // Why dependency `dep` (ended with status, on engine) makes t impossible,
+  // or "" when it does not; notes where follow dependencies ran.
+  std::string check_dependency(Task& t, std::uint64_t dep, std::uint8_t flags, std::uint32_t status,
+                               std::int64_t engine);
+  static bool ahead(const QueueEntry& a, const QueueEntry& b);
+  static void pop_front(TaskQueue& q);
+  // Decides the fate of tasks whose dependencies ended (called by dispatch).
+  void release_waiters(Outbox& out);
+  // Ends tasks whose deadline is at or before now.
+  void expire(Clock::time_point now, Outbox& out);
+  // An Event to every known client.
+  void notify_clients(proto::EventKind kind, std::int64_t engine_id, const std::string& text, Outbox& out);
 
   SchedulerOptions options_;
   std::map<std::int64_t, Engine> engines_;  // by engine id, ascending
   std::unordered_map<std::string, std::int64_t> engine_by_identity_;
   std::int64_t next_engine_id_ = 0;
   std::unordered_map<std::uint64_t, Task> tasks_;  // every task not yet finished
-  std::deque<std::uint64_t> shared_;               // load-balanced work not yet sent
+  TaskQueue shared_;                               // load-balanced work not yet sent
+  std::size_t blocked_ = 0;                        // tasks waiting for dependencies
+  std::uint64_t next_seq_ = 1;
+  std::uint64_t next_ticket_ = 1;
+  std::unordered_map<std::uint64_t, std::vector<Waiter>> waiters_;  // by dependency id
+  struct Released {
+    std::uint64_t id;
+    std::uint32_t status;
+    std::int64_t engine;
+  };
+  std::vector<Released> released_;                 // ended tasks that have waiters
+  std::multimap<Clock::time_point, std::uint64_t> timers_;  // deadline -> task id
+  std::unordered_map<std::uint64_t, std::int64_t> abandoned_;  // timed out, running: id -> engine
+  std::unordered_map<std::uint64_t, Finished> finished_;       // recent finished tasks
+  std::deque<std::pair<std::uint64_t, std::uint64_t>> finished_order_;  // (id, stamp), oldest first
+  std::uint64_t next_stamp_ = 1;
+  Clock::time_point now_{};                        // time of the message being handled
   std::set<std::string> clients_;                  // identities seen on the client side
   Counters counters_;
   bool shutting_down_ = false;

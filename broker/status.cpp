@@ -15,12 +15,12 @@ void key(msgpack::packer<msgpack::sbuffer>& pk, const char* k) { pk.pack(std::st
 Frames Scheduler::status_payload() const {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk(buf);
-  pk.pack_map(13 + 7);  // + the result store and sessions
+  pk.pack_map(13 + 7 + 9);  // + the result store and sessions; + task options, timeouts, events
 
   key(pk, "engines");
   pk.pack_array(static_cast<std::uint32_t>(engines_.size()));
   for (const auto& [id, e] : engines_) {
-    pk.pack_map(6);
+    pk.pack_map(7);
     key(pk, "id");
     pk.pack_int64(id);
     key(pk, "host");
@@ -30,12 +30,14 @@ Frames Scheduler::status_payload() const {
     key(pk, "inflight");
     pk.pack_uint64(e.inflight.size());
     key(pk, "queued");
-    pk.pack_uint64(e.queue.size());
+    pk.pack_uint64(e.queue.live);
     key(pk, "done");
     pk.pack_uint64(e.done);
+    key(pk, "abandoned");  // timed out, still running until the engine answers
+    pk.pack_uint64(e.abandoned);
   }
   key(pk, "queued");
-  pk.pack_uint64(shared_.size());
+  pk.pack_uint64(shared_.live);
   key(pk, "pending");
   pk.pack_uint64(tasks_.size());
   key(pk, "done");
@@ -75,6 +77,25 @@ Frames Scheduler::status_payload() const {
   pk.pack_uint64(sessions_.size());
   key(pk, "incarnation");
   pk.pack(incarnation_);
+  // Task options, timeouts and events.
+  key(pk, "blocked");
+  pk.pack_uint64(blocked_);
+  key(pk, "abandoned");
+  pk.pack_uint64(abandoned_.size());
+  key(pk, "timers");
+  pk.pack_uint64(timers_.size());
+  key(pk, "finished_known");
+  pk.pack_uint64(finished_.size());
+  key(pk, "timed_out");
+  pk.pack_uint64(counters_.timed_out);
+  key(pk, "aborted");
+  pk.pack_uint64(counters_.aborted);
+  key(pk, "impossible");
+  pk.pack_uint64(counters_.impossible);
+  key(pk, "interrupts_sent");
+  pk.pack_uint64(counters_.interrupts_sent);
+  key(pk, "events_sent");
+  pk.pack_uint64(counters_.events_sent);
 
   Frames frames;
   frames.emplace_back(buf.data(), buf.size());

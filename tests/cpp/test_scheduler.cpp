@@ -72,7 +72,18 @@ class Harness {
     h.type = MsgType::kSubmit;
     h.id = id;
     h.targets = std::move(targets);
-    h.aux = retries;
+    h.opts.retries = retries;
+    return from_client(client, h, std::move(payload));
+  }
+
+  // A Submit with task options.
+  std::vector<Sent> submit_opts(const std::string& client, std::uint64_t id, std::vector<std::int64_t> targets,
+                                proto::Options opts, Frames payload = {}) {
+    proto::Header h;
+    h.type = MsgType::kSubmit;
+    h.id = id;
+    h.targets = std::move(targets);
+    h.opts = std::move(opts);
     return from_client(client, h, std::move(payload));
   }
 
@@ -662,4 +673,470 @@ TEST_CASE("credit above the maximum is clamped") {
   std::size_t sent = 0;
   for (std::uint64_t id = 1; id <= 5; ++id) sent += of_type(h.submit("cl", id, kBalanced), MsgType::kTask).size();
   CHECK(sent == 2);
+}
+
+// ---- task options, abort, interrupt, timeouts, events ----------------------------
+
+namespace {
+
+proto::Options with_priority(std::int64_t p) {
+  proto::Options o;
+  o.priority = p;
+  return o;
+}
+proto::Options with_after(std::vector<std::uint64_t> ids) {
+  proto::Options o;
+  o.after = std::move(ids);
+  return o;
+}
+proto::Options with_follow(std::vector<std::uint64_t> ids) {
+  proto::Options o;
+  o.follow = std::move(ids);
+  return o;
+}
+proto::Options with_engines(std::vector<std::int64_t> ids) {
+  proto::Options o;
+  o.engines = std::move(ids);
+  return o;
+}
+proto::Options with_timeout(std::int64_t ms) {
+  proto::Options o;
+  o.timeout_ms = ms;
+  return o;
+}
+proto::Header request(MsgType type, std::vector<std::uint64_t> ids, std::vector<std::int64_t> targets = {}) {
+  proto::Header h;
+  h.type = type;
+  h.opts.ids = std::move(ids);
+  h.targets = std::move(targets);
+  return h;
+}
+
+std::vector<std::uint64_t> ids_of(const std::vector<Sent>& sent) {
+  std::vector<std::uint64_t> r;
+  for (const auto& x : sent) r.push_back(x.header.id);
+  return r;
+}
+
+std::map<std::string, msgpack::object> status_map(Harness& h, msgpack::object_handle& keep) {
+  auto got = h.from_client("cl", header(MsgType::kStatus, 1));
+  REQUIRE(got.size() == 1);
+  REQUIRE(got[0].payload.size() == 1);
+  keep = msgpack::unpack(static_cast<const char*>(got[0].payload[0].data()), got[0].payload[0].size());
+  return keep.get().as<std::map<std::string, msgpack::object>>();
+}
+
+}  // namespace
+
+TEST_CASE("priority: higher priority runs first, FIFO within equal priority") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.submit("cl", 1, kBalanced);  // runs now
+  h.submit_opts("cl", 2, kBalanced, with_priority(0));
+  h.submit_opts("cl", 3, kBalanced, with_priority(5));
+  h.submit_opts("cl", 4, kBalanced, with_priority(0));
+  h.submit_opts("cl", 5, kBalanced, with_priority(5));
+  h.submit_opts("cl", 6, kBalanced, with_priority(-3));
+  std::vector<std::uint64_t> order;
+  std::uint64_t running = 1;
+  for (int i = 0; i < 5; ++i) {
+    auto tasks = of_type(h.result("a", running), MsgType::kTask);
+    REQUIRE(tasks.size() == 1);
+    running = tasks[0].header.id;
+    order.push_back(running);
+  }
+  CHECK(order == std::vector<std::uint64_t>{3, 5, 2, 4, 6});
+}
+
+TEST_CASE("priority: an engine's own queue and the shared queue merge by priority") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.submit("cl", 1, kBalanced);  // runs now
+  h.submit_opts("cl", 2, {0}, with_priority(0));
+  h.submit_opts("cl", 3, kBalanced, with_priority(9));
+  auto first = of_type(h.result("a", 1), MsgType::kTask);
+  REQUIRE(first.size() == 1);
+  CHECK(first[0].header.id == 3);
+  auto second = of_type(h.result("a", 3), MsgType::kTask);
+  REQUIRE(second.size() == 1);
+  CHECK(second[0].header.id == 2);
+}
+
+TEST_CASE("priority: many queued tasks keep their order") {
+  Harness h;
+  for (std::uint64_t id = 1; id <= 20000; ++id) h.submit_opts("cl", id, kBalanced, with_priority(id % 3));
+  CHECK(h.s.shared_queued() == 20000);
+  h.add_engine("a", 1);  // takes the first of priority 2: task 2
+  std::vector<std::uint64_t> order{2};
+  for (int i = 0; i < 5; ++i) {
+    auto tasks = of_type(h.result("a", order.back()), MsgType::kTask);
+    REQUIRE(tasks.size() == 1);
+    order.push_back(tasks[0].header.id);
+  }
+  CHECK(order == std::vector<std::uint64_t>{2, 5, 8, 11, 14, 17});
+}
+
+TEST_CASE("after: a task waits for its dependency and runs once it ended Ok") {
+  Harness h;
+  h.add_engine("a", 4);
+  h.submit("cl", 1, kBalanced);
+  auto got = h.submit_opts("cl", 2, kBalanced, with_after({1}));
+  CHECK(of_type(got, MsgType::kTask).empty());
+  CHECK(h.s.blocked() == 1);
+  auto tasks = of_type(h.result("a", 1), MsgType::kTask);
+  REQUIRE(tasks.size() == 1);
+  CHECK(tasks[0].header.id == 2);
+  CHECK(h.s.blocked() == 0);
+}
+
+TEST_CASE("after: a failed dependency ends the task Impossible, naming the dependency") {
+  Harness h;
+  h.add_engine("a", 4);
+  h.submit("cl", 1, kBalanced);
+  h.submit_opts("cl", 2, kBalanced, with_after({1}));
+  auto got = h.result("a", 1, ResultStatus::kRemoteError);
+  auto results = of_type(got, MsgType::kResult);
+  REQUIRE(results.size() == 2);
+  CHECK(results[0].header.id == 1);  // the dependency's own result comes first
+  CHECK(results[1].header.id == 2);
+  CHECK(results[1].header.status == st(ResultStatus::kImpossible));
+  CHECK(results[1].header.text.find("task 1") != std::string::npos);
+  CHECK(of_type(got, MsgType::kTask).empty());
+  CHECK(h.s.pending() == 0);
+  CHECK(h.s.counters().impossible == 1);
+}
+
+TEST_CASE("after: dependencies that already ended are found in the finished record") {
+  Harness h;
+  h.add_engine("a", 4);
+  h.submit("cl", 1, kBalanced);
+  h.submit("cl", 2, kBalanced);
+  h.result("a", 1, ResultStatus::kOk);
+  h.result("a", 2, ResultStatus::kRemoteError);
+  auto ok = h.submit_opts("cl", 3, kBalanced, with_after({1, 999}));  // 999: unknown, counts as Ok
+  CHECK(ids_of(of_type(ok, MsgType::kTask)) == std::vector<std::uint64_t>{3});
+  auto bad = of_type(h.submit_opts("cl", 4, kBalanced, with_after({1, 2})), MsgType::kResult);
+  REQUIRE(bad.size() == 1);
+  CHECK(bad[0].header.status == st(ResultStatus::kImpossible));
+  CHECK(bad[0].header.text.find("task 2") != std::string::npos);
+  auto self = of_type(h.submit_opts("cl", 5, kBalanced, with_after({5})), MsgType::kResult);
+  REQUIRE(self.size() == 1);
+  CHECK(self[0].header.status == st(ResultStatus::kImpossible));
+}
+
+TEST_CASE("after: a long chain of dependents fails one by one, each with one result") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.submit("cl", 1, kBalanced);
+  for (std::uint64_t id = 2; id <= 5000; ++id) h.submit_opts("cl", id, kBalanced, with_after({id - 1}));
+  CHECK(h.s.blocked() == 4999);
+  auto results = of_type(h.result("a", 1, ResultStatus::kRemoteError), MsgType::kResult);
+  REQUIRE(results.size() == 5000);
+  for (std::size_t i = 1; i < results.size(); ++i) {
+    CHECK(results[i].header.id == i + 1);
+    CHECK(results[i].header.status == st(ResultStatus::kImpossible));
+  }
+  CHECK(h.s.pending() == 0);
+  CHECK(h.s.blocked() == 0);
+}
+
+TEST_CASE("follow: the task runs on the engine where its dependency ran") {
+  Harness h;
+  h.add_engine("a", 2);
+  h.add_engine("b", 2);
+  h.submit("cl", 1, kBalanced);  // to a
+  h.submit("cl", 2, kBalanced);  // to b
+  CHECK(of_type(h.submit_opts("cl", 3, kBalanced, with_follow({2})), MsgType::kTask).empty());
+  auto tasks = of_type(h.result("b", 2), MsgType::kTask);
+  REQUIRE(tasks.size() == 1);
+  CHECK(tasks[0].header.id == 3);
+  CHECK(tasks[0].identity == "b");
+  // Already ended: found in the record, queued at b straight away.
+  auto again = of_type(h.submit_opts("cl", 4, kBalanced, with_follow({2})), MsgType::kTask);
+  REQUIRE(again.size() == 1);
+  CHECK(again[0].identity == "b");
+}
+
+TEST_CASE("follow: dependencies on different engines or on a gone engine are Impossible") {
+  Harness h;
+  h.add_engine("a", 2);
+  h.add_engine("b", 2);
+  h.submit("cl", 1, kBalanced);  // to a
+  h.submit("cl", 2, kBalanced);  // to b
+  h.result("a", 1);
+  h.result("b", 2);
+  auto split = of_type(h.submit_opts("cl", 3, kBalanced, with_follow({1, 2})), MsgType::kResult);
+  REQUIRE(split.size() == 1);
+  CHECK(split[0].header.status == st(ResultStatus::kImpossible));
+  CHECK(split[0].header.text.find("different engines") != std::string::npos);
+  h.from_engine("a", header(MsgType::kShutdown));
+  auto gone = of_type(h.submit_opts("cl", 4, kBalanced, with_follow({1})), MsgType::kResult);
+  REQUIRE(gone.size() == 1);
+  CHECK(gone[0].header.status == st(ResultStatus::kImpossible));
+  CHECK(gone[0].header.text.find("gone") != std::string::npos);
+}
+
+TEST_CASE("engines: load-balanced only among the listed engines") {
+  Harness h;
+  h.add_engine("a", 2);
+  h.add_engine("b", 2);
+  h.add_engine("c", 2);
+  std::vector<std::string> where;
+  for (std::uint64_t id = 1; id <= 3; ++id) {
+    for (const auto& t : of_type(h.submit_opts("cl", id, kBalanced, with_engines({1, 2})), MsgType::kTask)) {
+      where.push_back(t.identity);
+    }
+  }
+  CHECK(where == std::vector<std::string>{"b", "c", "b"});
+  auto next = of_type(h.submit_opts("cl", 4, kBalanced, with_engines({1, 2})), MsgType::kTask);
+  REQUIRE(next.size() == 1);
+  CHECK(next[0].identity == "c");
+  // Both full: the fifth waits, and is not sent to the idle engine a.
+  CHECK(of_type(h.submit_opts("cl", 5, kBalanced, with_engines({1, 2})), MsgType::kTask).empty());
+  auto freed = of_type(h.result("c", 2), MsgType::kTask);
+  REQUIRE(freed.size() == 1);
+  CHECK(freed[0].header.id == 5);
+  CHECK(freed[0].identity == "c");
+}
+
+TEST_CASE("engines: none of them registered ends the task Impossible") {
+  Harness none;
+  auto got = of_type(none.submit_opts("cl", 1, kBalanced, with_engines({0})), MsgType::kResult);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.status == st(ResultStatus::kImpossible));
+  CHECK(got[0].header.text.find("none of them") != std::string::npos);
+  Harness h;
+  h.add_engine("a", 1);
+  got = of_type(h.submit_opts("cl", 1, kBalanced, with_engines({5, 6})), MsgType::kResult);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.status == st(ResultStatus::kImpossible));
+  CHECK(h.s.pending() == 0);
+}
+
+TEST_CASE("engines: work restricted to a busy engine does not hold back other work") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.add_engine("b", 1);
+  h.submit("cl", 1, {0});  // a is busy
+  CHECK(of_type(h.submit_opts("cl", 2, kBalanced, with_engines({0})), MsgType::kTask).empty());
+  auto other = of_type(h.submit("cl", 3, kBalanced), MsgType::kTask);
+  REQUIRE(other.size() == 1);
+  CHECK(other[0].identity == "b");
+  auto later = of_type(h.result("a", 1), MsgType::kTask);
+  REQUIRE(later.size() == 1);
+  CHECK(later[0].header.id == 2);
+}
+
+TEST_CASE("engines: restricted work whose engines all left ends Impossible") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.submit("cl", 1, {0});
+  h.submit_opts("cl", 2, kBalanced, with_engines({0}));
+  auto got = of_type(h.from_engine("a", header(MsgType::kShutdown)), MsgType::kResult);
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].header.status == st(ResultStatus::kEngineDied));
+  CHECK(got[1].header.id == 2);
+  CHECK(got[1].header.status == st(ResultStatus::kImpossible));
+  CHECK(h.s.pending() == 0);
+}
+
+TEST_CASE("abort: queued, targeted and blocked tasks end Aborted, running ones are untouched") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.submit("cl", 1, kBalanced);                        // running
+  h.submit("cl", 2, kBalanced);                        // shared queue
+  h.submit("cl", 3, {0});                              // a's queue
+  h.submit_opts("cl", 4, kBalanced, with_after({1}));  // blocked
+  h.submit("cl", 5, kBalanced);                        // stays queued
+  auto got = of_type(h.from_client("cl", request(MsgType::kAbort, {1, 2, 3, 4, 77})), MsgType::kResult);
+  CHECK(ids_of(got) == std::vector<std::uint64_t>{2, 3, 4});
+  for (const auto& r : got) {
+    CHECK(r.header.status == st(ResultStatus::kAborted));
+    CHECK(r.header.text == "aborted");
+  }
+  CHECK(h.s.pending() == 2);
+  CHECK(h.s.blocked() == 0);
+  auto next = of_type(h.result("a", 1), MsgType::kTask);
+  REQUIRE(next.size() == 1);
+  CHECK(next[0].header.id == 5);  // the aborted ones are skipped
+}
+
+TEST_CASE("interrupt: forwarded to the engine running the task, or to everything an engine runs") {
+  Harness h;
+  h.add_engine("a", 2);
+  h.add_engine("b", 1);
+  h.submit("cl", 1, {0});
+  h.submit("cl", 2, {0});
+  h.submit("cl", 3, {1});
+  h.submit("cl", 4, {1});  // queued at b: not interrupted
+  auto got = h.from_client("cl", request(MsgType::kInterrupt, {3, 4, 99}));
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].side == Outgoing::kEngine);
+  CHECK(got[0].identity == "b");
+  CHECK(got[0].header.type == MsgType::kInterrupt);
+  CHECK(got[0].header.id == 3);
+  got = h.from_client("cl", request(MsgType::kInterrupt, {}, {0, 7}));
+  CHECK(ids_of(of_type(got, MsgType::kInterrupt)) == std::vector<std::uint64_t>{1, 2});
+  CHECK(got.size() == 2);
+  // The engine's answer is an ordinary Result.
+  proto::Header r = header(MsgType::kResult, 3);
+  r.status = st(ResultStatus::kAborted);
+  r.text = "interrupted";
+  auto res = of_type(h.from_engine("b", r), MsgType::kResult);
+  REQUIRE(res.size() == 1);
+  CHECK(res[0].header.text == "interrupted");
+  CHECK(h.s.counters().interrupts_sent == 3);
+}
+
+TEST_CASE("timeout: a queued task ends TimedOut at its deadline") {
+  Harness h;
+  CHECK(h.s.next_deadline() == Clock::time_point::max());
+  h.submit_opts("cl", 1, kBalanced, with_timeout(100));
+  h.submit_opts("cl", 2, {}, with_timeout(100));  // rejected: no timer left behind
+  CHECK(h.s.next_deadline() == h.now + milliseconds(100));
+  h.now += milliseconds(99);
+  CHECK(of_type(h.tick(), MsgType::kResult).empty());
+  h.now += milliseconds(1);
+  auto got = of_type(h.tick(), MsgType::kResult);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.id == 1);
+  CHECK(got[0].header.status == st(ResultStatus::kTimedOut));
+  CHECK(h.s.pending() == 0);
+  CHECK(h.s.shared_queued() == 0);
+  CHECK(h.s.next_deadline() == Clock::time_point::max());
+  // An engine arriving later gets nothing.
+  h.add_engine("a", 1);
+  CHECK(h.s.inflight(0) == 0);
+}
+
+TEST_CASE("timeout: a running task ends TimedOut, its engine is interrupted, the late result is dropped and only then frees the credit") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.submit_opts("cl", 1, kBalanced, with_timeout(100));
+  h.submit("cl", 2, kBalanced);  // waits for a's only slot
+  h.now += milliseconds(150);
+  h.from_engine("a", header(MsgType::kHeartbeat));  // a is alive
+  auto got = h.tick();
+  auto results = of_type(got, MsgType::kResult);
+  REQUIRE(results.size() == 1);
+  CHECK(results[0].header.id == 1);
+  CHECK(results[0].header.status == st(ResultStatus::kTimedOut));
+  auto interrupts = of_type(got, MsgType::kInterrupt);
+  REQUIRE(interrupts.size() == 1);
+  CHECK(interrupts[0].identity == "a");
+  CHECK(interrupts[0].header.id == 1);
+  CHECK(of_type(got, MsgType::kTask).empty());
+  CHECK(h.s.inflight(0) == 1);
+  CHECK(h.s.abandoned() == 1);
+  // The id stays taken while the engine still holds it.
+  auto dup = of_type(h.submit("cl", 1, kBalanced), MsgType::kResult);
+  REQUIRE(dup.size() == 1);
+  CHECK(dup[0].header.status == st(ResultStatus::kRejected));
+  auto late = h.result("a", 1, ResultStatus::kAborted);
+  CHECK(of_type(late, MsgType::kResult).empty());
+  auto tasks = of_type(late, MsgType::kTask);
+  REQUIRE(tasks.size() == 1);
+  CHECK(tasks[0].header.id == 2);
+  CHECK(h.s.counters().dropped_results == 1);
+  CHECK(h.s.abandoned() == 0);
+  CHECK(h.s.counters().timed_out == 1);
+}
+
+TEST_CASE("timeout: a task blocked on a dependency times out too and its record fails its dependents") {
+  Harness h;
+  h.submit("cl", 1, kBalanced);  // no engine: stays queued
+  h.submit_opts("cl", 2, kBalanced, [] {
+    proto::Options o = with_after({1});
+    o.timeout_ms = 50;
+    return o;
+  }());
+  h.submit_opts("cl", 3, kBalanced, with_after({2}));
+  h.now += milliseconds(50);
+  auto got = of_type(h.tick(), MsgType::kResult);
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].header.id == 2);
+  CHECK(got[0].header.status == st(ResultStatus::kTimedOut));
+  CHECK(got[1].header.id == 3);
+  CHECK(got[1].header.status == st(ResultStatus::kImpossible));
+  CHECK(h.s.pending() == 1);
+}
+
+TEST_CASE("retries: taken from opts.retries, never from aux") {
+  broker::SchedulerOptions o;
+  o.heartbeat = milliseconds(100);
+  Harness h(o);
+  h.add_engine("a", 1);
+  h.add_engine("b", 1);
+  proto::Header old = header(MsgType::kSubmit, 1);
+  old.targets = kBalanced;
+  old.aux = 5;  // the old place of retries: ignored
+  h.from_client("cl", old);
+  proto::Options retry;
+  retry.retries = 1;
+  h.submit_opts("cl", 2, kBalanced, retry);  // to b
+  h.now += milliseconds(400);
+  h.from_engine("b", header(MsgType::kHeartbeat));
+  auto got = h.tick();  // a is dead
+  auto results = of_type(got, MsgType::kResult);
+  REQUIRE(results.size() == 1);
+  CHECK(results[0].header.id == 1);
+  CHECK(results[0].header.status == st(ResultStatus::kEngineDied));
+  h.now += milliseconds(400);
+  h.from_engine("c", [] {
+    proto::Header r = header(MsgType::kRegister);
+    r.aux = 1;
+    return r;
+  }());
+  got = h.tick();  // b is dead too; task 2 is retried on c
+  auto tasks = of_type(got, MsgType::kTask);
+  REQUIRE(tasks.size() == 1);
+  CHECK(tasks[0].header.id == 2);
+  CHECK(tasks[0].identity == "c");
+}
+
+TEST_CASE("events: every known client hears engines join and leave") {
+  Harness h;
+  h.from_client("alice", header(MsgType::kHello));
+  h.from_client("bob", header(MsgType::kHello));
+  proto::Header reg = header(MsgType::kRegister);
+  reg.aux = 1;
+  reg.text = "node1:42";
+  auto got = of_type(h.from_engine("e", reg), MsgType::kEvent);
+  REQUIRE(got.size() == 2);
+  for (const auto& ev : got) {
+    CHECK(ev.side == Outgoing::kClient);
+    CHECK(ev.header.status == static_cast<std::uint32_t>(proto::EventKind::kEngineJoined));
+    CHECK(ev.header.aux == 0);
+    CHECK(ev.header.text == "node1:42");
+  }
+  CHECK((got[0].identity == "alice" && got[1].identity == "bob"));
+  // A repeated Register is no new engine.
+  CHECK(of_type(h.from_engine("e", reg), MsgType::kEvent).empty());
+  got = of_type(h.from_engine("e", header(MsgType::kShutdown)), MsgType::kEvent);
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].header.status == static_cast<std::uint32_t>(proto::EventKind::kEngineLeft));
+  CHECK(got[0].header.aux == 0);
+  CHECK(got[0].header.text.find("shut down") != std::string::npos);
+}
+
+TEST_CASE("status: counts blocked, timed out, aborted and impossible tasks") {
+  Harness h;
+  h.submit("cl", 1, kBalanced);
+  h.submit_opts("cl", 2, kBalanced, with_after({1}));
+  h.submit_opts("cl", 3, kBalanced, with_engines({4}));
+  h.submit_opts("cl", 4, kBalanced, with_timeout(10));
+  h.submit("cl", 5, kBalanced);
+  h.from_client("cl", request(MsgType::kAbort, {5}));
+  h.now += milliseconds(10);
+  h.tick();
+  msgpack::object_handle keep;
+  auto m = status_map(h, keep);
+  CHECK(m.at("queued").as<int>() == 1);
+  CHECK(m.at("blocked").as<int>() == 1);
+  CHECK(m.at("pending").as<int>() == 2);
+  CHECK(m.at("timed_out").as<int>() == 1);
+  CHECK(m.at("aborted").as<int>() == 1);
+  CHECK(m.at("impossible").as<int>() == 1);
+  CHECK(m.at("timers").as<int>() == 0);
+  CHECK(m.at("finished_known").as<int>() == 3);
 }

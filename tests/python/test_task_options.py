@@ -217,6 +217,8 @@ def test_priority_runs_higher_first(own_cluster, tmp_path):
         low = lv.map(stamp, range(4), chunksize=1, priority=-1)
         mid = lv.map(stamp, range(4), chunksize=1)
         high = lv.map(stamp, range(4), chunksize=1, priority=5)
+        # Answered after the Submits (one socket, in order): all 12 are queued.
+        assert rc.queue_status()["queued"] == 12
         gate.open()
         assert blocker.get(timeout=WAIT) == 1
         starts = {name: [s for _, s, _, _ in ar.get(timeout=WAIT)] for name, ar in
