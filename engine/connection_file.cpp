@@ -145,35 +145,33 @@ std::string quoted(std::string_view key) {
 
 }  // namespace
 
-bool json_string_field(std::string_view text, std::string_view key, std::string* value, std::string* why) {
-  Reader r{text};
-  if (!r.eat('{')) {
+namespace {
+
+// Positions *r at the value of the top-level member `key` of the object in
+// `text`.  False with a reason if there is none or the text is malformed.
+bool find_member(std::string_view text, std::string_view key, Reader* r, std::string* why) {
+  *r = Reader{text};
+  if (!r->eat('{')) {
     *why = "not a JSON object";
     return false;
   }
-  if (r.eat('}')) {
+  if (r->eat('}')) {
     *why = "no " + quoted(key) + " field";
     return false;
   }
   std::string name;
   while (true) {
-    if (!r.string(&name) || !r.eat(':')) {
+    if (!r->string(&name) || !r->eat(':')) {
       *why = "malformed JSON object";
       return false;
     }
-    if (name == key) {
-      if (!r.string(value)) {
-        *why = quoted(key) + " is not a string";
-        return false;
-      }
-      return true;
-    }
-    if (!r.skip_value()) {
+    if (name == key) return true;
+    if (!r->skip_value()) {
       why->assign("malformed JSON value for \"").append(name).append("\"");
       return false;
     }
-    if (r.eat(',')) continue;
-    if (r.eat('}')) break;
+    if (r->eat(',')) continue;
+    if (r->eat('}')) break;
     *why = "malformed JSON object";
     return false;
   }
@@ -181,23 +179,80 @@ bool json_string_field(std::string_view text, std::string_view key, std::string*
   return false;
 }
 
-bool read_engine_endpoint(const std::string& path, std::string* endpoint, std::string* why) {
+}  // namespace
+
+bool json_string_field(std::string_view text, std::string_view key, std::string* value, std::string* why) {
+  Reader r{text};
+  if (!find_member(text, key, &r, why)) return false;
+  if (!r.string(value)) {
+    *why = quoted(key) + " is not a string";
+    return false;
+  }
+  return true;
+}
+
+bool json_object_field(std::string_view text, std::string_view key, std::string_view* object, std::string* why) {
+  Reader r{text};
+  if (!find_member(text, key, &r, why)) return false;
+  r.skip_ws();
+  const std::size_t start = r.i;
+  if (start >= text.size() || text[start] != '{' || !r.skip_value()) {
+    *why = quoted(key) + " is not a JSON object";
+    return false;
+  }
+  *object = text.substr(start, r.i - start);
+  return true;
+}
+
+bool read_connection_file(const std::string& path, ConnectionInfo* info, std::string* why) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     *why = "cannot read " + path;
     return false;
   }
-  std::ostringstream body;
-  body << in.rdbuf();
+  std::ostringstream body_stream;
+  body_stream << in.rdbuf();
+  const std::string body = body_stream.str();
   std::string err;
-  if (!json_string_field(body.str(), "engine", endpoint, &err)) {
+  if (!json_string_field(body, "engine", &info->engine, &err)) {
     *why = path + ": " + err;
     return false;
   }
-  if (endpoint->empty()) {
+  if (info->engine.empty()) {
     *why = path + ": empty \"engine\" endpoint";
     return false;
   }
+  info->curve = false;
+  std::string_view curve;
+  if (!json_object_field(body, "curve", &curve, &err)) {
+    if (err == "no \"curve\" field") return true;  // plain text: no CURVE section
+    *why = path + ": " + err;
+    return false;
+  }
+  struct {
+    const char* name;
+    std::string* value;
+  } keys[] = {{"server_public", &info->server_public},
+              {"engine_public", &info->engine_public},
+              {"engine_secret", &info->engine_secret}};
+  for (auto& k : keys) {
+    if (!json_string_field(curve, k.name, k.value, &err)) {
+      *why = path + ": curve: " + err;
+      return false;
+    }
+    if (k.value->size() != kZ85KeyChars) {
+      *why = path + ": curve: \"" + k.name + "\" is not a 40-character Z85 key";
+      return false;
+    }
+  }
+  info->curve = true;
+  return true;
+}
+
+bool read_engine_endpoint(const std::string& path, std::string* endpoint, std::string* why) {
+  ConnectionInfo info;
+  if (!read_connection_file(path, &info, why)) return false;
+  *endpoint = info.engine;
   return true;
 }
 

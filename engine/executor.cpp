@@ -73,7 +73,8 @@ Executor::Executor() {
   // Make the Frame type exist before the first task.
   py::module_::import("_zfarm_engine");
   try {
-    run_task_ = py::module_::import("zfarm._worker").attr("run_task");
+    worker_ = py::module_::import("zfarm._worker");
+    run_task_ = worker_.attr("run_task");
   } catch (const py::error_already_set& e) {
     import_error_ = std::string("cannot import zfarm._worker: ") + e.what();
   }
@@ -97,8 +98,27 @@ Outcome Executor::run(std::uint64_t task_id, Frames payload) {
     out.status = pair[0].cast<std::uint32_t>();
     py::object result_frames = pair[1];
     for (py::handle item : result_frames) out.frames.push_back(to_message(item));
+    if (out.status != 0 && py::hasattr(worker_, "last_error")) {
+      // run_task keeps the error it pickled: was it a KeyboardInterrupt?
+      py::object last = worker_.attr("last_error");
+      if (py::isinstance<py::dict>(last)) {
+        py::dict info = last.cast<py::dict>();
+        if (info.contains("ename") && py::str(info["ename"]).cast<std::string>() == "KeyboardInterrupt") {
+          out.keyboard_interrupt = true;
+          if (info.contains("traceback")) out.traceback = py::str(info["traceback"]).cast<std::string>();
+        }
+      }
+    }
     return out;
   } catch (py::error_already_set& e) {
+    // A KeyboardInterrupt can also land in run_task's own code, outside the
+    // user's (say, while it pickles the result).
+    if (e.matches(PyExc_KeyboardInterrupt)) {
+      Outcome out = failure(task_id, "interrupted in zfarm._worker.run_task");
+      out.keyboard_interrupt = true;
+      out.traceback = e.what();
+      return out;
+    }
     return failure(task_id, std::string("zfarm._worker.run_task failed: ") + e.what());
   } catch (const std::exception& e) {
     return failure(task_id, std::string("zfarm._worker.run_task failed: ") + e.what());

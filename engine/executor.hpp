@@ -23,6 +23,10 @@ struct Outcome {
   std::uint32_t status = 0;  // proto::ResultStatus: 0 ok, 1 remote error
   Frames frames;             // result payload
   std::string error;         // set when run_task itself failed (or is missing)
+  // The task ended by KeyboardInterrupt (an Interrupt from the broker, or
+  // Ctrl-C); `traceback` is its Python traceback.
+  bool keyboard_interrupt = false;
+  std::string traceback;
 };
 
 class Executor {
@@ -42,6 +46,7 @@ class Executor {
 
  private:
   pybind11::object run_task_;
+  pybind11::object worker_;  // the zfarm._worker module (its last_error)
   std::string import_error_;
 };
 

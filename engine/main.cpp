@@ -7,12 +7,21 @@
 // not make the engine look dead.  The main thread holds the interpreter: it
 // waits for Task messages with the GIL released, then runs them one at a
 // time, in arrival order, and queues each Result for the I/O thread.
+//
+// The tasks the engine holds live on a TaskBoard shared by both threads.
+// An Interrupt from the broker is handled on the I/O thread: for the running
+// task it raises KeyboardInterrupt in the main thread as Ctrl-C would
+// (PyErr_SetInterruptEx) and sends the main thread a no-op SIGURG so a
+// blocking call (time.sleep, a socket read) returns EINTR and Python notices
+// at once; a prefetched task is dropped and answered there and then.
+#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -27,6 +36,7 @@
 #include "protocol.hpp"
 #include "python_env.hpp"
 #include "session.hpp"
+#include "task_board.hpp"
 
 namespace py = pybind11;
 using namespace zfarm;
@@ -44,6 +54,10 @@ constexpr auto kConnectionFileWait = std::chrono::seconds(10);
 // Linger-free close would lose a final Result or our Shutdown; IoThread
 // closes with a 1 s linger.
 
+// Result text is a protocol field with a size limit; keep the end of a long
+// traceback, where the interrupted line is.
+constexpr std::size_t kMaxResultText = 8 * 1024;
+
 std::atomic<int> g_signal{0};
 std::atomic<bool> g_in_task{false};
 
@@ -54,6 +68,11 @@ void on_signal(int sig) {
   // PyErr_SetInterruptEx is async-signal-safe.
   if (g_in_task) PyErr_SetInterruptEx(SIGINT);
 }
+
+// SIGURG only wakes the main thread out of a blocking system call (EINTR,
+// no SA_RESTART); its default action is to be ignored, so a stray one is
+// harmless even before this handler is installed.
+void on_wake_signal(int) {}
 
 std::string random_identity() {
   std::random_device rd;
@@ -74,16 +93,26 @@ std::string host_pid() {
   return std::string(host) + ":" + std::to_string(static_cast<long>(::getpid()));
 }
 
-bool resolve_endpoint(const std::string& connection_file, std::string* endpoint) {
+bool resolve_connection(const std::string& connection_file, ConnectionInfo* info) {
   const auto deadline = Clock::now() + kConnectionFileWait;
   std::string why;
   while (true) {
-    if (read_engine_endpoint(connection_file, endpoint, &why)) return true;
+    if (read_connection_file(connection_file, info, &why)) return true;
     if (::access(connection_file.c_str(), F_OK) == 0 || Clock::now() >= deadline || g_signal != 0) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   log_error("%s", why.c_str());
   return false;
+}
+
+// "interrupted" and the end of the traceback, within kMaxResultText.
+std::string interrupted_text(const std::string& traceback) {
+  std::string text = "interrupted";
+  if (traceback.empty()) return text;
+  text += "\n";
+  const std::size_t room = kMaxResultText - text.size();
+  if (traceback.size() <= room) return text + traceback;
+  return text + "..." + traceback.substr(traceback.size() - (room - 3));
 }
 
 // Counts malformed or unexpected input; logs the first one only, so a
@@ -104,6 +133,7 @@ int main(int argc, char** argv) {
   int prefetch = 2;
   int heartbeat_ms = 1000;
   int liveness = 3;
+  double broker_timeout_s = 0;
   bool quiet = false;
   auto* file_opt = app.add_option("--connection-file", connection_file,
                                   "the broker's connection file (JSON); its \"engine\" endpoint is used");
@@ -117,6 +147,10 @@ int main(int argc, char** argv) {
   app.add_option("--liveness", liveness, "silent broker heartbeat intervals before registering again")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
+  app.add_option("--broker-timeout", broker_timeout_s,
+                 "exit after hearing nothing from the broker for this many seconds (0: wait forever)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1e7));
   app.add_flag("--quiet", quiet, "log only errors");
   CLI11_PARSE(app, argc, argv);
   g_quiet = quiet;
@@ -126,15 +160,23 @@ int main(int argc, char** argv) {
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
   ::sigaction(SIGTERM, &sa, nullptr);
+  struct sigaction wake{};
+  wake.sa_handler = on_wake_signal;
+  sigemptyset(&wake.sa_mask);
+  wake.sa_flags = 0;  // no SA_RESTART: interrupt the blocking call
+  ::sigaction(SIGURG, &wake, nullptr);
+  const pthread_t main_thread = pthread_self();
 
-  std::string endpoint = url;
-  if (endpoint.empty()) {
+  ConnectionInfo conn;
+  conn.engine = url;
+  if (conn.engine.empty()) {
     if (connection_file.empty()) {
       log_error("give --connection-file PATH or --url ENDPOINT (see --help)");
       return 2;
     }
-    if (!resolve_endpoint(connection_file, &endpoint)) return 2;
+    if (!resolve_connection(connection_file, &conn)) return 2;
   }
+  const std::string endpoint = conn.engine;
 
   const std::string program = find_sibling_python(argv[0]);
   std::string why;
@@ -153,6 +195,19 @@ int main(int argc, char** argv) {
     socket.set(zmq::sockopt::rcvhwm, 0);
     socket.set(zmq::sockopt::linger, 1000);
     try {
+      if (conn.curve) {
+        // The broker is the CURVE server; these keys must be set before
+        // connect.  libzmq takes 40-character keys as Z85 text.
+        socket.set(zmq::sockopt::curve_serverkey, conn.server_public);
+        socket.set(zmq::sockopt::curve_publickey, conn.engine_public);
+        socket.set(zmq::sockopt::curve_secretkey, conn.engine_secret);
+      }
+    } catch (const zmq::error_t& e) {
+      log_error("cannot use the CURVE keys of %s: %s", connection_file.c_str(), e.what());
+      stop_python();
+      return 2;
+    }
+    try {
       socket.connect(endpoint);
     } catch (const zmq::error_t& e) {
       log_error("cannot connect to %s: %s", endpoint.c_str(), e.what());
@@ -168,10 +223,20 @@ int main(int argc, char** argv) {
     options.heartbeat = std::chrono::milliseconds(heartbeat_ms);
     options.liveness = liveness;
     options.host_pid = host_pid();
+    options.broker_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(broker_timeout_s * 1000));
     Session session(options);
     BadInput bad;
     std::atomic<bool> shutdown_requested{false};
+    std::atomic<bool> gave_up{false};
+    std::atomic<std::uint64_t> stale_tasks{0};
+    std::atomic<std::uint64_t> aborted_queued{0};
     IoThread* io_ptr = nullptr;
+    // Runs on the I/O thread, under the board's lock, while the task to
+    // interrupt is running.  Both calls are async-signal-safe and need no GIL.
+    TaskBoard board([main_thread] {
+      PyErr_SetInterruptEx(SIGINT);
+      pthread_kill(main_thread, SIGURG);
+    });
 
     // Both callbacks run on the I/O thread, the only one touching session.
     auto send_headers = [&](std::vector<proto::Header>& headers) {
@@ -200,18 +265,47 @@ int main(int argc, char** argv) {
       }
       std::vector<proto::Header> replies;
       const Session::State before = session.state();
+      const std::uint64_t epoch_before = session.epoch();
       const auto verdict = session.on_message(msg.header, Clock::now(), &replies);
+      if (session.epoch() != epoch_before) {
+        // The broker forgot what we hold: results could not be routed.
+        const std::size_t dropped = board.new_epoch();
+        stale_tasks += dropped;
+        if (dropped > 0 || board.running()) {
+          log_info("the broker no longer knows this engine's tasks: dropped %zu queued%s", dropped,
+                   board.running() ? ", the running one's result will not be sent" : "");
+        }
+      }
+      board.set_paused(session.state() != Session::State::kRegistered);
       send_headers(replies);
       report_change(before, "the broker does not know this engine");
       switch (verdict) {
         case Session::Verdict::kRunTask:
-          // Hand the frames on as they came (decode moved the payload out).
-          for (std::size_t i = 0; i < msg.payload.size(); ++i) frames[2 + i] = std::move(msg.payload[i]);
-          return false;
+          if (msg.header.aux != session.engine_id()) {
+            // Sent to an earlier registration of this engine: the broker has
+            // already given that task to another engine or ended it.
+            ++stale_tasks;
+            return true;
+          }
+          board.add(std::move(msg));
+          return true;
+        case Session::Verdict::kInterrupt:
+          if (board.interrupt(msg.header.id) == TaskBoard::Interrupted::kQueued) {
+            ++aborted_queued;
+            proto::Header h;
+            h.type = proto::MsgType::kResult;
+            h.id = msg.header.id;
+            h.status = static_cast<std::uint32_t>(proto::ResultStatus::kAborted);
+            h.aux = session.engine_id();
+            h.text = "aborted before it started";
+            Frames out = proto::encode(h);
+            io_ptr->send_now(out);
+          }
+          return true;
         case Session::Verdict::kShutdown:
           log_info("the broker asked this engine to shut down");
           shutdown_requested = true;
-          io_ptr->wake_receivers();
+          board.wake();
           return true;
         case Session::Verdict::kUnexpected:
           bad.note(std::string("unexpected ") + proto::to_string(msg.header.type) + " message");
@@ -228,8 +322,13 @@ int main(int argc, char** argv) {
       std::vector<proto::Header> out;
       const Session::State before = session.state();
       session.on_tick(Clock::now(), &out);
+      board.set_paused(session.state() != Session::State::kRegistered);
       send_headers(out);
       report_change(before, "no word from the broker");
+      if (session.gave_up() && !gave_up.exchange(true)) {
+        log_error("no word from the broker for %g s (--broker-timeout); exiting", broker_timeout_s);
+        board.wake();
+      }
     };
 
     const int tick_ms = std::clamp(heartbeat_ms / 4, 10, 100);
@@ -247,62 +346,81 @@ int main(int argc, char** argv) {
     log_info("connecting to %s as %s", endpoint.c_str(), identity.c_str());
 
     std::uint64_t tasks_run = 0;
-    std::uint64_t stale_tasks = 0;
+    std::uint64_t interrupted = 0;
+    std::uint64_t stale_results = 0;
     bool by_signal = false;
     while (true) {
-      if (shutdown_requested) break;
+      if (shutdown_requested || gave_up) break;
       if (g_signal != 0) {
         by_signal = true;
         break;
       }
-      std::vector<Frames> got;
+      std::optional<proto::Message> task;
       {
         py::gil_scoped_release nogil;
-        io.recv(got, kIdleWaitMs, 1);
+        task = board.take(std::chrono::milliseconds(kIdleWaitMs));
       }
-      // Runs Python-level signal handlers: Ctrl-C while idle stops the engine.
-      if (PyErr_CheckSignals() != 0) {
-        const bool interrupted = PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) != 0;
-        if (!interrupted) PyErr_Print();
-        PyErr_Clear();
-        if (interrupted) {
-          by_signal = true;
-          break;
+      if (!task) {
+        // Idle: run Python-level signal handlers; Ctrl-C stops the engine.
+        // Only here, with no task marked running, can a KeyboardInterrupt
+        // not be the broker's (that one trips only while a task runs, and
+        // is consumed when it ends).  With a task taken, a Ctrl-C hits it.
+        if (PyErr_CheckSignals() != 0) {
+          const bool ctrl_c = PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) != 0;
+          if (!ctrl_c) PyErr_Print();
+          PyErr_Clear();
+          if (ctrl_c) {
+            by_signal = true;
+            break;
+          }
         }
-      }
-      if (got.empty() || shutdown_requested || g_signal != 0) {
-        // A task that arrived together with Shutdown is not started: the
-        // broker ends queued tasks itself when it shuts down.
         continue;
       }
-      proto::Message task;
-      if (!proto::decode(got[0], 0, &task).ok()) continue;  // checked on the I/O thread already
-      const std::int64_t id_now = session.engine_id();
-      if (task.header.aux != id_now) {
-        // Sent to an earlier registration of this engine: the broker has
-        // already given that task to another engine or ended it.
-        ++stale_tasks;
-        log_info("skipping task %llu sent to engine %lld (now engine %lld)",
-                 static_cast<unsigned long long>(task.header.id), static_cast<long long>(task.header.aux),
-                 static_cast<long long>(id_now));
+      if (shutdown_requested || gave_up || g_signal != 0) {
+        // A task that arrived together with Shutdown is not started: the
+        // broker ends queued tasks itself when it shuts down.
+        board.finish();
         continue;
       }
       g_in_task = true;
-      Outcome outcome = executor.run(task.header.id, std::move(task.payload));
+      Outcome outcome = executor.run(task->header.id, std::move(task->payload));
       g_in_task = false;
-      // An interrupt meant for the task that landed just after it ended
-      // must not hit the next one.
-      if (PyErr_CheckSignals() != 0) {
+      const TaskBoard::Finished fin = board.finish();
+      if (fin.interrupted) {
+        // The broker's KeyboardInterrupt may still be pending (it landed as
+        // the task was ending): consume it here, so it neither escapes into
+        // the idle loop (which would stop the engine) nor hits the next task.
+        if (PyErr_CheckSignals() != 0) PyErr_Clear();
+      } else if (PyErr_CheckSignals() != 0) {
+        // Ctrl-C or SIGTERM just after the task: leave, as when idle.
         if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) != 0) by_signal = true;
         PyErr_Clear();
       }
       ++tasks_run;
+      if (fin.stale) {
+        // The broker restarted or gave this task to another engine meanwhile.
+        ++stale_results;
+        log_info("not sending the result of task %llu: the broker no longer knows it",
+                 static_cast<unsigned long long>(fin.id));
+        if (by_signal) break;
+        continue;
+      }
       proto::Header h;
       h.type = proto::MsgType::kResult;
-      h.id = task.header.id;
-      h.status = outcome.status;
-      h.aux = id_now;
-      if (!outcome.error.empty()) h.text = outcome.error.substr(0, 1024);
+      h.id = task->header.id;
+      h.aux = task->header.aux;
+      if (fin.interrupted && outcome.keyboard_interrupt) {
+        // The payload (the pickled KeyboardInterrupt, with the output printed
+        // so far) is kept for clients that want it.
+        ++interrupted;
+        h.status = static_cast<std::uint32_t>(proto::ResultStatus::kAborted);
+        h.text = interrupted_text(outcome.traceback);
+      } else {
+        // Not interrupted, or it finished (or failed otherwise) before the
+        // interrupt could land: its own result is the truth.
+        h.status = outcome.status;
+        if (!outcome.error.empty()) h.text = outcome.error.substr(0, 1024);
+      }
       io.send(proto::encode(h, std::move(outcome.frames)));
       if (by_signal) break;
     }
@@ -312,9 +430,13 @@ int main(int argc, char** argv) {
       io.send(proto::encode(session.leave_message()));
     }
     io.stop();  // sends what is queued, then closes the socket
-    log_info("exiting%s: %llu tasks run, %llu stale tasks skipped, %llu bad messages", by_signal ? " on a signal" : "",
-             static_cast<unsigned long long>(tasks_run), static_cast<unsigned long long>(stale_tasks),
+    log_info("exiting%s: %llu tasks run, %llu interrupted, %llu dropped before they started, %llu stale tasks "
+             "skipped, %llu stale results dropped, %llu bad messages",
+             by_signal ? " on a signal" : "", static_cast<unsigned long long>(tasks_run),
+             static_cast<unsigned long long>(interrupted), static_cast<unsigned long long>(aborted_queued.load()),
+             static_cast<unsigned long long>(stale_tasks.load()), static_cast<unsigned long long>(stale_results),
              static_cast<unsigned long long>(bad.count.load()));
+    if (gave_up) exit_code = 1;
   }
   if (!stop_python()) exit_code = exit_code == 0 ? 1 : exit_code;
   return exit_code;

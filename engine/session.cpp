@@ -26,6 +26,10 @@ Session::Verdict Session::on_message(const Header& h, Clock::time_point now, std
   last_heard_ = now;
   switch (h.type) {
     case MsgType::kRegisterReply:
+      // Another id from the same broker means it declared us dead and dealt
+      // with our tasks; another incarnation means a new broker.
+      if (registrations_ > 0 && (h.aux != engine_id_.load() || h.text != incarnation_)) ++epoch_;
+      incarnation_ = h.text;
       engine_id_ = h.aux;
       if (h.status > 0) options_.heartbeat = std::chrono::milliseconds(h.status);
       if (state_ != State::kRegistered) {
@@ -38,12 +42,18 @@ Session::Verdict Session::on_message(const Header& h, Clock::time_point now, std
       return Verdict::kDone;
     case MsgType::kTask:
       return Verdict::kRunTask;
+    case MsgType::kInterrupt:
+      return Verdict::kInterrupt;
     case MsgType::kShutdown:
       state_ = State::kStopped;
       return Verdict::kShutdown;
     case MsgType::kError:
       // The broker no longer knows us (it declared us dead, or restarted).
-      if (h.text.rfind("unknown engine", 0) == 0) send_register(now, out);
+      if (h.text.rfind("unknown engine", 0) == 0) {
+        // Whatever we hold was sent under a registration it has forgotten.
+        ++epoch_;
+        send_register(now, out);
+      }
       return Verdict::kDone;
     default:
       return Verdict::kUnexpected;
@@ -51,6 +61,13 @@ Session::Verdict Session::on_message(const Header& h, Clock::time_point now, std
 }
 
 void Session::on_tick(Clock::time_point now, std::vector<Header>* out) {
+  if (state_ == State::kStopped) return;
+  if (last_heard_ == Clock::time_point{}) last_heard_ = now;  // the silence starts with us
+  if (options_.broker_timeout.count() > 0 && now - last_heard_ >= options_.broker_timeout) {
+    state_ = State::kStopped;
+    gave_up_ = true;
+    return;
+  }
   switch (state_) {
     case State::kStopped:
       return;

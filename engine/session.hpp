@@ -9,12 +9,25 @@
 //   Registered   tick, heartbeat due            send Heartbeat
 //   Registered   broker silent for liveness     send Register -> Registering
 //                intervals
-//   any          Error "unknown engine..."      send Register -> Registering
+//   any          Error "unknown engine..."      send Register -> Registering,
+//                                               new epoch
+//   Registering  RegisterReply with another id  new epoch
+//                or another broker incarnation
 //   any          Task                           hand to the executor
+//   any          Interrupt                      hand to the task board
 //   any          Shutdown                       -> Stopped
+//   any but      tick, broker silent for        -> Stopped, gave_up()
+//   Stopped      broker_timeout (if set)
 //
 // Every message from the broker counts as a sign of life.  The engine keeps
 // its Python namespace across registrations; only its id may change.
+//
+// The epoch counts registrations whose tasks the broker has forgotten: the
+// broker restarted (a new incarnation, or it told us it does not know us),
+// or it declared us dead and gave our tasks to others (a new id).  Tasks of
+// an earlier epoch must not run and their results must not be sent.  A
+// broker that names no incarnation (empty RegisterReply text) and gives us
+// our old id back is taken to be the same broker.
 #pragma once
 
 #include <atomic>
@@ -33,6 +46,10 @@ struct SessionOptions {
   int liveness = 3;                                // silent intervals before re-registering
   std::chrono::milliseconds register_retry{1000};  // Register resend while unanswered
   std::string host_pid;                            // Register text, "host:pid"
+  // Give up (state Stopped, gave_up()) after hearing nothing from the broker
+  // for this long; 0 waits forever.  For remote engines with no parent to
+  // take them down when the cluster is gone.
+  std::chrono::milliseconds broker_timeout{0};
 };
 
 class Session {
@@ -43,6 +60,7 @@ class Session {
   enum class Verdict {
     kDone,        // handled here (and replies, if any, are in *out)
     kRunTask,     // a Task: queue it for the executor
+    kInterrupt,   // an Interrupt: header.id names the task to interrupt
     kShutdown,    // the broker told the engine to stop
     kUnexpected,  // a well-formed message an engine should never get
   };
@@ -64,6 +82,10 @@ class Session {
   std::int64_t engine_id() const { return engine_id_.load(); }
   std::chrono::milliseconds heartbeat() const { return options_.heartbeat; }
   std::uint64_t registrations() const { return registrations_; }
+  // Grows each time the broker forgot our tasks (see above).
+  std::uint64_t epoch() const { return epoch_; }
+  // True once broker_timeout ran out.
+  bool gave_up() const { return gave_up_; }
 
  private:
   void send_register(Clock::time_point now, std::vector<proto::Header>* out);
@@ -75,6 +97,9 @@ class Session {
   Clock::time_point next_heartbeat_{};
   Clock::time_point last_heard_{};
   std::uint64_t registrations_ = 0;
+  std::uint64_t epoch_ = 0;
+  std::string incarnation_;  // RegisterReply text of the broker we registered with
+  bool gave_up_ = false;
 };
 
 }  // namespace zfarm::engine

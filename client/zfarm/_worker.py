@@ -28,7 +28,7 @@ import io
 import pickle
 import sys
 import traceback
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import _serialize
 
@@ -36,6 +36,9 @@ STATUS_OK = 0
 STATUS_REMOTE_ERROR = 1
 
 namespace: Dict[str, Any] = {"__name__": "__zfarm__"}
+# The error info of the last task that failed (None after a success); the
+# engine reads it to tell an interrupted task (KeyboardInterrupt) apart.
+last_error: Optional[Dict[str, Any]] = None
 _fn_cache: Dict[bytes, Any] = {}
 
 
@@ -104,6 +107,8 @@ def _error_info(exc: BaseException) -> Dict[str, Any]:
 
 def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
     """Run one task; never raises.  Returns (status, result frames)."""
+    global last_error
+    last_error = None
     out, err = _Capture(), _Capture()
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
@@ -116,6 +121,7 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
             kind, status = "ok", STATUS_OK
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
             value, kind, status = _error_info(exc), "error", STATUS_REMOTE_ERROR
+            last_error = value
     finally:
         sys.stdout, sys.stderr = saved
     try:
@@ -125,4 +131,5 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
         info["evalue"] = f"result of task {task_id} could not be serialised: {info['evalue']}"
         result = _serialize.dumps(("error", info, out.getvalue(), err.getvalue()))
         status = STATUS_REMOTE_ERROR
+        last_error = info
     return status, result

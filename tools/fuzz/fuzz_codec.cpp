@@ -1,0 +1,76 @@
+// libFuzzer target: the message codec.  The input is split into frames
+// (fuzz_input.hpp) and decoded; whatever decodes must encode and decode
+// back to the same header, and nothing may crash, leak or overflow.
+//
+//   input := flags:u8, frames block
+//   flags bit 0: put a valid signature frame first
+//         bit 1: tight decoder limits (8 frames, 256-byte header, ...)
+//         bit 2: decode after a one-frame routing envelope
+#include <cstdint>
+#include <cstdlib>
+
+#include "fuzz_input.hpp"
+#include "protocol.hpp"
+
+using namespace zfarm;
+
+namespace {
+
+void require(bool ok, const char* what) {
+  if (!ok) {
+    __builtin_printf("invariant broken: %s\n", what);
+    std::abort();
+  }
+}
+
+bool same_header(const proto::Header& a, const proto::Header& b) {
+  return a.type == b.type && a.id == b.id && a.targets == b.targets && a.status == b.status && a.aux == b.aux &&
+         a.text == b.text && a.opts.retries == b.opts.retries && a.opts.timeout_ms == b.opts.timeout_ms &&
+         a.opts.priority == b.opts.priority && a.opts.after == b.opts.after && a.opts.follow == b.opts.follow &&
+         a.opts.engines == b.opts.engines && a.opts.ids == b.opts.ids && a.opts.session == b.opts.session;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  fuzz::Input in(data, size);
+  const std::uint8_t flags = in.u8();
+  proto::Limits limits;
+  if (flags & 2) {
+    limits.max_frames = 8;
+    limits.max_header_bytes = 256;
+    limits.max_targets = 4;
+    limits.max_text_bytes = 16;
+    limits.max_ids = 4;
+  }
+  std::vector<zmq::message_t> frames;
+  const std::size_t first = (flags & 4) ? 1 : 0;
+  if (first == 1) frames.emplace_back("peer", 4);
+  in.frames(&frames, (flags & 1) != 0);
+  const std::size_t n_frames = frames.size();
+
+  proto::Message msg;
+  const proto::Status st = proto::decode(frames, first, &msg, limits);
+  if (!st.ok()) {
+    require(!st.detail.empty(), "an error without a detail");
+    require(proto::to_string(st.code) != nullptr, "an error without a name");
+    return 0;
+  }
+  require(n_frames >= first + 2, "decoded without signature and header");
+  require(msg.payload.size() == n_frames - first - 2, "payload frames lost or invented");
+  require(static_cast<std::uint8_t>(msg.header.type) >= 1 &&
+              static_cast<std::uint8_t>(msg.header.type) <= proto::kMaxMsgType,
+          "an unknown type decoded");
+  require(msg.header.targets.size() <= limits.max_targets, "targets over the limit");
+  require(msg.header.text.size() <= limits.max_text_bytes, "text over the limit");
+
+  // Round trip: what decoded re-encodes (minimally) and decodes the same.
+  const std::size_t payload_size = msg.payload.size();
+  std::vector<zmq::message_t> again = proto::encode(msg.header, std::move(msg.payload));
+  proto::Message back;
+  const proto::Status st2 = proto::decode(again, 0, &back, limits);
+  require(st2.ok(), "a decoded header did not decode after encoding");
+  require(same_header(msg.header, back.header), "the round trip changed the header");
+  require(back.payload.size() == payload_size, "the round trip changed the payload");
+  return 0;
+}
