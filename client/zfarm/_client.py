@@ -61,6 +61,9 @@ HEARTBEAT_S = 1.0
 # get_result() needs a broker that keeps results; one that has not answered
 # Hello with Welcome within this time does not.
 WELCOME_WAIT_S = 5.0
+# detach() waits at most this long for the broker to confirm it has every
+# task sent so far.
+DETACH_SYNC_S = 5.0
 # Results are acknowledged in batches: when this many are waiting, or when
 # the oldest has waited this long.
 ACK_BATCH = 256
@@ -132,6 +135,9 @@ class Client:
         self._next = 1
         self._lock = threading.Lock()
         self._pending: Dict[int, Tuple[AsyncResult, int]] = {}
+        # Ids awaited through get_result (maybe another client's tasks):
+        # never aborted on this client's behalf by abort() or close().
+        self._fetched: Set[int] = set()
         self._status_waiters: Dict[int, concurrent.futures.Future] = {}
         self._unclaimed: "collections.OrderedDict[int, _Outcome]" = collections.OrderedDict()
         self._recent: "collections.OrderedDict[int, None]" = collections.OrderedDict()
@@ -254,6 +260,7 @@ class Client:
                     self._ack_since = time.monotonic()
                 self._to_ack.append(mid)
             entry = self._pending.pop(mid, None)
+            self._fetched.discard(mid)
             if entry is None:
                 if mid in self._recent or mid in self._unclaimed:
                     return  # a second copy (a resend racing a Fetch)
@@ -281,6 +288,7 @@ class Client:
         self._hello()
         with self._lock:
             pending, self._pending = self._pending, {}
+            self._fetched.clear()
             self._to_ack.clear()
         for task_id, (ar, index) in pending.items():
             ar._deliver(index, decode_outcome(task_id, STATUS_LOST, -1, "the broker restarted", []))
@@ -355,6 +363,7 @@ class Client:
                     other.add_done_callback(_forward(ar, i, other, index))
                 else:
                     self._pending[task_id] = (ar, i)
+                    self._fetched.add(task_id)
                     fetch.append(task_id)
         for i, outcome in ready:
             ar._deliver(i, outcome)
@@ -363,6 +372,7 @@ class Client:
                 with self._lock:
                     for task_id in fetch:
                         self._pending.pop(task_id, None)
+                        self._fetched.discard(task_id)
                 raise ZfarmError("this broker does not keep results (it never answered Hello with Welcome)")
             self._send_ids(MSG_FETCH, fetch)
         return ar
@@ -382,10 +392,12 @@ class Client:
         """Drops queued tasks (default: every task this client waits for).
 
         Each task still queued ends with TaskAborted; running ones go on.
+        Without ``jobs``, results awaited through :meth:`get_result` are
+        left alone (they may be another client's tasks).
         """
         if jobs is None:
             with self._lock:
-                ids = list(self._pending)
+                ids = [i for i in self._pending if i not in self._fetched]
         else:
             ids = task_ids_of(jobs)
         if ids:
@@ -516,8 +528,15 @@ class Client:
         """
         if self._closed:
             return
+        if not abort and self._welcomed.is_set():
+            # One round trip, so the broker has every Submit from this socket
+            # (bound to the session) before a new client can rebind it.
+            try:
+                self.queue_status(timeout=DETACH_SYNC_S)
+            except Exception:  # noqa: BLE001 - best effort; closing must not fail
+                pass
         with self._lock:
-            ids = list(self._pending)
+            ids = [i for i in self._pending if i not in self._fetched]
             to_ack, self._to_ack = self._to_ack, []
         try:
             if to_ack:

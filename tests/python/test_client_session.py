@@ -113,6 +113,10 @@ def test_abort_and_interrupt_messages(bare):
     bare.sent.clear()
     ar.abort()
     assert bare.sent[-1][0] == _client.MSG_ABORT and bare.sent[-1][6] == {"ids": ar.task_ids}
+    fetched = bare.get_result(4242)  # maybe another client's task
+    bare.sent.clear()
+    bare.abort()
+    assert bare.sent[-1][6] == {"ids": ar.task_ids}  # not 4242
     bare.interrupt()
     assert bare.sent[-1][0] == _client.MSG_INTERRUPT and bare.sent[-1][2] == [0, 1]
     assert ar.cancel() is True

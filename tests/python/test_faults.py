@@ -161,7 +161,9 @@ def test_get_result_from_another_client(cluster, tmp_path):
         pending = lv.apply_async(gated, 6, gate.path)
         assert one.session != two.session
         assert two.get_result(done.task_ids[0]).get(timeout=WAIT) == (3, 2)
+        one.queue_status()  # answered after the Submit: the broker knows the task now
         later = two.get_result(pending.task_ids)
+        two.abort()  # its own tasks only: the fetched one is another client's
         gate.open()
         assert later.get(timeout=WAIT) == [36]
         assert pending.get(timeout=WAIT) == 36
