@@ -71,7 +71,8 @@ struct SchedulerOptions {
   // restart.  Empty: random hex made at construction (tests may set one).
   std::string incarnation;
   // Finished tasks remembered (id -> status, engine) so opts.after and
-  // opts.follow may name tasks that already ended.  About 50 bytes each.
+  // opts.follow may name tasks that already ended.  About 70 bytes each
+  // (a hash node and an entry of the eviction order).
   std::size_t finished_record = 1000000;
 };
 

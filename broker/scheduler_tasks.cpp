@@ -187,7 +187,9 @@ std::string Scheduler::check_dependency(Task& t, std::uint64_t dep, std::uint8_t
     return who + " depends on " + what + ", which ended " + status_name(status);
   }
   if (flags & kFollowDep) {
-    if (engine < 0) return who + " must follow " + what + ", which never ran on an engine (it ended " + status_name(status) + ")";
+    if (engine < 0) {
+      return who + " must follow " + what + ", which never ran on an engine (it ended " + status_name(status) + ")";
+    }
     if (t.follow_engine >= 0 && t.follow_engine != engine) {
       return who + " must follow tasks that ran on different engines (" + std::to_string(t.follow_engine) + " and " +
              std::to_string(engine) + ")";

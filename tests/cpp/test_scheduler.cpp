@@ -1009,7 +1009,7 @@ TEST_CASE("timeout: a queued task ends TimedOut at its deadline") {
   CHECK(h.s.inflight(0) == 0);
 }
 
-TEST_CASE("timeout: a running task ends TimedOut, its engine is interrupted, the late result is dropped and only then frees the credit") {
+TEST_CASE("timeout: a running task ends TimedOut, its engine is interrupted, its late result dropped, its credit freed then") {
   Harness h;
   h.add_engine("a", 1);
   h.submit_opts("cl", 1, kBalanced, with_timeout(100));
@@ -1139,4 +1139,58 @@ TEST_CASE("status: counts blocked, timed out, aborted and impossible tasks") {
   CHECK(m.at("impossible").as<int>() == 1);
   CHECK(m.at("timers").as<int>() == 0);
   CHECK(m.at("finished_known").as<int>() == 3);
+}
+
+TEST_CASE("engines: a restricted task with retries is retried on another of its engines") {
+  broker::SchedulerOptions o;
+  o.heartbeat = milliseconds(100);
+  Harness h(o);
+  h.add_engine("a", 1);
+  h.add_engine("b", 1);
+  h.add_engine("c", 1);
+  proto::Options opts = with_engines({0, 2});
+  opts.retries = 1;
+  auto first = of_type(h.submit_opts("cl", 1, kBalanced, opts), MsgType::kTask);
+  REQUIRE(first.size() == 1);
+  CHECK(first[0].identity == "a");
+  h.submit("cl", 2, {2});  // c busy for now
+  h.now += milliseconds(400);
+  h.from_engine("b", header(MsgType::kHeartbeat));
+  h.from_engine("c", header(MsgType::kHeartbeat));
+  CHECK(of_type(h.tick(), MsgType::kTask).empty());  // a died; c is full, b is not allowed
+  auto retried = of_type(h.result("c", 2), MsgType::kTask);
+  REQUIRE(retried.size() == 1);
+  CHECK(retried[0].header.id == 1);
+  CHECK(retried[0].identity == "c");
+}
+
+TEST_CASE("after: targeted tasks wait for their dependencies too") {
+  Harness h;
+  h.add_engine("a", 2);
+  h.add_engine("b", 2);
+  h.submit("cl", 1, {0});
+  CHECK(of_type(h.submit_opts("cl", 10, {0, 1}, with_after({1})), MsgType::kTask).empty());
+  auto tasks = of_type(h.result("a", 1), MsgType::kTask);
+  REQUIRE(tasks.size() == 2);
+  CHECK(ids_of(tasks) == std::vector<std::uint64_t>{10, 11});
+  auto wrong = of_type(h.submit_opts("cl", 20, {1}, with_follow({1})), MsgType::kResult);
+  REQUIRE(wrong.size() == 1);  // task 1 ran on engine 0, the target is 1
+  CHECK(wrong[0].header.status == st(ResultStatus::kImpossible));
+}
+
+TEST_CASE("finished record: bounded, oldest forgotten first; a forgotten id counts as ended Ok") {
+  broker::SchedulerOptions o;
+  o.finished_record = 2;
+  Harness h(o);
+  h.add_engine("a", 4);
+  h.submit("cl", 1, kBalanced);
+  h.result("a", 1, ResultStatus::kRemoteError);
+  h.submit("cl", 2, kBalanced);
+  h.result("a", 2);
+  auto still = of_type(h.submit_opts("cl", 3, kBalanced, with_after({1})), MsgType::kResult);
+  REQUIRE(still.size() == 1);  // 1 is remembered as failed
+  CHECK(still[0].header.status == st(ResultStatus::kImpossible));
+  // Task 3's end pushed task 1 out of the record.
+  auto forgotten = of_type(h.submit_opts("cl", 4, kBalanced, with_after({1})), MsgType::kTask);
+  CHECK(ids_of(forgotten) == std::vector<std::uint64_t>{4});
 }
