@@ -238,8 +238,10 @@ class LoadBalancedView(_View):
     ``priority``
         higher runs first (default 0)
 
-    A dependency already known to have failed ends the task at once with
-    ImpossibleDependency; one known to have succeeded is left out.
+    A dependency already known here to have failed (for ``follow``: to
+    have never run) ends the task at once with ImpossibleDependency; one
+    known to have succeeded is left out (for ``follow``: its engine becomes
+    the target).
 
     >>> with lv.temp_flags(timeout=5, retries=1):          # doctest: +SKIP
     ...     ar = lv.apply(f, 1)
@@ -313,10 +315,15 @@ class LoadBalancedView(_View):
         engines = flags["targets"]
         after, finished_after = _dependency_ids(flags["after"])
         follow, finished_follow = _dependency_ids(flags["follow"])
-        for task_id, outcome in finished_after + finished_follow:
+        for task_id, outcome in finished_after:
             if not outcome.ok:
                 return None, f"dependency {task_id} failed: {outcome.value!r}"
-        # A finished task to follow has a known engine: run there.
+        # A finished task to follow has a known engine: run there (as the
+        # broker does, also after a remote error; a task that never ran on
+        # an engine cannot be followed).
+        for task_id, outcome in finished_follow:
+            if outcome.engine_id is None or outcome.engine_id < 0:
+                return None, f"task {task_id} to follow never ran: {outcome.value!r}"
         where = {o.engine_id for _, o in finished_follow}
         if len(where) > 1:
             return None, f"the tasks to follow ran on different engines {sorted(where)}"
