@@ -7,8 +7,10 @@ kill -9.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
+import tempfile
 import struct
 import subprocess
 import time
@@ -133,9 +135,18 @@ def value_of(fb: FakeBroker, task_id: int) -> Any:
 
 def start_engine(endpoint: Optional[str] = None, *args: str, connection_file: Optional[str] = None,
                  prefetch: int = 2) -> subprocess.Popen:
+    """An engine whose log goes to a temporary file (proc.log)."""
     cmd = [find_binary("zfarm-engine"), "--heartbeat-ms", str(HEARTBEAT_MS), "--prefetch", str(prefetch)]
     cmd += ["--connection-file", connection_file] if connection_file else ["--url", endpoint]
-    return subprocess.Popen(cmd + list(args), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd + list(args), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def engine_log(proc: subprocess.Popen) -> str:
+    proc.log.seek(0)  # type: ignore[attr-defined]
+    return proc.log.read()  # type: ignore[attr-defined]
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -146,8 +157,9 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(WAIT)
-    if proc.stderr:
-        proc.stderr.close()
+    log = getattr(proc, "log", None)
+    if log is not None:
+        log.close()
 
 
 def wait_for_file(path: str) -> None:
@@ -293,8 +305,14 @@ def test_a_restarted_broker_gets_a_fresh_engine_state(tmp_path, transport, tell)
             fb2.close()
 
 
-def test_engine_survives_a_real_broker_killed_and_restarted(tmp_path):
-    client_ep, engine_ep = f"ipc://{tmp_path}/c.sock", f"ipc://{tmp_path}/e.sock"
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_engine_survives_a_real_broker_killed_and_restarted(tmp_path, transport):
+    if transport == "ipc":
+        client_ep, engine_ep = f"ipc://{tmp_path}/c.sock", f"ipc://{tmp_path}/e.sock"
+    else:
+        client_ep = engine_ep = free_tcp_endpoint()
+        while engine_ep == client_ep:
+            engine_ep = free_tcp_endpoint()
 
     def start_broker(name: str) -> Tuple[subprocess.Popen, str]:
         cf = str(tmp_path / name)
@@ -319,6 +337,7 @@ def test_engine_survives_a_real_broker_killed_and_restarted(tmp_path):
             rc.wait_for_engines(1, timeout=WAIT)
             assert rc[:].pull("before", block=True) == ["restart"]
         assert engine.poll() is None
+        assert "registering again" in engine_log(engine)
     finally:
         stop(engine)
         for b in (broker, broker2):
@@ -330,7 +349,7 @@ def test_broker_timeout_ends_a_lonely_engine(endpoint):
     engine = start_engine(endpoint, "--broker-timeout", "0.5")
     try:
         assert engine.wait(WAIT) == 1
-        assert "no word from the broker" in engine.stderr.read()
+        assert "no word from the broker" in engine_log(engine)
     finally:
         stop(engine)
 
@@ -340,8 +359,6 @@ def test_engine_registers_over_curve_with_the_connection_file_keys(tmp_path):
     engine_public, engine_secret = zmq.curve_keypair()
     endpoint = free_tcp_endpoint()
     cf = tmp_path / "connection.json"
-    import json
-
     cf.write_text(json.dumps({"version": 1, "client": "tcp://127.0.0.1:1", "engine": endpoint, "pid": 1,
                               "curve": {"server_public": server_public.decode(),
                                         "server_secret": server_secret.decode(),

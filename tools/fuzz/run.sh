@@ -17,24 +17,40 @@ fi
 mkdir -p "$OUT"
 
 # The Scheduler and whatever the broker splits out of it: every broker
-# source but main.cpp and the units, so new files are picked up.
+# source but main.cpp and the units, so new files are picked up.  They go
+# into archives, so the linker takes only the objects a target needs.
 BROKER_SRCS=$(ls broker/*.cpp | grep -v -e '/main\.cpp$' -e '_test\.cpp$')
 COMMON_SRCS=$(ls common/*.cpp | grep -v -e '_test\.cpp$')
-FLAGS=(-std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-       -DMSGPACK_NO_BOOST -Icommon -Ibroker -Itools/fuzz)
-LIBS=($(pkg-config --cflags --libs libzmq) -pthread)
+SAN=(-fsanitize=address,undefined -fno-sanitize-recover=undefined)
+FLAGS=(-std=c++20 -g -O1 "${SAN[@]}" -DMSGPACK_NO_BOOST -Icommon -Ibroker -Itools/fuzz
+       $(pkg-config --cflags libzmq))
+LIBS=($(pkg-config --libs libzmq) -pthread)
 
-build() {  # name, sources...
+archive() {  # name, sources...
+  local name=$1 objs=() src obj
+  shift
+  mkdir -p "$OUT/obj-$name"
+  for src in "$@"; do
+    obj="$OUT/obj-$name/$(basename "${src%.cpp}").o"
+    "$CXX" "${FLAGS[@]}" -fsanitize=fuzzer-no-link -c "$src" -o "$obj"
+    objs+=("$obj")
+  done
+  rm -f "$OUT/lib$name.a"
+  ar rcs "$OUT/lib$name.a" "${objs[@]}"
+}
+target() {  # name, archives...
   local name=$1
   shift
   echo "fuzz: building $name"
-  # shellcheck disable=SC2068
-  "$CXX" "${FLAGS[@]}" "$@" ${LIBS[@]} -o "$OUT/$name"
+  "$CXX" "${FLAGS[@]}" -fsanitize=fuzzer "tools/fuzz/$name.cpp" "$@" "${LIBS[@]}" -o "$OUT/$name"
 }
+echo "fuzz: compiling the sources"
 # shellcheck disable=SC2086
-build fuzz_codec tools/fuzz/fuzz_codec.cpp $COMMON_SRCS
+archive common $COMMON_SRCS
 # shellcheck disable=SC2086
-build fuzz_scheduler tools/fuzz/fuzz_scheduler.cpp $BROKER_SRCS $COMMON_SRCS
+archive broker $BROKER_SRCS
+target fuzz_codec "$OUT/libcommon.a"
+target fuzz_scheduler "$OUT/libbroker.a" "$OUT/libcommon.a"
 
 status=0
 for target in codec scheduler; do
