@@ -71,6 +71,7 @@ struct Counters {
   std::uint64_t retried = 0;          // tasks put back in the shared queue
   std::uint64_t unroutable = 0;       // sends the socket loop could not deliver
   std::uint64_t errors_received = 0;  // Error messages peers sent us
+  std::uint64_t auth_refused = 0;     // connections the ZAP handler refused (set_auth_refused)
 };
 
 class Scheduler {
@@ -101,6 +102,9 @@ class Scheduler {
 
   // The socket loop reports a message it could not deliver.
   void count_unroutable() { ++counters_.unroutable; }
+  // The socket loop reports the ZAP handler's refusal count (curve.hpp), so
+  // the queue status shows it as auth_refused.
+  void set_auth_refused(std::uint64_t n) { counters_.auth_refused = n; }
 
   // How often the socket loop should call tick().
   std::chrono::milliseconds tick_interval() const;

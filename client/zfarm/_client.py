@@ -65,7 +65,9 @@ class Client:
             connection_file = cluster.connection_file
         self.connection_file = connection_file
         self.connection_info = read_connection_file(connection_file)
-        self._core = _core.Core(self.connection_info["client"])
+        # "curve" (present when the broker runs CURVE) holds the keys.
+        self._core = _core.Core(self.connection_info["client"], self.connection_info.get("curve"))
+        self._core.max_message_bytes = int(self.connection_info.get("max_message_bytes", -1))
         # Task ids are unique per session: 32 random bits, then a counter.
         self._session = secrets.randbits(31) << 32
         self._next = 1
