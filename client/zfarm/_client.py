@@ -128,7 +128,9 @@ class Client:
             connection_file = cluster.connection_file
         self.connection_file = connection_file
         self.connection_info = read_connection_file(connection_file)
-        self._core = _core.Core(self.connection_info["client"])
+        # "curve" (present when the broker runs CURVE) holds the keys.
+        self._core = _core.Core(self.connection_info["client"], self.connection_info.get("curve"))
+        self._core.max_message_bytes = int(self.connection_info.get("max_message_bytes", -1))
         self.session: str = session if session is not None else secrets.token_hex(8)
         # Task ids are unique per client: 31 random bits, then a counter.
         self._prefix = secrets.randbits(31) << 32

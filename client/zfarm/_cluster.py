@@ -84,17 +84,22 @@ class Cluster:
     ``n`` defaults to the number of cores.  Used as a context manager it
     starts the cluster and yields a connected :class:`Client`; leaving the
     block stops every process it started.
+
+    The broker listens on 127.0.0.1 only, so only this machine can connect.
+    ``curve=True`` also turns on CurveZMQ: traffic is encrypted and only
+    holders of the keys in the connection file (mode 0600) get in.
     """
 
     def __init__(self, n: Optional[int] = None, *, heartbeat_ms: Optional[int] = None,
                  prefetch: Optional[int] = None, engine_args: Sequence[str] = (),
-                 broker_args: Sequence[str] = (), quiet: bool = True):
+                 broker_args: Sequence[str] = (), quiet: bool = True, curve: bool = False):
         self.n = n if n is not None else (os.cpu_count() or 1)
         self.heartbeat_ms = heartbeat_ms
         self.prefetch = prefetch
         self.engine_args = list(engine_args)
         self.broker_args = list(broker_args)
         self.quiet = quiet
+        self.curve = curve
         self.workdir: Optional[str] = None
         self.connection_file: Optional[str] = None
         self.broker: Optional[subprocess.Popen] = None
@@ -121,6 +126,8 @@ class Cluster:
         args = [find_binary("zfarm-broker"), "--connection-file", self.connection_file]
         if self.heartbeat_ms:
             args += ["--heartbeat-ms", str(self.heartbeat_ms)]
+        if self.curve:
+            args += ["--curve"]
         return args + self.broker_args
 
     def _start_broker(self, args: List[str]) -> None:

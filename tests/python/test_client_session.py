@@ -20,7 +20,7 @@ def ok_frames(value):
 class FakeCore:
     """Stands in for the socket: records what the client sends, receives nothing."""
 
-    def __init__(self, endpoint):
+    def __init__(self, endpoint, curve=None):
         import threading
 
         self.sent = []
