@@ -95,8 +95,9 @@ def test_engine_killed_during_a_map_without_retries(own_cluster, tmp_path):
         assert rc.load_balanced_view().map_sync(abs, range(-20, 0)) == list(range(20, 0, -1))
 
 
-def test_broker_restart_mid_run(own_cluster, tmp_path):
-    c = own_cluster(n=2)
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
+def test_broker_restart_mid_run(own_cluster, tmp_path, curve):
+    c = own_cluster(n=2, curve=curve)
     gate = Gate(tmp_path)
     rc = zfarm.Client(c.connection_file)
     try:
