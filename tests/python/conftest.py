@@ -130,33 +130,6 @@ def spin(seconds, started_path=None):
     return "finished"
 
 
-def broker_features(rc) -> set:
-    """What the running broker implements beyond the base protocol.
-
-    "sessions": Welcome, Ack, Fetch, result store (the status has
-    ``incarnation``).  "task_options": Abort and the Submit options (an
-    Abort for an unknown id is accepted silently rather than refused).
-    """
-    found = set()
-    if "incarnation" in rc.queue_status():
-        found.add("sessions")
-    before = len(rc.errors)
-    rc._core.send(12, 0, [], 0, "", [], {"ids": [1]})
-    rc.queue_status()  # answered after the Abort: any Error for it came first
-    if not any("abort" in e.lower() for e in rc.errors[before:]):
-        found.add("task_options")
-    return found
-
-
-def engine_interrupts() -> bool:
-    """Whether the engine built from this tree handles Interrupt."""
-    root = os.path.join(os.path.dirname(__file__), "..", "..", "engine")
-    try:
-        return any("kInterrupt" in open(os.path.join(root, f)).read() for f in os.listdir(root)
-                   if f.endswith((".cpp", ".hpp")))
-    except OSError:
-        return False
-
 
 # The helpers above run on engines, which cannot import this module: send
 # them by value.

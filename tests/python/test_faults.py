@@ -11,7 +11,7 @@ import cloudpickle
 import pytest
 
 import zfarm
-from conftest import WAIT, Gate, broker_features, engine_id_of, gated, pid_alive, wait_until
+from conftest import WAIT, Gate, engine_id_of, gated, pid_alive, wait_until
 
 # Engines cannot import this module: its functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -31,10 +31,6 @@ def square_behind_gate(x, gate_path):
     return x * x
 
 
-def need(rc, *names: str) -> None:
-    missing = [n for n in names if n not in broker_features(rc)]
-    if missing:
-        pytest.skip(f"the broker does not implement {', '.join(missing)} yet")
 
 
 def kill_engine_mid_map(c, rc, gate, **flags):
@@ -56,7 +52,6 @@ def test_engine_killed_during_a_map_with_retries_loses_nothing(own_cluster, tmp_
     c = own_cluster(n=3)
     gate = Gate(tmp_path)
     with c.connect(timeout=WAIT) as rc:
-        need(rc, "task_options")
         ar, victim_id = kill_engine_mid_map(c, rc, gate, retries=1)
         wait_until(lambda: victim_id not in rc.ids, what="the dead engine removed")
         before = set(rc.ids)
@@ -101,7 +96,6 @@ def test_broker_restart_mid_run(own_cluster, tmp_path, curve):
     gate = Gate(tmp_path)
     rc = zfarm.Client(c.connection_file)
     try:
-        need(rc, "sessions")
         rc.wait_for_engines(2, timeout=WAIT)
         engine_pids = [p.pid for p in c.engines]
         old = wait_until(lambda: rc.incarnation, what="a Welcome")
@@ -129,7 +123,6 @@ def test_a_new_client_of_the_same_session_gets_the_missed_results(own_cluster, t
     gate = Gate(tmp_path)
     first = zfarm.Client(c.connection_file)
     try:
-        need(first, "sessions")
         first.wait_for_engines(2, timeout=WAIT)
         ar = first.load_balanced_view().map(gated, range(20), [gate.path] * 20, chunksize=2)
         ids = list(ar.task_ids)
@@ -155,7 +148,6 @@ def test_a_new_client_of_the_same_session_gets_the_missed_results(own_cluster, t
 def test_get_result_from_another_client(cluster, tmp_path):
     gate = Gate(tmp_path)
     with cluster.connect(timeout=WAIT) as one, cluster.connect(timeout=WAIT) as two:
-        need(one, "sessions")
         lv = one.load_balanced_view()
         done = lv.apply_async(divmod, 17, 5)
         assert done.get(timeout=WAIT) == (3, 2)

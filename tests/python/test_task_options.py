@@ -10,32 +10,12 @@ import cloudpickle
 import pytest
 
 import zfarm
-from conftest import WAIT, Gate, broker_features, engine_interrupts, gated, spin, wait_until
+from conftest import WAIT, Gate, gated, spin, wait_until
 
 # Engines cannot import this module: its functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-_features: dict = {}
 
-
-def features(rc) -> set:
-    key = rc.connection_file
-    if key not in _features:
-        _features[key] = broker_features(rc)
-    return _features[key]
-
-
-def need(rc, *names: str) -> None:
-    """Skips when the broker lacks a part still being built on another branch."""
-    missing = [n for n in names if n not in features(rc)]
-    if missing:
-        pytest.skip(f"the broker does not implement {', '.join(missing)} yet")
-
-
-def need_interrupts(rc) -> None:
-    need(rc, "task_options")
-    if not engine_interrupts():
-        pytest.skip("the engine does not handle Interrupt yet")
 
 
 def stamp(x):
@@ -153,7 +133,6 @@ def test_imap_raises_a_failed_item_in_its_turn(rc):
 
 
 def test_after_runs_a_task_once_its_dependencies_ended(rc):
-    need(rc, "task_options")
     lv = rc.load_balanced_view()
     first = lv.map(stamp, range(2), chunksize=1)
     with lv.temp_flags(after=first):
@@ -164,7 +143,6 @@ def test_after_runs_a_task_once_its_dependencies_ended(rc):
 
 
 def test_after_a_task_that_fails_later_is_impossible(rc, tmp_path):
-    need(rc, "task_options")
     gate = Gate(tmp_path)
     lv = rc.load_balanced_view()
 
@@ -182,7 +160,6 @@ def test_after_a_task_that_fails_later_is_impossible(rc, tmp_path):
 
 
 def test_follow_runs_where_the_dependency_ran(rc):
-    need(rc, "task_options")
     lv = rc.load_balanced_view()
     for _ in range(2):
         anchor = lv.apply_async(stamp, "anchor")
@@ -196,7 +173,6 @@ def test_follow_runs_where_the_dependency_ran(rc):
 
 
 def test_targets_restrict_a_load_balanced_view(rc):
-    need(rc, "task_options")
     one = rc.ids[-1]
     lv = rc.load_balanced_view(targets=[one])
     ar = lv.map(stamp, range(12), chunksize=1)
@@ -210,7 +186,6 @@ def test_targets_restrict_a_load_balanced_view(rc):
 def test_priority_runs_higher_first(own_cluster, tmp_path):
     c = own_cluster(n=1, prefetch=1)
     with c.connect(timeout=WAIT) as rc:
-        need(rc, "task_options")
         gate = Gate(tmp_path)
         lv = rc.load_balanced_view()
         blocker = lv.apply_async(gated, 1, gate.path, gate.folder, "blocker")
@@ -231,7 +206,6 @@ def test_priority_runs_higher_first(own_cluster, tmp_path):
 def test_abort_drops_queued_tasks_only(own_cluster, tmp_path):
     c = own_cluster(n=1, prefetch=1)
     with c.connect(timeout=WAIT) as rc:
-        need(rc, "task_options")
         gate = Gate(tmp_path)
         lv = rc.load_balanced_view()
         running = lv.apply_async(gated, 3, gate.path, gate.folder, "running")
@@ -251,7 +225,6 @@ def test_abort_drops_queued_tasks_only(own_cluster, tmp_path):
 def test_client_abort_of_everything_pending(own_cluster, tmp_path):
     c = own_cluster(n=1, prefetch=1)
     with c.connect(timeout=WAIT) as rc:
-        need(rc, "task_options")
         gate = Gate(tmp_path)
         lv = rc.load_balanced_view()
         running = lv.apply_async(gated, 2, gate.path, gate.folder, "running")
@@ -268,7 +241,6 @@ def test_client_abort_of_everything_pending(own_cluster, tmp_path):
 def test_timeout_ends_a_task_and_the_engine_lives_on(own_cluster, tmp_path):
     c = own_cluster(n=1)
     with c.connect(timeout=WAIT) as rc:
-        need_interrupts(rc)
         lv = rc.load_balanced_view()
         started = str(tmp_path / "started")
         with lv.temp_flags(timeout=0.5):
@@ -286,7 +258,6 @@ def test_timeout_ends_a_task_and_the_engine_lives_on(own_cluster, tmp_path):
 def test_cancel_interrupts_a_running_task(own_cluster, tmp_path):
     c = own_cluster(n=1)
     with c.connect(timeout=WAIT) as rc:
-        need_interrupts(rc)
         lv = rc.load_balanced_view()
         started = str(tmp_path / "started")
         ar = lv.apply_async(spin, 60, started)
@@ -303,7 +274,6 @@ def test_cancel_interrupts_a_running_task(own_cluster, tmp_path):
 def test_interrupt_an_engine(own_cluster, tmp_path):
     c = own_cluster(n=2)
     with c.connect(timeout=WAIT) as rc:
-        need_interrupts(rc)
         started = str(tmp_path / "started")
         target = rc.ids[0]
         ar = rc[target].apply_async(spin, 60, started)
@@ -320,7 +290,6 @@ def test_engine_events_update_ids_without_asking(own_cluster):
     events = []
     rc = zfarm.Client(c.connection_file, on_event=lambda kind, eid, text: events.append((kind, eid)))
     try:
-        need(rc, "sessions", "task_options")
         first = rc.wait_for_engines(1, timeout=WAIT)
         c.add_engines(1)
         wait_until(lambda: len(rc.ids) == 2, what="the new engine in rc.ids")
