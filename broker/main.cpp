@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -20,6 +21,7 @@
 #include "endpoint.hpp"
 #include "io_thread.hpp"
 #include "scheduler.hpp"
+#include "security.hpp"
 
 namespace {
 
@@ -114,7 +116,7 @@ int main(int argc, char** argv) {
   int heartbeat_ms = 1000;
   int liveness = 3;
   std::int64_t max_message_bytes = kDefaultMaxMessageBytes;
-  bool allow_insecure = false;
+  zfarm::broker::SecurityOptions security;
   zfarm::broker::SchedulerOptions options;
   app.add_option("--client-endpoint", client_endpoint, "address clients connect to")->capture_default_str();
   app.add_option("--engine-endpoint", engine_endpoint, "address engines connect to")->capture_default_str();
@@ -129,24 +131,39 @@ int main(int argc, char** argv) {
   app.add_option("--max-message-bytes", max_message_bytes,
                  "largest frame a peer may send (ZMQ_MAXMSGSIZE); a peer sending more is disconnected; -1: no limit")
       ->capture_default_str();
-  app.add_flag("--allow-insecure", allow_insecure,
-               "allow binding tcp addresses other than loopback (no authentication yet!)");
   app.add_option("--result-cache-bytes", options.result_cache_bytes,
                  "acknowledged results kept for Fetch, in bytes (least recently used dropped first)")
       ->capture_default_str();
   app.add_option("--max-unacked-bytes", options.max_unacked_bytes,
                  "results sent but not yet acknowledged kept for resending, in bytes (oldest dropped beyond it)")
       ->capture_default_str();
+  app.add_option("--max-frames", options.limits.max_frames,
+                 "most frames in one message; more is answered with an Error")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 1 << 20));
+  app.add_option("--max-header-bytes", options.limits.max_header_bytes,
+                 "largest header frame; larger is answered with an Error")
+      ->capture_default_str()
+      ->check(CLI::Range(64, 1 << 26));
+  app.add_flag("--curve", security.curve,
+               "CurveZMQ encryption and key authentication (keys go into --connection-file)");
+  app.add_flag("--allow-insecure", security.allow_insecure,
+               "bind addresses other than loopback WITHOUT CURVE: anyone who reaches them runs code");
+  app.add_flag("--reuse", security.reuse,
+               "take endpoints and keys from an existing --connection-file (a restart); the file is kept at exit");
+  app.add_option("--authorized-keys", security.authorized_keys,
+                 "file of further public keys to admit, one \"client <Z85>\" or \"engine <Z85>\" per line");
   CLI11_PARSE(app, argc, argv);
 
-  if (!allow_insecure) {
-    for (const std::string* ep : {&client_endpoint, &engine_endpoint}) {
-      std::string why;
-      if (!zfarm::broker::is_local_endpoint(*ep, &why)) {
-        std::fprintf(stderr, "zfarm-broker: refusing to bind %s: %s\n", ep->c_str(), why.c_str());
-        return 2;
-      }
-    }
+  security.connection_file = connection_file;
+  security.client_endpoint_given = app.count("--client-endpoint") > 0;
+  security.engine_endpoint_given = app.count("--engine-endpoint") > 0;
+  zfarm::broker::SecurityPlan plan;
+  const std::string refusal = zfarm::broker::plan_security(security, &client_endpoint, &engine_endpoint, &plan);
+  for (const auto& m : plan.messages) std::fprintf(stderr, "zfarm-broker: %s\n", m.c_str());
+  if (!refusal.empty()) {
+    std::fprintf(stderr, "zfarm-broker: refusing to start: %s\n", refusal.c_str());
+    return 2;
   }
 
   options.heartbeat = std::chrono::milliseconds(heartbeat_ms);
@@ -154,24 +171,38 @@ int main(int argc, char** argv) {
   Scheduler scheduler(options);
 
   zmq::context_t ctx(1);
+  // Bound before the CURVE sockets and destroyed after them (declared
+  // first): a CURVE socket with no ZAP handler admits anyone.
+  std::optional<zfarm::broker::ZapHandler> zap;
+  if (plan.curve) zap.emplace(ctx, plan.ring);
   zmq::socket_t clients = make_router(ctx, max_message_bytes);
   zmq::socket_t engines = make_router(ctx, max_message_bytes);
+  if (plan.curve) {
+    zfarm::broker::make_curve_server(clients, plan, zfarm::broker::kClientDomain);
+    zfarm::broker::make_curve_server(engines, plan, zfarm::broker::kEngineDomain);
+  }
   std::string client_actual, engine_actual;
   if (!bind_endpoint(clients, client_endpoint, "client", &client_actual) ||
       !bind_endpoint(engines, engine_endpoint, "engine", &engine_actual)) {
     return 2;
   }
   if (!connection_file.empty()) {
-    const std::string err =
-        zfarm::broker::write_connection_file(connection_file, client_actual, engine_actual, ::getpid());
+    zfarm::broker::ConnectionInfo info;
+    info.client = client_actual;
+    info.engine = engine_actual;
+    info.pid = ::getpid();
+    info.max_message_bytes = max_message_bytes;
+    info.curve = plan.curve;
+    info.keys = plan.keys;
+    const std::string err = zfarm::broker::write_connection_file(connection_file, info);
     if (!err.empty()) {
       std::fprintf(stderr, "zfarm-broker: %s\n", err.c_str());
       return 2;
     }
   }
   install_signal_handlers();
-  std::fprintf(stderr, "zfarm-broker: clients at %s, engines at %s (pid %ld)\n", client_actual.c_str(),
-               engine_actual.c_str(), static_cast<long>(::getpid()));
+  std::fprintf(stderr, "zfarm-broker: clients at %s, engines at %s (pid %ld)%s\n", client_actual.c_str(),
+               engine_actual.c_str(), static_cast<long>(::getpid()), plan.curve ? ", CURVE on" : "");
 
   Outbox out;
   const auto tick_every = scheduler.tick_interval();
@@ -194,6 +225,7 @@ int main(int argc, char** argv) {
     }
     // Engines first: their results free credit for the clients' work.
     if (items[0].revents & ZMQ_POLLIN) drain(engines, true, scheduler, out);
+    if (zap) scheduler.set_auth_refused(zap->refused());
     if (items[1].revents & ZMQ_POLLIN) drain(clients, false, scheduler, out);
     const auto now = Clock::now();
     if (now >= next_tick || now >= scheduler.next_deadline()) {
@@ -211,7 +243,8 @@ int main(int argc, char** argv) {
                "zfarm-broker: exiting; %llu results (%llu failed), %llu bad messages, %llu unroutable\n",
                static_cast<unsigned long long>(c.done), static_cast<unsigned long long>(c.failed),
                static_cast<unsigned long long>(c.bad_messages), static_cast<unsigned long long>(c.unroutable));
-  if (!connection_file.empty()) ::unlink(connection_file.c_str());
+  // With --reuse the file outlives the broker: the next start reads it.
+  if (!connection_file.empty() && !security.reuse) ::unlink(connection_file.c_str());
   // Sockets close here with a short linger, so the last messages still leave.
   return 0;
 }

@@ -91,6 +91,7 @@ struct Counters {
   std::uint64_t impossible = 0;       // tasks ended Impossible
   std::uint64_t interrupts_sent = 0;  // Interrupt messages sent to engines
   std::uint64_t events_sent = 0;      // Event messages sent to clients
+  std::uint64_t auth_refused = 0;     // connections the ZAP handler refused (set_auth_refused)
 };
 
 class Scheduler {
@@ -125,6 +126,9 @@ class Scheduler {
 
   // The socket loop reports a message it could not deliver.
   void count_unroutable() { ++counters_.unroutable; }
+  // The socket loop reports the ZAP handler's refusal count (curve.hpp), so
+  // the queue status shows it as auth_refused.
+  void set_auth_refused(std::uint64_t n) { counters_.auth_refused = n; }
 
   // How often the socket loop should call tick().
   std::chrono::milliseconds tick_interval() const;

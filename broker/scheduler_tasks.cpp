@@ -375,7 +375,7 @@ void Scheduler::notify_clients(proto::EventKind kind, std::int64_t engine_id, co
   h.status = static_cast<std::uint32_t>(kind);
   h.aux = engine_id;
   h.text = text.substr(0, 1024);  // within every peer's decoder limit
-  for (const std::string& identity : sessions_.identities()) {
+  for (const std::string& identity : sessions_.identities()) {  // each session's current socket
     ++counters_.events_sent;
     out.push_back({Outgoing::kClient, identity, proto::encode(h)});
   }

@@ -15,7 +15,7 @@ void key(msgpack::packer<msgpack::sbuffer>& pk, const char* k) { pk.pack(std::st
 Frames Scheduler::status_payload() const {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk(buf);
-  pk.pack_map(13 + 7 + 9);  // + the result store and sessions, + task options, timeouts, events
+  pk.pack_map(13 + 1 + 7 + 9);  // + auth_refused; + the result store and sessions; + task options, timeouts, events
 
   key(pk, "engines");
   pk.pack_array(static_cast<std::uint32_t>(engines_.size()));
@@ -60,6 +60,8 @@ Frames Scheduler::status_payload() const {
   pk.pack_uint64(counters_.unroutable);
   key(pk, "errors_received");
   pk.pack_uint64(counters_.errors_received);
+  key(pk, "auth_refused");
+  pk.pack_uint64(counters_.auth_refused);
 
   // The result store and sessions.
   const ResultStore::Stats rs = results_.stats();

@@ -134,14 +134,43 @@ py::object to_python(const msgpack::object& o) {
   }
 }
 
+// A Z85 key from the curve dict, checked here so a bad connection file gives
+// a clear error instead of libzmq's EINVAL.
+std::string curve_key(const py::dict& curve, const char* name) {
+  if (!curve.contains(name)) throw py::value_error(std::string("curve: missing ") + name);
+  std::string key = py::str(curve[name]).cast<std::string>();
+  std::uint8_t bin[32];
+  if (key.size() != 40 || zmq_z85_decode(bin, key.c_str()) == nullptr) {
+    throw py::value_error(std::string("curve: ") + name + " is not a Z85 CURVE key (40 characters)");
+  }
+  return key;
+}
+
+// A fresh CURVE key pair (public, secret), Z85 text.
+py::tuple curve_keypair() {
+  char pub[41] = {};
+  char sec[41] = {};
+  if (zmq_curve_keypair(pub, sec) != 0) throw std::runtime_error("libzmq has no CURVE support");
+  return py::make_tuple(std::string(pub, 40), std::string(sec, 40));
+}
+
 class Core {
  public:
-  explicit Core(const std::string& endpoint) : ctx_(1) {
+  // `curve`: None for plain text, or a dict with server_public,
+  // client_public and client_secret (Z85, as in the connection file's
+  // "curve" section; other keys are ignored).
+  explicit Core(const std::string& endpoint, const py::object& curve = py::none()) : ctx_(1) {
     zmq::socket_t sock(ctx_, zmq::socket_type::dealer);
     sock.set(zmq::sockopt::routing_id, random_identity("client"));
     sock.set(zmq::sockopt::sndhwm, 0);
     sock.set(zmq::sockopt::rcvhwm, 0);
     sock.set(zmq::sockopt::linger, 0);
+    if (!curve.is_none()) {
+      const py::dict keys = curve.cast<py::dict>();
+      sock.set(zmq::sockopt::curve_serverkey, curve_key(keys, "server_public"));
+      sock.set(zmq::sockopt::curve_publickey, curve_key(keys, "client_public"));
+      sock.set(zmq::sockopt::curve_secretkey, curve_key(keys, "client_secret"));
+    }
     sock.connect(endpoint);
     io_ = std::make_shared<IoThread>(std::move(sock), /*tick_ms=*/1000, nullptr, nullptr);
     io_->start();
@@ -153,6 +182,7 @@ class Core {
             std::string text, const py::list& frames, const py::object& opts) {
     auto io = open_io();
     Outgoing o = to_outgoing(type, id, std::move(targets), aux, std::move(text), frames, opts);
+    check_sizes(o);
     Frames wire;
     {
       py::gil_scoped_release nogil;
@@ -176,6 +206,7 @@ class Core {
                                   t[2].cast<std::vector<std::int64_t>>(), t[3].cast<std::int64_t>(),
                                   t[4].cast<std::string>(), t[5].cast<py::list>(),
                                   t.size() == 7 ? py::object(t[6]) : py::object(py::none())));
+      check_sizes(batch.back());
     }
     std::vector<Frames> wire;
     {
@@ -240,9 +271,25 @@ class Core {
   }
 
   bool closed() const { return !io_; }
+  std::int64_t max_message_bytes() const { return max_message_bytes_; }
+  void set_max_message_bytes(std::int64_t n) { max_message_bytes_ = n; }
   std::uint64_t bad_messages() const { return bad_messages_; }
 
  private:
+  // The broker disconnects a peer sending a frame over its limit
+  // (ZMQ_MAXMSGSIZE), which the sender would only notice as silence: refuse
+  // such a frame here, with the numbers.
+  void check_sizes(const Outgoing& o) const {
+    if (max_message_bytes_ < 0) return;
+    for (const auto& b : o.buffers) {
+      const auto n = static_cast<std::int64_t>(b.size * b.itemsize);
+      if (n > max_message_bytes_) {
+        throw py::value_error("a frame of " + std::to_string(n) + " bytes exceeds the broker's limit of " +
+                              std::to_string(max_message_bytes_) + " bytes (zfarm-broker --max-message-bytes)");
+      }
+    }
+  }
+
   std::shared_ptr<IoThread> open_io() const {
     if (!io_) throw std::runtime_error("the connection is closed");
     return io_;
@@ -251,6 +298,7 @@ class Core {
   zmq::context_t ctx_;
   std::shared_ptr<IoThread> io_;
   std::uint64_t bad_messages_ = 0;
+  std::int64_t max_message_bytes_ = -1;  // -1: no check
 };
 
 py::object decode_msgpack(const py::buffer& data) {
@@ -281,7 +329,7 @@ PYBIND11_MODULE(_core, m) {
       .def("bytes", [](const Frame& f) { return py::bytes(static_cast<const char*>(f.msg.data()), f.msg.size()); });
 
   py::class_<Core>(m, "Core")
-      .def(py::init<const std::string&>(), py::arg("endpoint"))
+      .def(py::init<const std::string&, const py::object&>(), py::arg("endpoint"), py::arg("curve") = py::none())
       .def("send", &Core::send, py::arg("type"), py::arg("id"), py::arg("targets"), py::arg("aux"),
            py::arg("text"), py::arg("frames"), py::arg("opts") = py::none())
       .def("send_many", &Core::send_many, py::arg("messages"))
@@ -289,7 +337,10 @@ PYBIND11_MODULE(_core, m) {
       .def("recv", &Core::recv, py::arg("timeout_ms"), py::arg("max_batch") = 4096)
       .def("close", &Core::close)
       .def_property_readonly("closed", &Core::closed)
-      .def_property_readonly("bad_messages", &Core::bad_messages);
+      .def_property_readonly("bad_messages", &Core::bad_messages)
+      .def_property("max_message_bytes", &Core::max_message_bytes, &Core::set_max_message_bytes,
+                    "frames larger than this are refused by send (ValueError); -1: no check");
 
   m.def("decode_msgpack", &decode_msgpack, py::arg("data"));
+  m.def("curve_keypair", &curve_keypair, "A new CURVE key pair (public, secret) as Z85 text.");
 }

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(g++ pkg-config cmake libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libcli11-dev doctest-dev pybind11-dev)
+# security: the broker reads its connection file back for --reuse (JSON).
+APT_PACKAGES+=(nlohmann-json3-dev)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

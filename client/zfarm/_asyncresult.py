@@ -23,6 +23,7 @@ from ._errors import (
     STATUS_REMOTE_ERROR,
     CompositeError,
     RemoteError,
+    TaskAborted,
     TaskFailure,
     TimeoutError,
 )
@@ -85,6 +86,7 @@ class AsyncResult(concurrent.futures.Future):
         self.task_ids: List[int] = []
         self.submitted = time.monotonic()
         self._on_ended: List[Callable[[], None]] = []  # see _when_ended
+        self._cancelling = False
         if n_tasks == 0:
             self._finish()
 
@@ -121,6 +123,12 @@ class AsyncResult(concurrent.futures.Future):
 
     def _finish(self) -> None:
         errors = [o.value for o in self._outcomes if o is not None and not o.ok]
+        if self._cancelling:
+            # cancel() promised this ends cancelled, even if some task got
+            # through before the interrupt reached it.
+            aborted = [e for e in errors if isinstance(e, TaskAborted)]
+            self.set_exception(aborted[0] if aborted else TaskAborted(f"{self._label}: cancelled"))
+            return
         try:
             if errors:
                 exc: BaseException = errors[0] if len(errors) == 1 else CompositeError(errors)
@@ -143,6 +151,51 @@ class AsyncResult(concurrent.futures.Future):
             return
         if not self.cancelled():
             self.set_result(value)
+
+    # -- control ---------------------------------------------------------------
+    def _unfinished(self) -> List[int]:
+        with self._cond:
+            return [t for t, o in zip(self.task_ids, self._outcomes) if o is None]
+
+    def abort(self) -> None:
+        """Drops this call's tasks that are still queued (they end TaskAborted).
+
+        Tasks already running go on; see :meth:`cancel`.
+        """
+        ids = self._unfinished()
+        if ids and self._client is not None:
+            self._client.abort(ids)
+
+    def cancel(self) -> bool:
+        """Aborts queued tasks and interrupts running ones.
+
+        Returns True if the call will end cancelled (it then raises
+        TaskAborted), False if it had already ended.
+        """
+        with self._cond:
+            if self.done() or self._client is None:
+                return False
+            ids = [t for t, o in zip(self.task_ids, self._outcomes) if o is None]
+            self._cancelling = True
+        if ids:
+            self._client.abort(ids)
+            self._client._interrupt_tasks(ids)
+        return True
+
+    def outcomes(self, timeout: Optional[float] = None) -> List[Any]:
+        """Per task, in task order: its value, or the exception it ended with.
+
+        Waits up to ``timeout`` for every task to end.  Lets a caller see
+        which tasks of a partly failed map succeeded.
+        """
+        if not self.wait(timeout):
+            raise TimeoutError(f"{self._label}: not every task ended within {timeout} s")
+        return [o.value for o in self._outcomes]  # type: ignore[union-attr]
+
+    @property
+    def errors(self) -> List[BaseException]:
+        """The failures among the tasks ended so far."""
+        return [o.value for o in self._outcomes if o is not None and not o.ok]
 
     # -- ipyparallel-style API ------------------------------------------------
     def get(self, timeout: Optional[float] = None) -> Any:

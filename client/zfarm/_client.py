@@ -5,9 +5,19 @@
 [0, 1]
 >>> rc[:].apply_sync(lambda: 42)         # doctest: +SKIP
 [42, 42]
+
+A client belongs to a *session* (``rc.session``).  The broker keeps each
+result until the session acknowledges it, so a new client opened with the
+same session collects what an earlier one missed::
+
+    rc = zfarm.Client(cf); ids = rc.load_balanced_view().map(f, xs).task_ids
+    rc.detach()                                    # leave the tasks running
+    rc2 = zfarm.Client(cf, session=rc.session)
+    rc2.get_result(ids).get()                      # doctest: +SKIP
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import os
 import secrets
@@ -15,14 +25,15 @@ import threading
 import time
 import warnings
 import weakref
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from . import _core, _shm
-from ._asyncresult import AsyncResult, decode_outcome
+from ._asyncresult import AsyncResult, _Outcome, decode_outcome
 from ._cluster import Cluster, read_connection_file
-from ._errors import STATUS_ABORTED, NoEnginesError, TimeoutError, ZfarmError
+from ._errors import STATUS_ABORTED, STATUS_LOST, NoEnginesError, TimeoutError, ZfarmError
 
 # Message types of the wire protocol (common/protocol.hpp).
+MSG_HEARTBEAT = 3
 MSG_SUBMIT = 4
 MSG_RESULT = 6
 MSG_STATUS = 7
@@ -37,10 +48,56 @@ MSG_FETCH = 15
 MSG_EVENT = 16
 MSG_WELCOME = 17
 LOAD_BALANCED = -1
+EVENT_JOINED = 0
+EVENT_LEFT = 1
 
-# The receiver thread wakes at least this often to notice close().
-RECV_TIMEOUT_MS = 100
+# The receiver thread wakes at least this often to notice close() and to
+# send heartbeats and acknowledgements on time.
+RECV_TIMEOUT_MS = 50
 RECV_BATCH = 8192
+# Heartbeat (or, until the broker has welcomed us, Hello) about this often;
+# more often if the broker's own heartbeat interval (from Welcome) is shorter.
+HEARTBEAT_S = 1.0
+# get_result() needs a broker that keeps results; one that has not answered
+# Hello with Welcome within this time does not.
+WELCOME_WAIT_S = 5.0
+# detach() waits at most this long for the broker to confirm it has every
+# task sent so far.
+DETACH_SYNC_S = 5.0
+# Results are acknowledged in batches: when this many are waiting, or when
+# the oldest has waited this long.
+ACK_BATCH = 256
+ACK_DELAY_S = 0.05
+# Results that arrived for tasks this client is not waiting for (resent to a
+# reconnected session, or answers to Fetch after a local give-up) are kept for
+# get_result(); at most this many, oldest dropped first.
+MAX_UNCLAIMED = 100_000
+# Ids of recently delivered results, so a second copy (a resend racing a
+# Fetch) is recognised and not kept as unclaimed.
+RECENT_IDS = 100_000
+# Ids per Abort/Interrupt/Ack/Fetch message (the protocol's list limit).
+MAX_IDS_PER_MESSAGE = 65536
+
+TaskRef = Union[int, AsyncResult]
+EventCallback = Callable[[str, int, str], None]
+
+
+def task_ids_of(jobs: Union[None, TaskRef, Iterable[TaskRef]]) -> List[int]:
+    """Task ids named by an AsyncResult, an id, or a list of them.
+
+    >>> task_ids_of([3, 4])
+    [3, 4]
+    """
+    if jobs is None:
+        return []
+    if isinstance(jobs, AsyncResult):
+        return list(jobs.task_ids)
+    if isinstance(jobs, int):
+        return [jobs]
+    ids: List[int] = []
+    for j in jobs:
+        ids.extend(task_ids_of(j))
+    return ids
 
 
 class Client:
@@ -51,10 +108,16 @@ class Client:
     start --profile name`` started.  With no argument it uses $ZFARM_CONNECTION_FILE if set;
     otherwise it starts a local cluster of ``n`` engines (default: one per
     core) and stops it again on :meth:`close` or at exit.
+
+    ``session`` names the session to join (default: a new random one);
+    ``on_event(kind, engine_id, text)`` is called from the receiver thread
+    when an engine joins (``"joined"``) or leaves (``"left"``), and with
+    ``("restarted", -1, incarnation)`` when the broker restarted.
     """
 
     def __init__(self, connection_file: Optional[str] = None, *, n: Optional[int] = None,
-                 timeout: float = 30.0, cluster: Optional[Cluster] = None, profile: Optional[str] = None):
+                 timeout: float = 30.0, cluster: Optional[Cluster] = None, session: Optional[str] = None,
+                 on_event: Optional[EventCallback] = None, profile: Optional[str] = None):
         self._cluster: Optional[Cluster] = None
         if profile is not None and connection_file is None:
             # A cluster started with `zfarm cluster start --profile NAME`.
@@ -71,16 +134,34 @@ class Client:
             connection_file = cluster.connection_file
         self.connection_file = connection_file
         self.connection_info = read_connection_file(connection_file)
-        self._core = _core.Core(self.connection_info["client"])
+        # "curve" (present when the broker runs CURVE) holds the keys.
+        self._core = _core.Core(self.connection_info["client"], self.connection_info.get("curve"))
+        self._core.max_message_bytes = int(self.connection_info.get("max_message_bytes", -1))
+        self.session: str = session if session is not None else secrets.token_hex(8)
+        # Task ids are unique per client: 31 random bits, then a counter.
+        self._prefix = secrets.randbits(31) << 32
         self._shm_policy = _shm.SendPolicy(local=cluster is not None)
-        # Task ids are unique per session: 32 random bits, then a counter.
-        self._session = secrets.randbits(31) << 32
         self._next = 1
         self._lock = threading.Lock()
         self._pending: Dict[int, Tuple[AsyncResult, int]] = {}
+        # Ids awaited through get_result (maybe another client's tasks):
+        # never aborted on this client's behalf by abort() or close().
+        self._fetched: Set[int] = set()
         self._status_waiters: Dict[int, concurrent.futures.Future] = {}
+        self._unclaimed: "collections.OrderedDict[int, _Outcome]" = collections.OrderedDict()
+        self._recent: "collections.OrderedDict[int, None]" = collections.OrderedDict()
+        self._to_ack: List[int] = []
+        self._ack_since = 0.0
+        self._last_beat = 0.0
+        self.incarnation: Optional[str] = None  # the broker's, from its last Welcome
+        self.heartbeat_ms: Optional[int] = None
+        self._engine_ids: Optional[Set[int]] = None  # from Welcome and Events
+        self._welcomed = threading.Event()
+        self._event_callbacks: List[EventCallback] = [on_event] if on_event else []
         self.errors: List[str] = []  # Error messages the broker sent us
         self._closed = False
+        self._hello()
+        self._last_beat = time.monotonic()
         self._receiver = threading.Thread(target=_receive_loop, args=(weakref.ref(self), self._core),
                                           name="zfarm-receiver", daemon=True)
         self._receiver.start()
@@ -95,15 +176,19 @@ class Client:
     # -- ids and submission --------------------------------------------------
     def _take_ids(self, k: int) -> int:
         with self._lock:
-            first = self._session | self._next
+            first = self._prefix | self._next
             self._next += k
         return first
 
-    def _submit(self, messages: List[Tuple[List[int], List[Any], int]], ar: AsyncResult) -> AsyncResult:
+    def _submit(self, messages: List[Tuple[List[int], List[Any], Optional[Dict[str, Any]]]], ar: AsyncResult,
+                failed: Optional[Sequence[Tuple[int, str]]] = None) -> AsyncResult:
         """Sends tasks for ``ar``.
 
-        Each message is (targets, frames, retries).  A message for k explicit
-        targets makes k tasks, one per engine, sharing the frames.
+        Each message is (targets, frames, opts).  A message for k explicit
+        targets makes k tasks, one per engine, sharing the frames.  A message
+        with frames None is not sent: its task ends at once with the status
+        and text given in ``failed`` (same order), e.g. a dependency that
+        already failed.
         """
         if self._closed:
             raise ZfarmError("the client is closed")
@@ -115,22 +200,43 @@ class Client:
         total = sum(1 if t == [LOAD_BALANCED] else len(t) for t, _, _ in messages)
         first = self._take_ids(total)
         wire = []
+        local = []
+        failures = iter(failed or ())
         index = 0
         with self._lock:
-            for targets, frames, retries in messages:
+            for targets, frames, opts in messages:
                 k = 1 if targets == [LOAD_BALANCED] else len(targets)
                 task_id = first + index
                 for j in range(k):
-                    self._pending[task_id + j] = (ar, index + j)
                     ar.task_ids.append(task_id + j)
-                wire.append((MSG_SUBMIT, task_id, targets, retries, "", frames))
+                    if frames is not None:
+                        self._pending[task_id + j] = (ar, index + j)
+                if frames is None:
+                    status, text = next(failures)
+                    local.extend((task_id + j, index + j, status, text) for j in range(k))
+                elif opts:
+                    wire.append((MSG_SUBMIT, task_id, targets, 0, "", frames, opts))
+                else:
+                    wire.append((MSG_SUBMIT, task_id, targets, 0, "", frames))
                 index += k
         if len(wire) == 1:
             self._core.send(*wire[0])
-        else:
+        elif wire:
             self._core.send_many(wire)
+        for task_id, i, status, text in local:
+            ar._deliver(i, decode_outcome(task_id, status, -1, text, []))
         return ar
 
+    def _send_ids(self, mtype: int, ids: Sequence[int], targets: Sequence[int] = ()) -> None:
+        ids = list(ids)
+        if not ids and targets:
+            self._core.send(mtype, 0, list(targets), 0, "", [])
+            return
+        for a in range(0, len(ids), MAX_IDS_PER_MESSAGE):
+            chunk = ids[a:a + MAX_IDS_PER_MESSAGE]
+            self._core.send(mtype, 0, list(targets) if a == 0 else [], 0, "", [], {"ids": chunk})
+
+    # -- incoming messages (receiver thread) -------------------------------------
     def _on_message(
         self,
         mtype: int,
@@ -143,13 +249,11 @@ class Client:
         opts: Optional[Dict[str, Any]] = None,
     ) -> None:
         if mtype == MSG_RESULT:
-            with self._lock:
-                entry = self._pending.pop(mid, None)
-            if entry is None:
-                _shm.discard(frames)
-                return  # a duplicate or a result for another session
-            ar, index = entry
-            ar._deliver(index, decode_outcome(mid, status, aux, text, frames))
+            self._on_result(mid, status, aux, text, frames)
+        elif mtype == MSG_WELCOME:
+            self._on_welcome(text, targets or [], status)
+        elif mtype == MSG_EVENT:
+            self._on_event(status, aux, text)
         elif mtype == MSG_STATUS_REPLY:
             with self._lock:
                 fut = self._status_waiters.pop(mid, None)
@@ -162,6 +266,171 @@ class Client:
             self.errors.append(text)
             if len(self.errors) > 100:
                 del self.errors[:50]
+
+    def _on_result(self, mid: int, status: int, aux: int, text: str, frames: List[Any]) -> None:
+        with self._lock:
+            if self._welcomed.is_set():
+                if not self._to_ack:
+                    self._ack_since = time.monotonic()
+                self._to_ack.append(mid)
+            entry = self._pending.pop(mid, None)
+            self._fetched.discard(mid)
+            if entry is None:
+                if mid in self._recent or mid in self._unclaimed:
+                    _shm.discard(frames)
+                    return  # a second copy (a resend racing a Fetch)
+                outcome = decode_outcome(mid, status, aux, text, frames)
+                self._unclaimed[mid] = outcome
+                while len(self._unclaimed) > MAX_UNCLAIMED:
+                    self._unclaimed.popitem(last=False)
+                return
+            self._recent[mid] = None
+            while len(self._recent) > RECENT_IDS:
+                self._recent.popitem(last=False)
+        ar, index = entry
+        ar._deliver(index, decode_outcome(mid, status, aux, text, frames))
+
+    def _on_welcome(self, incarnation: str, engine_ids: List[int], heartbeat_ms: int) -> None:
+        restarted = self.incarnation is not None and incarnation != self.incarnation
+        self.incarnation = incarnation
+        self.heartbeat_ms = heartbeat_ms
+        self._engine_ids = set(engine_ids)
+        self._welcomed.set()
+        if not restarted:
+            return
+        # A new broker knows nothing of what we submitted: join it again and
+        # end every task still outstanding (it may or may not have run).
+        self._hello()
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._fetched.clear()
+            self._to_ack.clear()
+        for task_id, (ar, index) in pending.items():
+            ar._deliver(index, decode_outcome(task_id, STATUS_LOST, -1, "the broker restarted", []))
+        self._notify("restarted", -1, incarnation)
+
+    def _on_event(self, kind: int, engine_id: int, text: str) -> None:
+        ids = self._engine_ids
+        if ids is not None:
+            ids = set(ids)
+            if kind == EVENT_JOINED:
+                ids.add(engine_id)
+            elif kind == EVENT_LEFT:
+                ids.discard(engine_id)
+            self._engine_ids = ids
+        self._notify({EVENT_JOINED: "joined", EVENT_LEFT: "left"}.get(kind, f"event {kind}"), engine_id, text)
+
+    def _notify(self, kind: str, engine_id: int, text: str) -> None:
+        for callback in list(self._event_callbacks):
+            try:
+                callback(kind, engine_id, text)
+            except Exception as exc:  # noqa: BLE001 - a user callback must not stop delivery
+                warnings.warn(f"zfarm: event callback failed: {exc!r}", RuntimeWarning, stacklevel=1)
+
+    def _hello(self) -> None:
+        self._core.send(MSG_HELLO, 0, [], 0, "", [], {"session": self.session})
+
+    def _housekeeping(self) -> None:
+        """Heartbeats and batched acknowledgements (receiver thread)."""
+        now = time.monotonic()
+        interval = min(HEARTBEAT_S, self.heartbeat_ms / 1000) if self.heartbeat_ms else HEARTBEAT_S
+        if now - self._last_beat >= interval:
+            self._last_beat = now
+            # Until the broker has answered with Welcome it may not know
+            # sessions at all: Hello is harmless to any broker.
+            if self._welcomed.is_set():
+                self._core.send(MSG_HEARTBEAT, 0, [], 0, "", [])
+            else:
+                self._hello()
+        with self._lock:
+            if not self._to_ack or (len(self._to_ack) < ACK_BATCH and now - self._ack_since < ACK_DELAY_S):
+                return
+            ids, self._to_ack = self._to_ack, []
+        self._send_ids(MSG_ACK, ids)
+
+    # -- sessions ---------------------------------------------------------------------
+    def get_result(self, jobs: Union[int, Sequence[int], AsyncResult]) -> AsyncResult:
+        """An AsyncResult for tasks by id, wherever they were submitted.
+
+        Results this client already holds (for instance resent to this
+        session after a reconnect) come at once; for the others the broker
+        is asked (Fetch): a stored result is sent again, a pending task's
+        when it ends, and an unknown id ends in TaskRejected.  One id gives
+        a single value, a list gives a list (one entry per task: a map task
+        gives its chunk).
+        """
+        if self._closed:
+            raise ZfarmError("the client is closed")
+        single = isinstance(jobs, int)
+        ids = task_ids_of(jobs)
+        ar = AsyncResult(self, len(ids), single=single, label="get_result")
+        ready: List[Tuple[int, _Outcome]] = []
+        fetch: List[int] = []
+        with self._lock:
+            for i, task_id in enumerate(ids):
+                ar.task_ids.append(task_id)
+                outcome = self._unclaimed.pop(task_id, None)
+                if outcome is not None:
+                    ready.append((i, outcome))
+                elif task_id in self._pending:
+                    # Already awaited here: share its outcome when it comes.
+                    other, index = self._pending[task_id]
+                    other.add_done_callback(_forward(ar, i, other, index))
+                else:
+                    self._pending[task_id] = (ar, i)
+                    self._fetched.add(task_id)
+                    fetch.append(task_id)
+        for i, outcome in ready:
+            ar._deliver(i, outcome)
+        if fetch:
+            if not self._welcomed.wait(WELCOME_WAIT_S):
+                with self._lock:
+                    for task_id in fetch:
+                        self._pending.pop(task_id, None)
+                        self._fetched.discard(task_id)
+                raise ZfarmError("this broker does not keep results (it never answered Hello with Welcome)")
+            self._send_ids(MSG_FETCH, fetch)
+        return ar
+
+    @property
+    def unclaimed(self) -> List[int]:
+        """Ids of results received for tasks this client did not submit."""
+        with self._lock:
+            return list(self._unclaimed)
+
+    def on_event(self, callback: EventCallback) -> None:
+        """Calls ``callback(kind, engine_id, text)`` on engine and broker events."""
+        self._event_callbacks.append(callback)
+
+    # -- control ------------------------------------------------------------------------
+    def abort(self, jobs: Union[None, TaskRef, Iterable[TaskRef]] = None) -> None:
+        """Drops queued tasks (default: every task this client waits for).
+
+        Each task still queued ends with TaskAborted; running ones go on.
+        Without ``jobs``, results awaited through :meth:`get_result` are
+        left alone (they may be another client's tasks).
+        """
+        if jobs is None:
+            with self._lock:
+                ids = [i for i in self._pending if i not in self._fetched]
+        else:
+            ids = task_ids_of(jobs)
+        if ids:
+            self._send_ids(MSG_ABORT, ids)
+
+    def interrupt(self, targets: Union[None, int, Sequence[int]] = None) -> None:
+        """Raises KeyboardInterrupt in the task running on each engine in ``targets``
+        (default: all); that task ends with TaskAborted and the engine lives on."""
+        if targets is None:
+            targets = self.ids
+        elif isinstance(targets, int):
+            targets = [targets]
+        if targets:
+            self._core.send(MSG_INTERRUPT, 0, list(targets), 0, "", [])
+
+    def _interrupt_tasks(self, ids: Sequence[int]) -> None:
+        if ids:
+            self._send_ids(MSG_INTERRUPT, ids)
 
     # -- cluster information --------------------------------------------------
     def queue_status(self, timeout: float = 10.0) -> Dict[str, Any]:
@@ -180,7 +449,14 @@ class Client:
 
     @property
     def ids(self) -> List[int]:
-        """Ids of the engines registered now, ascending."""
+        """Ids of the engines registered now, ascending.
+
+        Kept up to date from the broker's Welcome and Event messages, so
+        reading it costs no round trip (older brokers: a status request).
+        """
+        ids = self._engine_ids
+        if ids is not None:
+            return sorted(ids)
         return sorted(e["id"] for e in self.queue_status()["engines"])
 
     def wait_for_engines(self, n: int, timeout: float = 30.0) -> List[int]:
@@ -220,11 +496,14 @@ class Client:
         """A DirectView on ``targets`` ("all" means every engine registered now)."""
         return self[:] if targets == "all" else self[targets]
 
-    def load_balanced_view(self, targets: Optional[Sequence[int]] = None):
-        """A LoadBalancedView: tasks go to whichever engine is free."""
+    def load_balanced_view(self, targets: Optional[Sequence[int]] = None, **flags: Any):
+        """A LoadBalancedView: tasks go to whichever engine (of ``targets``) is free.
+
+        ``flags`` are as for :meth:`LoadBalancedView.set_flags`.
+        """
         from ._view import LoadBalancedView
 
-        return LoadBalancedView(self, targets)
+        return LoadBalancedView(self, targets, **flags)
 
     def executor(self, **kwargs: Any):
         """A concurrent.futures.Executor running on this cluster's engines."""
@@ -260,21 +539,51 @@ class Client:
             self._core.send(MSG_SHUTDOWN, 0, [], 0, "", [])
         self.close()
 
-    def close(self) -> None:
-        """Closes the connection; stops the cluster if this client started it."""
+    def close(self, abort: bool = True) -> None:
+        """Closes the connection; stops the cluster if this client started it.
+
+        With ``abort`` (the default) the broker drops this client's tasks
+        that are still queued.  Either way every AsyncResult still waiting
+        here ends (TaskAborted).  ``close(abort=False)`` -- or
+        :meth:`detach` -- leaves the tasks to run: their results wait in
+        the broker for ``Client(..., session=rc.session)``.
+        """
         if self._closed:
             return
+        if not abort and self._welcomed.is_set():
+            # One round trip, so the broker has every Submit from this socket
+            # (bound to the session) before a new client can rebind it.
+            try:
+                self.queue_status(timeout=DETACH_SYNC_S)
+            except Exception:  # noqa: BLE001 - best effort; closing must not fail
+                pass
+        with self._lock:
+            ids = [i for i in self._pending if i not in self._fetched]
+            to_ack, self._to_ack = self._to_ack, []
+        try:
+            if to_ack:
+                self._send_ids(MSG_ACK, to_ack)
+            if abort and ids and self._welcomed.is_set():
+                self._send_ids(MSG_ABORT, ids)
+        except Exception:  # noqa: BLE001 - closing must not fail
+            pass
         self._closed = True
-        self._finalizer()
+        self._finalizer()  # sends what is queued, then closes the socket
         # Nothing is lost silently: what never came back ends as aborted.
         with self._lock:
             pending, self._pending = self._pending, {}
             waiters, self._status_waiters = self._status_waiters, {}
+        why = "the client was closed" if abort else (
+            f"the client detached; the result stays with session {self.session!r}")
         for task_id, (ar, index) in pending.items():
-            ar._deliver(index, decode_outcome(task_id, STATUS_ABORTED, -1, "the client was closed", []))
+            ar._deliver(index, decode_outcome(task_id, STATUS_ABORTED, -1, why, []))
         for fut in waiters.values():
             if not fut.done():
                 fut.set_exception(ZfarmError("the client was closed"))
+
+    def detach(self) -> None:
+        """Closes without aborting anything: ``close(abort=False)``."""
+        self.close(abort=False)
 
     @property
     def closed(self) -> bool:
@@ -287,7 +596,16 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<zfarm.Client {self.connection_info['client']}>"
+        return f"<zfarm.Client {self.connection_info['client']} session={self.session}>"
+
+
+def _forward(target: AsyncResult, i: int, source: AsyncResult, index: int) -> Callable[[Any], None]:
+    def done(_: Any) -> None:
+        outcome = source._outcomes[index]
+        if outcome is not None:
+            target._deliver(i, outcome)
+
+    return done
 
 
 def _receive_loop(client_ref: "weakref.ref[Client]", core: Any) -> None:
@@ -297,8 +615,6 @@ def _receive_loop(client_ref: "weakref.ref[Client]", core: Any) -> None:
             messages = core.recv(RECV_TIMEOUT_MS, RECV_BATCH)
         except Exception:  # noqa: BLE001 - closed under our feet
             return
-        if not messages:
-            continue
         client = client_ref()
         if client is None:
             return
@@ -307,6 +623,10 @@ def _receive_loop(client_ref: "weakref.ref[Client]", core: Any) -> None:
                 client._on_message(*m)
             except Exception as exc:  # noqa: BLE001 - never let one bad result stop delivery
                 warnings.warn(f"zfarm: could not handle a message: {exc!r}", RuntimeWarning, stacklevel=1)
+        try:
+            client._housekeeping()
+        except Exception:  # noqa: BLE001 - the socket was closed meanwhile
+            pass
         del client
 
 

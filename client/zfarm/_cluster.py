@@ -85,21 +85,29 @@ class Cluster:
     ``n`` defaults to the number of cores.  Used as a context manager it
     starts the cluster and yields a connected :class:`Client`; leaving the
     block stops every process it started.
+
+    The broker listens on 127.0.0.1 only, so only this machine can connect.
+    ``curve=True`` also turns on CurveZMQ: traffic is encrypted and only
+    holders of the keys in the connection file (mode 0600) get in.
     """
 
     def __init__(self, n: Optional[int] = None, *, heartbeat_ms: Optional[int] = None,
                  prefetch: Optional[int] = None, engine_args: Sequence[str] = (),
-                 broker_args: Sequence[str] = (), quiet: bool = True):
+                 broker_args: Sequence[str] = (), quiet: bool = True, curve: bool = False):
         self.n = n if n is not None else (os.cpu_count() or 1)
         self.heartbeat_ms = heartbeat_ms
         self.prefetch = prefetch
         self.engine_args = list(engine_args)
         self.broker_args = list(broker_args)
         self.quiet = quiet
+        self.curve = curve
         self.workdir: Optional[str] = None
         self.connection_file: Optional[str] = None
         self.broker: Optional[subprocess.Popen] = None
         self.engines: List[subprocess.Popen] = []
+        # Every process ever started (restarted brokers, replaced engines),
+        # so stop() reaps them all.
+        self._started: List[subprocess.Popen] = []
         self._client = None
         self._finalizer: Optional[weakref.finalize] = None
 
@@ -111,14 +119,25 @@ class Cluster:
         _shm.remove_stale()  # shared-memory files of processes that died
         self.workdir = tempfile.mkdtemp(prefix="zfarm-")
         self.connection_file = os.path.join(self.workdir, "connection.json")
+        self._finalizer = weakref.finalize(self, _cleanup, self._started, self.workdir)
+        self._start_broker(self._broker_args())
+        self.add_engines(self.n)
+        return self
+
+    def _broker_args(self) -> List[str]:
         args = [find_binary("zfarm-broker"), "--connection-file", self.connection_file]
         if self.heartbeat_ms:
             args += ["--heartbeat-ms", str(self.heartbeat_ms)]
-        args += self.broker_args
+        if self.curve:
+            args += ["--curve"]
+        return args + self.broker_args
+
+    def _start_broker(self, args: List[str]) -> None:
+        # The broker writes the file (atomically) once it listens; a restarted
+        # broker rewrites it with its own pid.
         self.broker = self._spawn(args)
-        self._finalizer = weakref.finalize(self, _cleanup, self.broker, self.engines, self.workdir)
         deadline = time.monotonic() + BROKER_START_TIMEOUT
-        while not os.path.exists(self.connection_file):
+        while _file_pid(self.connection_file) != self.broker.pid:
             if self.broker.poll() is not None:
                 self.stop()
                 raise ZfarmError(f"zfarm-broker exited with code {self.broker.returncode} on start")
@@ -126,8 +145,23 @@ class Cluster:
                 self.stop()
                 raise ZfarmError("zfarm-broker did not write its connection file in time")
             time.sleep(0.01)
-        self.add_engines(self.n)
-        return self
+
+    def restart_broker(self) -> None:
+        """Kills the broker (SIGKILL, as in a crash) and starts a new one on
+        the same endpoints (and keys); engines and clients reconnect by
+        themselves.  The new broker knows nothing of earlier tasks: clients
+        end them with TaskLost."""
+        if self.broker is None or self.connection_file is None:
+            raise ZfarmError("the cluster is not running")
+        self.broker.kill()
+        self.broker.wait(STOP_GRACE)
+        args = self._broker_args()
+        if _supports_reuse(args[0]):
+            args.append("--reuse")
+        else:
+            info = read_connection_file(self.connection_file)
+            args += ["--client-endpoint", info["client"], "--engine-endpoint", info["engine"]]
+        self._start_broker(args)
 
     def add_engines(self, n: int) -> None:
         """Starts ``n`` more engines on this machine."""
@@ -144,8 +178,10 @@ class Cluster:
         out = subprocess.DEVNULL if self.quiet else None
         # Engines of a local cluster share this host: large results through /dev/shm.
         env = dict(os.environ, **{_shm.ENV: "1" if _shm.enabled_by_env(True) else "0"})
-        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                preexec_fn=_die_with_parent, close_fds=True, env=env)
+        p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                             preexec_fn=_die_with_parent, close_fds=True, env=env)
+        self._started.append(p)
+        return p
 
     def connect(self, timeout: float = 30.0):
         """A Client of this cluster, once all its engines have registered."""
@@ -155,7 +191,7 @@ class Cluster:
             self.start()
         client = Client(cluster=self)
         try:
-            client.wait_for_engines(len(self.engines), timeout=timeout)
+            client.wait_for_engines(sum(p.poll() is None for p in self.engines), timeout=timeout)
         except BaseException:
             client.close()
             raise
@@ -165,11 +201,12 @@ class Cluster:
         """Stops every process this cluster started and reaps them."""
         if self._finalizer is not None:
             self._finalizer()
-        elif self.broker is not None:
-            _cleanup(self.broker, self.engines, self.workdir)
+        elif self._started:
+            _cleanup(self._started, self.workdir)
 
     def processes(self) -> List[subprocess.Popen]:
-        return ([self.broker] if self.broker else []) + list(self.engines)
+        """Every process this cluster started (including replaced ones)."""
+        return list(self._started)
 
     def __enter__(self):
         self.start()
@@ -186,10 +223,34 @@ class Cluster:
         return f"<zfarm.Cluster n={self.n} connection_file={self.connection_file!r}>"
 
 
-def _cleanup(broker: subprocess.Popen, engines: List[subprocess.Popen], workdir: Optional[str]) -> None:
-    _reap(list(engines) + [broker], STOP_GRACE)
+def _cleanup(processes: List[subprocess.Popen], workdir: Optional[str]) -> None:
+    # Engines first, so they do not race a stopping broker; the broker last.
+    brokers = [p for p in processes if "zfarm-broker" in os.path.basename(str(p.args[0]))]
+    _reap([p for p in processes if p not in brokers] + brokers, STOP_GRACE)
     if workdir:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _file_pid(path: Optional[str]) -> Optional[int]:
+    try:
+        with open(path, encoding="utf-8") as f:  # type: ignore[arg-type]
+            return json.load(f).get("pid")
+    except (OSError, ValueError, AttributeError):
+        return None  # not written yet (or being replaced)
+
+
+_reuse_support: dict = {}
+
+
+def _supports_reuse(broker: str) -> bool:
+    # Brokers that read endpoints (and keys) back from their connection file.
+    if broker not in _reuse_support:
+        try:
+            out = subprocess.run([broker, "--help"], capture_output=True, text=True, timeout=10)
+            _reuse_support[broker] = "--reuse" in out.stdout + out.stderr
+        except (OSError, subprocess.SubprocessError):
+            _reuse_support[broker] = False
+    return _reuse_support[broker]
 
 
 def read_connection_file(path: str) -> dict:

@@ -11,12 +11,17 @@
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import contextlib
+import itertools
 import math
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _serialize
 from ._asyncresult import AsyncResult
 from ._client import LOAD_BALANCED, Client
+from ._errors import STATUS_IMPOSSIBLE
 
 # A load-balanced map with no chunksize cuts its input into about this many
 # chunks per engine: enough to even out uneven tasks, few enough that the
@@ -101,14 +106,14 @@ class DirectView(_View):
 
     def _all(self, op: tuple, label: str, block: Optional[bool], combine: Optional[Callable] = None) -> Any:
         ar = AsyncResult(self.client, len(self._ids), single=self._single, combine=combine, label=label)
-        self.client._submit([(self._ids, _serialize.dumps(op), 0)], ar)
+        self.client._submit([(self._ids, _serialize.dumps(op), None)], ar)
         return self._finish(ar, block)
 
     def _each(self, ops: List[tuple], label: str, block: Optional[bool], combine: Optional[Callable] = None,
               flatten: bool = False) -> Any:
         # One different task per engine (scatter, map).
         ar = AsyncResult(self.client, len(self._ids), combine=combine, flatten=flatten, label=label)
-        self.client._submit([([t], _serialize.dumps(op), 0) for t, op in zip(self._ids, ops)], ar)
+        self.client._submit([([t], _serialize.dumps(op), None) for t, op in zip(self._ids, ops)], ar)
         return self._finish(ar, block)
 
     def activate(self, suffix: str = "") -> None:
@@ -170,7 +175,7 @@ class DirectView(_View):
     def gather(self, name: str, block: Optional[bool] = None) -> Any:
         """Joins the blocks of ``name`` from every engine, in engine order."""
         ar = AsyncResult(self.client, len(self._ids), combine=concatenate, label="gather")
-        self.client._submit([(self._ids, _serialize.dumps(("pull", name)), 0)], ar)
+        self.client._submit([(self._ids, _serialize.dumps(("pull", name)), None)], ar)
         return self._finish(ar, block)
 
     def reset(self, block: Optional[bool] = None) -> Any:
@@ -182,19 +187,173 @@ class DirectView(_View):
         return self._all(("keys",), "keys", block)
 
 
+
+# imap keeps about this many tasks in flight per engine by default: enough
+# that no engine idles between results, few enough that a huge or endless
+# input is not read ahead.
+IMAP_TASKS_PER_ENGINE = 4
+
+FLAGS = ("retries", "timeout", "after", "follow", "targets", "priority", "block")
+
+Dependency = Union[None, int, AsyncResult, Iterable[Union[int, AsyncResult]]]
+
+
+def _dependency_ids(dep: Dependency) -> Tuple[List[int], List[Tuple[int, Any]]]:
+    """Splits a dependency into (unfinished task ids, finished (id, outcome)).
+
+    Finished tasks are those of an AsyncResult whose outcome is known here.
+    """
+    if dep is None:
+        return [], []
+    if isinstance(dep, int):
+        return [dep], []
+    if isinstance(dep, AsyncResult):
+        pending, finished = [], []
+        with dep._cond:
+            for task_id, outcome in zip(dep.task_ids, dep._outcomes):
+                if outcome is None:
+                    pending.append(task_id)
+                else:
+                    finished.append((task_id, outcome))
+        return pending, finished
+    pending, finished = [], []
+    for d in dep:
+        p, f = _dependency_ids(d)
+        pending.extend(p)
+        finished.extend(f)
+    return pending, finished
+
+
 class LoadBalancedView(_View):
-    """Tasks go to whichever engine has room (the task interface)."""
+    """Tasks go to whichever engine has room (the task interface).
+
+    Options, for every call of the view (:meth:`set_flags`) or for a block
+    of calls (:meth:`temp_flags`); ``map`` also takes them as keywords:
+
+    ``retries``
+        times a task is sent again if its engine dies (default 0)
+    ``timeout``
+        seconds from submission; then the task ends with TaskTimedOut (and
+        is interrupted if running)
+    ``after``
+        AsyncResults or task ids that must end successfully first
+    ``follow``
+        AsyncResults or task ids: run on the engine where they ran
+    ``targets``
+        engine ids the tasks may run on (default: any)
+    ``priority``
+        higher runs first (default 0)
+
+    A dependency already known here to have failed (for ``follow``: to
+    have never run) ends the task at once with ImpossibleDependency; one
+    known to have succeeded is left out (for ``follow``: its engine becomes
+    the target).
+
+    >>> with lv.temp_flags(timeout=5, retries=1):          # doctest: +SKIP
+    ...     ar = lv.apply(f, 1)
+    """
 
     def __init__(self, client: Client, targets: Optional[Sequence[int]] = None, block: bool = False,
-                 retries: int = 0):
+                 retries: int = 0, timeout: Optional[float] = None, after: Dependency = None,
+                 follow: Dependency = None, priority: int = 0):
         super().__init__(client, block)
-        if targets is not None:
-            raise NotImplementedError("restricting a load-balanced view to targets is not supported yet")
-        self.retries = retries
+        self.targets: Optional[List[int]] = None
+        self.retries = 0
+        self.timeout: Optional[float] = None
+        self.after: Dependency = None
+        self.follow: Dependency = None
+        self.priority = 0
+        self.set_flags(targets=targets, retries=retries, timeout=timeout, after=after, follow=follow,
+                       priority=priority)
 
     def __repr__(self) -> str:
-        return "<LoadBalancedView>"
+        where = "" if self.targets is None else f" targets={self.targets}"
+        return f"<LoadBalancedView{where}>"
 
+    # -- options ---------------------------------------------------------------------
+    def set_flags(self, **flags: Any) -> None:
+        """Sets options for later calls: retries, timeout (s), after, follow,
+        targets, priority, block."""
+        for name, value in flags.items():
+            if name not in FLAGS:
+                raise TypeError(f"unknown flag {name!r}; flags are {', '.join(FLAGS)}")
+            if name == "retries" and (not isinstance(value, int) or value < 0):
+                raise ValueError("retries must be an integer >= 0")
+            if name == "timeout" and value is not None and value <= 0:
+                raise ValueError("timeout must be a positive number of seconds (or None)")
+            if name == "priority" and not isinstance(value, int):
+                raise ValueError("priority must be an integer")
+            if name == "targets" and value is not None:
+                value = [value] if isinstance(value, int) else list(value)
+                if not value:
+                    raise ValueError("targets selects no engines")
+            setattr(self, name, value)
+
+    @contextlib.contextmanager
+    def temp_flags(self, **flags: Any) -> Iterator["LoadBalancedView"]:
+        """Sets options for the calls inside a ``with`` block only."""
+        saved = {name: getattr(self, name) for name in flags if name in FLAGS}
+        self.set_flags(**flags)
+        try:
+            yield self
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+
+    def _options(self, overrides: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+        """The Submit options of one call, or the reason it cannot run."""
+        flags = {name: getattr(self, name) for name in FLAGS}
+        for name, value in overrides.items():
+            if name not in FLAGS:
+                raise TypeError(f"unknown flag {name!r}; flags are {', '.join(FLAGS)}")
+        if overrides:
+            probe = LoadBalancedView.__new__(LoadBalancedView)
+            probe.__dict__.update(flags)
+            probe.set_flags(**overrides)
+            flags = {name: getattr(probe, name) for name in FLAGS}
+        opts: Dict[str, Any] = {}
+        if flags["retries"]:
+            opts["retries"] = int(flags["retries"])
+        if flags["timeout"] is not None:
+            opts["timeout_ms"] = max(1, int(round(float(flags["timeout"]) * 1000)))
+        if flags["priority"]:
+            opts["priority"] = int(flags["priority"])
+        engines = flags["targets"]
+        after, finished_after = _dependency_ids(flags["after"])
+        follow, finished_follow = _dependency_ids(flags["follow"])
+        for task_id, outcome in finished_after:
+            if not outcome.ok:
+                return None, f"dependency {task_id} failed: {outcome.value!r}"
+        # A finished task to follow has a known engine: run there (as the
+        # broker does, also after a remote error; a task that never ran on
+        # an engine cannot be followed).
+        for task_id, outcome in finished_follow:
+            if outcome.engine_id is None or outcome.engine_id < 0:
+                return None, f"task {task_id} to follow never ran: {outcome.value!r}"
+        where = {o.engine_id for _, o in finished_follow}
+        if len(where) > 1:
+            return None, f"the tasks to follow ran on different engines {sorted(where)}"
+        if where:
+            engine = where.pop()
+            if engine is None or (engines is not None and engine not in engines):
+                return None, f"the task to follow ran on engine {engine}, outside targets {engines}"
+            engines = [engine]
+        if engines is not None:
+            opts["engines"] = list(engines)
+        if after:
+            opts["after"] = after
+        if follow:
+            opts["follow"] = follow
+        return (opts or None), None
+
+    def _send(self, payloads: List[List[Any]], ar: AsyncResult, overrides: Dict[str, Any]) -> AsyncResult:
+        opts, impossible = self._options(overrides)
+        if impossible is not None:
+            return self.client._submit([([LOAD_BALANCED], None, None) for _ in payloads], ar,
+                                       failed=[(STATUS_IMPOSSIBLE, impossible)] * len(payloads))
+        return self.client._submit([([LOAD_BALANCED], frames, opts) for frames in payloads], ar)
+
+    # -- calls -----------------------------------------------------------------------------
     def apply(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
         """Runs ``f(*args, **kwargs)`` on one free engine (honours ``self.block``)."""
         return self._apply(f, args, kwargs, None)
@@ -208,36 +367,99 @@ class LoadBalancedView(_View):
     def _apply(self, f: Callable, args: tuple, kwargs: dict, block: Optional[bool]) -> Any:
         ar = AsyncResult(self.client, 1, single=True, label="apply")
         frames = _serialize.dumps(("apply", _serialize.dumps_function(f), args, kwargs))
-        self.client._submit([([LOAD_BALANCED], frames, self.retries)], ar)
+        self._send([frames], ar, {})
         return self._finish(ar, block)
 
+    def _engines_hint(self) -> int:
+        return max(1, len(self.targets) if self.targets is not None else len(self.client.ids))
+
     def map(self, f: Callable, *seqs: Iterable[Any], chunksize: Optional[int] = None, ordered: bool = True,
-            block: Optional[bool] = None) -> Any:
+            block: Optional[bool] = None, **flags: Any) -> Any:
         """Maps ``f`` over ``seqs`` with dynamic load balancing.
 
         The input is cut into chunks of ``chunksize`` items (default: about
         eight chunks per engine); each chunk is one task.  ``ordered=False``
-        yields results in the order they finish.
+        yields results in the order they finish.  ``flags`` (retries,
+        timeout, after, follow, targets, priority) apply to this call only.
         """
         seqs = tuple(_as_sequence(s) for s in seqs)
         if not seqs:
             raise TypeError("map() needs at least one sequence")
+        if block is None:
+            block = flags.pop("block", None)
         n = min(len(s) for s in seqs)
         if chunksize is None:
-            engines = max(1, len(self.client.ids))
-            chunksize = max(1, math.ceil(n / (engines * CHUNKS_PER_ENGINE)))
+            chunksize = max(1, math.ceil(n / (self._engines_hint() * CHUNKS_PER_ENGINE)))
         if chunksize < 1:
             raise ValueError("chunksize must be at least 1")
         fn = _serialize.dumps_function(f)
         starts = range(0, n, chunksize)
         ar = AsyncResult(self.client, len(starts), ordered=ordered, flatten=True, label="map")
-        messages = []
+        payloads = []
         for a in starts:
             b = min(a + chunksize, n)
             items = list(zip(*[s[a:b] for s in seqs]))
-            messages.append(([LOAD_BALANCED], _serialize.dumps(("map", fn, items)), self.retries))
-        self.client._submit(messages, ar)
+            payloads.append(_serialize.dumps(("map", fn, items)))
+        self._send(payloads, ar, flags)
         return self._finish(ar, block)
 
     def map_sync(self, f: Callable, *seqs: Iterable[Any], **kwargs: Any) -> List[Any]:
         return self.map(f, *seqs, block=True, **kwargs)
+
+    def imap(self, f: Callable, *iterables: Iterable[Any], ordered: bool = True,
+             max_outstanding: Optional[int] = None, **flags: Any) -> Iterator[Any]:
+        """Like the built-in ``map``, lazily: results are yielded as they come.
+
+        The input is read only as tasks finish, with at most
+        ``max_outstanding`` tasks in flight (default: a few per engine), so
+        it may be long or endless.  One task per item.  A failed item
+        raises when its turn comes; leaving the loop early aborts the tasks
+        still in flight.
+
+        >>> for y in lv.imap(slow, itertools.count()):   # doctest: +SKIP
+        ...     if y > 100: break
+        """
+        if not iterables:
+            raise TypeError("imap() needs at least one iterable")
+        if max_outstanding is None:
+            max_outstanding = IMAP_TASKS_PER_ENGINE * self._engines_hint()
+        if max_outstanding < 1:
+            raise ValueError("max_outstanding must be at least 1")
+        self._options(flags)  # refuse bad flags now, not at the first next()
+        fn = _serialize.dumps_function(f)
+        return self._imap(fn, zip(*iterables), ordered, max_outstanding, flags)
+
+    def _imap(self, fn: bytes, items: Iterator[tuple], ordered: bool, max_outstanding: int,
+              flags: Dict[str, Any]) -> Iterator[Any]:
+        inflight: "collections.deque[AsyncResult]" = collections.deque()
+        exhausted = False
+
+        def top_up() -> None:
+            nonlocal exhausted
+            while not exhausted and len(inflight) < max_outstanding:
+                item = next(items, _END)
+                if item is _END:
+                    exhausted = True
+                    return
+                ar = AsyncResult(self.client, 1, single=True, label="imap")
+                self._send([_serialize.dumps(("apply", fn, item, {}))], ar, flags)
+                inflight.append(ar)
+
+        try:
+            top_up()
+            while inflight:
+                if ordered:
+                    ar = inflight.popleft()
+                    ar.wait()
+                else:
+                    done, _ = concurrent.futures.wait(inflight, return_when=concurrent.futures.FIRST_COMPLETED)
+                    ar = next(a for a in inflight if a in done)
+                    inflight.remove(ar)
+                top_up()
+                yield ar.get()
+        finally:
+            if inflight:
+                self.client.abort(list(inflight))
+
+
+_END = object()

@@ -54,14 +54,18 @@ TEST_CASE("connection file is JSON with mode 0600") {
   char dir[] = "/tmp/zfarm-test-XXXXXX";
   REQUIRE(mkdtemp(dir) != nullptr);
   const std::string path = std::string(dir) + "/connection.json";
-  const std::string err =
-      zfarm::broker::write_connection_file(path, "tcp://127.0.0.1:1000", "tcp://127.0.0.1:2000", 42);
+  zfarm::broker::ConnectionInfo info;
+  info.client = "tcp://127.0.0.1:1000";
+  info.engine = "tcp://127.0.0.1:2000";
+  info.pid = 42;
+  const std::string err = zfarm::broker::write_connection_file(path, info);
   CHECK(err.empty());
   std::ifstream in(path);
   std::stringstream body;
   body << in.rdbuf();
   CHECK(body.str() ==
-        "{\"version\": 1, \"client\": \"tcp://127.0.0.1:1000\", \"engine\": \"tcp://127.0.0.1:2000\", \"pid\": 42}\n");
+        "{\"version\": 1, \"client\": \"tcp://127.0.0.1:1000\", \"engine\": \"tcp://127.0.0.1:2000\", \"pid\": 42, "
+        "\"max_message_bytes\": -1}\n");
   struct stat sb {};
   REQUIRE(stat(path.c_str(), &sb) == 0);
   CHECK((sb.st_mode & 0777) == 0600);
@@ -70,6 +74,9 @@ TEST_CASE("connection file is JSON with mode 0600") {
 }
 
 TEST_CASE("connection file in a missing directory is an error, not a crash") {
-  const std::string err = zfarm::broker::write_connection_file("/nonexistent-zfarm-dir/c.json", "a", "b", 1);
+  zfarm::broker::ConnectionInfo info;
+  info.client = "a";
+  info.engine = "b";
+  const std::string err = zfarm::broker::write_connection_file("/nonexistent-zfarm-dir/c.json", info);
   CHECK_FALSE(err.empty());
 }

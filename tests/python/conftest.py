@@ -61,3 +61,80 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def wait_until(condition, timeout: float = WAIT, interval: float = 0.01, what: str = "condition"):
+    """Polls ``condition()`` until it is true (returns its value) or fails the test."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(interval)
+
+
+def engine_id_of(rc, pid: int) -> int:
+    """The engine id of the engine process ``pid`` (from the broker's status)."""
+    for e in rc.queue_status()["engines"]:
+        if e["host"].rsplit(":", 1)[-1] == str(pid):
+            return e["id"]
+    raise LookupError(f"no engine with pid {pid}")
+
+
+class Gate:
+    """A file tasks wait for: lets a test hold engines busy, then release them.
+
+    ``gate.wait`` and ``gate.mark`` are plain functions sent to engines.
+    """
+
+    def __init__(self, folder):
+        self.path = str(folder / "gate")
+        self.folder = str(folder)
+
+    def open(self) -> None:
+        with open(self.path, "w"):
+            pass
+
+    def started(self, name: str) -> bool:
+        return os.path.exists(os.path.join(self.folder, f"started-{name}"))
+
+
+def gated(x, gate_path, started_dir=None, name=None):
+    """Runs on an engine: marks itself started, waits for the gate, returns x*x."""
+    import os as _os
+    import time as _time
+
+    if started_dir is not None:
+        open(_os.path.join(started_dir, f"started-{name}"), "w").close()
+    deadline = _time.monotonic() + 60
+    while not _os.path.exists(gate_path):
+        if _time.monotonic() > deadline:
+            raise RuntimeError("the gate never opened")
+        _time.sleep(0.005)
+    return x * x
+
+
+def spin(seconds, started_path=None):
+    """Runs on an engine: a busy Python loop (interruptible between bytecodes)."""
+    import time as _time
+
+    if started_path is not None:
+        open(started_path, "w").close()
+    end = _time.monotonic() + seconds
+    while _time.monotonic() < end:
+        _time.sleep(0.005)
+    return "finished"
+
+
+
+# The helpers above run on engines, which cannot import this module: send
+# them by value.
+import sys as _sys  # noqa: E402
+
+import cloudpickle as _cloudpickle  # noqa: E402
+
+_cloudpickle.register_pickle_by_value(_sys.modules[__name__])
