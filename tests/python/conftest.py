@@ -7,16 +7,25 @@ import pytest
 
 import zfarm
 
-# Heartbeats fast enough that fault tests finish quickly on 2 cores, slow
-# enough that a loaded machine does not declare healthy engines dead.
-TEST_HEARTBEAT_MS = 200
+# Heartbeats fast enough that fault tests finish quickly on 2 cores; the
+# liveness (missed intervals before a peer counts as dead, 2 s in all) is
+# generous so a loaded machine does not declare healthy engines dead.
+TEST_HEARTBEAT_MS = 250
+TEST_LIVENESS = 8
+
+
+def _liveness_args(kwargs):
+    kwargs.setdefault("heartbeat_ms", TEST_HEARTBEAT_MS)
+    kwargs["broker_args"] = ["--liveness", str(TEST_LIVENESS), *kwargs.get("broker_args", ())]
+    kwargs["engine_args"] = ["--liveness", str(TEST_LIVENESS), *kwargs.get("engine_args", ())]
+    return kwargs
 WAIT = 60.0  # upper bound for any single wait in the tests
 
 
 @pytest.fixture(scope="session")
 def cluster():
     """One cluster of 2 engines shared by the tests that do not break it."""
-    c = zfarm.Cluster(n=2, heartbeat_ms=TEST_HEARTBEAT_MS)
+    c = zfarm.Cluster(n=2, **_liveness_args({}))
     c.start()
     try:
         yield c
@@ -42,8 +51,7 @@ def own_cluster():
     made = []
 
     def make(n: int = 2, **kwargs):
-        kwargs.setdefault("heartbeat_ms", TEST_HEARTBEAT_MS)
-        c = zfarm.Cluster(n=n, **kwargs)
+        c = zfarm.Cluster(n=n, **_liveness_args(kwargs))
         c.start()
         made.append(c)
         return c
