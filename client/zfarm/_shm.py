@@ -142,14 +142,17 @@ def export_messages(messages: Sequence[tuple], enabled: Callable[[], bool]) -> T
         return list(messages), []
     out, names = [], []
     for targets, frames, *rest in messages:
+        if frames is None:  # a task that ends locally, never sent
+            out.append((targets, frames, *rest))
+            continue
         frames, made = export(frames, claim=False)
         names += made
         out.append((targets, frames, *rest))
     return out, names
 
 
-def _large(frames: Sequence[Any]) -> bool:
-    return any(memoryview(f).nbytes >= SHM_MIN for f in frames[1:])
+def _large(frames: Optional[Sequence[Any]]) -> bool:
+    return frames is not None and any(memoryview(f).nbytes >= SHM_MIN for f in frames[1:])
 
 
 def export_result(frames: List[Any]) -> List[Any]:
