@@ -215,16 +215,6 @@ def is_loopback_ip(ip: str) -> bool:
     return ip == "localhost" or ip.startswith("127.") or ip in ("::1", "[::1]")
 
 
-def broker_supports(flag: str) -> bool:
-    """True if this zfarm-broker knows ``flag`` (e.g. --curve)."""
-    try:
-        out = subprocess.run([find_binary("zfarm-broker"), "--help"], capture_output=True, text=True,
-                             timeout=20).stdout
-    except (OSError, subprocess.TimeoutExpired, ZfarmError):
-        return False
-    return flag in out
-
-
 # -- start, stop, status ---------------------------------------------------------------
 
 def running_state(profile: str) -> Optional[Dict[str, Any]]:
@@ -261,17 +251,11 @@ def start_cluster(profile: str, n: int, launcher: Any = None, *, ip: str = "127.
             "--client-endpoint", "tcp://127.0.0.1:*", "--engine-endpoint", f"tcp://{ip}:*"]
     if heartbeat_ms:
         args += ["--heartbeat-ms", str(heartbeat_ms)]
-    if not is_loopback_ip(ip):
-        # Other machines can reach the engine port: authenticate them.
-        if broker_supports("--curve"):
-            args.append("--curve")
-        elif allow_insecure:
-            args.append("--allow-insecure")
-        else:
-            raise ZfarmError(f"binding {ip} lets other machines run code on the engines, and this "
-                             "zfarm-broker has no --curve; pass --allow-insecure to do it anyway")
-    if allow_insecure and "--allow-insecure" not in args:
+    if allow_insecure:
         args.append("--allow-insecure")
+    elif not is_loopback_ip(ip):
+        # Other machines can reach the engine port: only the cluster's keys get in.
+        args.append("--curve")
     args += list(broker_args)
     broker = spawn_detached(args, profile_path(profile, ".broker.log"))
     state: Dict[str, Any] = {"version": 1, "profile": profile, "n": n, "launcher": launcher.name,

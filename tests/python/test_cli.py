@@ -230,12 +230,19 @@ def test_bad_profile_name_and_profile_dir_mode(env, tmp_path, monkeypatch):
     assert _profiles.profile_dir() == str(wide) and mode(wide) == 0o700
 
 
-def test_non_loopback_engine_port_needs_curve_or_allow_insecure(env):
-    if _profiles.broker_supports("--curve"):
-        pytest.skip("this broker has CURVE: binding a public address is allowed")
-    r = zfarm_cmd(env, "cluster", "start", "-n", "1", "--profile", "p", "--ip", "0.0.0.0")
-    assert r.returncode == 1 and "--allow-insecure" in r.stderr
-    assert _profiles.list_profiles() == []
+def test_non_loopback_engine_port_turns_curve_on(env, stop_at_end):
+    ok(zfarm_cmd(env, "cluster", "start", "-n", "1", "--profile", "p", "--ip", "0.0.0.0",
+                 "--heartbeat-ms", HEARTBEAT))
+    info = json.loads((env["dir"] / "p.json").read_text())
+    assert info["engine"].startswith("tcp://0.0.0.0:")
+    assert {"server_public", "client_public", "client_secret"} <= set(info["curve"])
+    # What other hosts' engines are given holds no client or server secret.
+    engine_info = json.loads((env["dir"] / "p.engine.json").read_text())
+    assert sorted(engine_info["curve"]) == ["engine_public", "engine_secret", "server_public"]
+    assert mode(env["dir"] / "p.json") == 0o600 and mode(env["dir"] / "p.engine.json") == 0o600
+    with zfarm.Client(profile="p") as rc:
+        assert rc.load_balanced_view().apply_sync(abs, -3) == 3
+    ok(zfarm_cmd(env, "cluster", "stop", "--profile", "p"))
 
 
 def test_engine_connection_info_rewrites_wildcard_and_keeps_only_engine_keys():
