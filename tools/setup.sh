@@ -14,6 +14,8 @@ APT_PACKAGES+=(clang libclang-rt-14-dev)
 # The MPI launcher (zfarm cluster start --engines mpi) and its test: OpenMPI,
 # which mpi4py compiles against.
 APT_PACKAGES+=(openmpi-bin libopenmpi-dev)
+# The ssh launcher's test runs a real OpenSSH server on 127.0.0.1.
+APT_PACKAGES+=(openssh-server openssh-client)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

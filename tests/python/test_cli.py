@@ -1,4 +1,5 @@
-"""The zfarm command and its launchers: local, mpi, ssh (fake ssh), Slurm (fake sbatch/srun).
+"""The zfarm command and its launchers: local, mpi, ssh (a fake ssh, and a real sshd on
+127.0.0.1), Slurm (fake sbatch/srun).
 
 Every test uses its own profile directory.  Clusters started by the command
 outlive it (their processes are reparented); this module makes the test
@@ -11,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -365,6 +367,87 @@ def test_ssh_failure_on_one_host_stops_the_engines_of_the_others(env, stop_at_en
     assert last.startswith("nodeA ") and "kill" in last
     pids = [int(p) for p in re.search(r"for p in ([0-9 ]+);", last).group(1).split()]
     assert len(pids) == 1 and gone(pids)
+
+
+@pytest.fixture()
+def sshd(tmp_path):
+    """A real OpenSSH server on 127.0.0.1 for this test only: its own host key,
+    one authorised client key, and HOME set to a folder of the test, so what
+    the launcher writes "remotely" stays in tmp_path."""
+    binary = shutil.which("sshd") or "/usr/sbin/sshd"
+    assert os.path.exists(binary), "sshd missing: tools/setup.sh installs openssh-server"
+    d = tmp_path / "sshd"
+    home = d / "home"
+    home.mkdir(parents=True)
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True,
+                       timeout=WAIT, stdin=subprocess.DEVNULL)
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (d / "sshd_config").write_text(textwrap.dedent(f"""\
+        ListenAddress 127.0.0.1:{port}
+        HostKey {d / "host_key"}
+        AuthorizedKeysFile {d / "authorized_keys"}
+        PidFile none
+        UsePAM no
+        StrictModes no
+        PasswordAuthentication no
+        KbdInteractiveAuthentication no
+        PermitRootLogin prohibit-password
+        SetEnv HOME={home}
+        """))
+    os.makedirs("/run/sshd", exist_ok=True)  # its privilege separation directory
+    server = subprocess.Popen([binary, "-D", "-e", "-f", str(d / "sshd_config")], stdin=subprocess.DEVNULL,
+                              stderr=open(d / "sshd.log", "wb"))
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:
+            assert server.poll() is None, (d / "sshd.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "sshd did not start listening"
+                time.sleep(0.05)
+        ssh = (f"ssh -p {port} -i {d / 'client_key'} -o BatchMode=yes -o StrictHostKeyChecking=no "
+               f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+        yield {"ssh": ssh, "home": home, "log": d / "sshd.log"}
+    finally:
+        server.terminate()
+        try:
+            server.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(WAIT)
+
+
+def test_ssh_launcher_through_a_real_sshd_with_curve(env, sshd, stop_at_end):
+    # A real ssh session on this machine stands for another host: the engine
+    # port is on all interfaces, so CURVE is on and the engines can only get in
+    # with the keys the launcher sent them over ssh.
+    hosts = env["tmp"] / "hosts"
+    hosts.write_text("127.0.0.1 2\n")
+    ok(zfarm_cmd(env, "cluster", "start", "--engines", "ssh", "--hosts", str(hosts), "--ssh", sshd["ssh"],
+                 "--profile", "r", "--ip", "0.0.0.0", "--location", "127.0.0.1", "--heartbeat-ms", HEARTBEAT))
+    remote_file = sshd["home"] / ".zfarm" / "r.engine.json"
+    assert mode(remote_file) == 0o600
+    sent = json.loads(remote_file.read_text())
+    assert sent["engine"].startswith("tcp://127.0.0.1:")
+    assert sorted(sent["curve"]) == ["engine_public", "engine_secret", "server_public"]
+    pids = [p for r in _profiles.read_state("r")["remote"] for p in r["pids"]]
+    assert len(pids) == 2
+    with zfarm.Client(profile="r") as rc:
+        assert len(rc.wait_for_engines(2, timeout=WAIT)) == 2
+        # Each engine runs in an ssh session (sshd set SSH_CONNECTION and HOME).
+        env_seen = rc[:].apply_sync(lambda: (os.getpid(), os.environ.get("SSH_CONNECTION", ""),
+                                             os.environ.get("HOME")))
+        assert sorted(p for p, _, _ in env_seen) == sorted(pids)
+        assert all(c.startswith("127.0.0.1 ") and h == str(sshd["home"]) for _, c, h in env_seen)
+        assert rc.load_balanced_view().map_sync(abs, range(-20, 0)) == list(range(20, 0, -1))
+    ok(zfarm_cmd(env, "cluster", "stop", "--profile", "r"))
+    assert gone(pids)
 
 
 # -- slurm --------------------------------------------------------------------------------
