@@ -21,16 +21,41 @@ keys      --                                list of names
 The result payload is a pickled tuple ``(kind, value, stdout, stderr)`` with
 kind ``"ok"`` or ``"error"``; for an error the value is a dict with
 ``ename``, ``evalue`` and ``traceback``.
+
+What a task prints is kept for the result, at most :data:`OUTPUT_LIMIT`
+characters per stream (environment ``ZFARM_OUTPUT_LIMIT``); the rest is
+dropped and a note at the end says how much.  Inside ``zfarm-engine`` the
+kept text is also streamed to the client while the task runs
+(``_zfarm_engine.write_output``; see docs/protocol.rst, "Output").
 """
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import sys
 import traceback
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import _serialize, _shm
+
+try:  # only inside zfarm-engine: streams printed text while a task runs
+    from _zfarm_engine import write_output as _stream_output
+except ImportError:
+    _stream_output = None
+
+
+def _output_limit() -> int:
+    try:
+        return max(0, int(os.environ.get("ZFARM_OUTPUT_LIMIT", "")))
+    except ValueError:
+        return 8 * 1024 * 1024
+
+
+# Characters of stdout (and, apart, of stderr) one task may leave in its
+# result and stream: a task printing gigabytes must not take the engine's,
+# broker's or client's memory with it.
+OUTPUT_LIMIT = _output_limit()
 
 STATUS_OK = 0
 STATUS_REMOTE_ERROR = 1
@@ -43,7 +68,53 @@ _fn_cache: Dict[bytes, Any] = {}
 
 
 class _Capture(io.StringIO):
-    """A text stream that stands in for stdout/stderr during a task."""
+    """A text stream that stands in for stdout/stderr during a task.
+
+    Keeps at most ``limit`` characters; passes what it keeps to ``sink``
+    (``sink(stream, text, capped)``) as it is written.
+
+    >>> c = _Capture(limit=3)
+    >>> c.write("hello")
+    5
+    >>> c.getvalue()
+    'hel\\n[zfarm: output limit of 3 characters reached; 2 more were dropped]\\n'
+    """
+
+    def __init__(self, stream: int = 0, limit: Optional[int] = None,
+                 sink: Optional[Callable[[int, str, bool], None]] = None):
+        super().__init__()
+        self._stream = stream
+        self._room = OUTPUT_LIMIT if limit is None else limit
+        self._limit = self._room
+        self._dropped = 0
+        self._sink = sink
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        n = len(s)
+        if n <= self._room:
+            self._room -= n
+            super().write(s)
+            if self._sink is not None and n:
+                self._sink(self._stream, s, False)
+            return n
+        kept = s[:self._room]
+        first_drop = self._dropped == 0
+        self._dropped += n - len(kept)
+        self._room = 0
+        if kept:
+            super().write(kept)
+        if self._sink is not None and (kept or first_drop):
+            self._sink(self._stream, kept, True)
+        return n
+
+    def getvalue(self) -> str:
+        text = super().getvalue()
+        if self._dropped:
+            text += (f"\n[zfarm: output limit of {self._limit} characters reached; "
+                     f"{self._dropped} more were dropped]\n")
+        return text
 
 
 def _resolve_fn(fn: Any) -> Any:
@@ -109,7 +180,7 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
     """Run one task; never raises.  Returns (status, result frames)."""
     global last_error
     last_error = None
-    out, err = _Capture(), _Capture()
+    out, err = _Capture(0, sink=_stream_output), _Capture(1, sink=_stream_output)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
     try:
