@@ -68,26 +68,27 @@ _fn_cache: Dict[bytes, Any] = {}
 
 
 class _Capture(io.StringIO):
-    """A text stream that stands in for stdout/stderr during a task.
+    """A text stream that stands in for stdout during a task (``_CaptureErr``
+    for stderr).
 
-    Keeps at most ``limit`` characters; passes what it keeps to ``sink``
-    (``sink(stream, text, capped)``) as it is written.
+    Keeps at most ``_limit`` characters and passes what it keeps to
+    ``_sink(stream, text, capped)`` as it is written.  The settings are class
+    attributes, so making one per task costs no Python-level ``__init__``.
 
-    >>> c = _Capture(limit=3)
+    >>> c = _Capture()
+    >>> c._sink, c._room, c._limit = None, 3, 3
     >>> c.write("hello")
     5
-    >>> c.getvalue()
+    >>> c.text()
     'hel\\n[zfarm: output limit of 3 characters reached; 2 more were dropped]\\n'
     """
 
-    def __init__(self, stream: int = 0, limit: Optional[int] = None,
-                 sink: Optional[Callable[[int, str, bool], None]] = None):
-        super().__init__()
-        self._stream = stream
-        self._room = OUTPUT_LIMIT if limit is None else limit
-        self._limit = self._room
-        self._dropped = 0
-        self._sink = sink
+    _stream = 0
+    _sink: Optional[Callable[[int, str, bool], None]] = (
+        staticmethod(_stream_output) if _stream_output is not None else None)
+    _limit = OUTPUT_LIMIT
+    _room = OUTPUT_LIMIT  # characters it may still keep (per instance once written)
+    _dropped = 0
 
     def write(self, s: str) -> int:
         if not isinstance(s, str):
@@ -109,12 +110,17 @@ class _Capture(io.StringIO):
             self._sink(self._stream, kept, True)
         return n
 
-    def getvalue(self) -> str:
-        text = super().getvalue()
+    def text(self) -> str:
+        """What was kept, and a note of what was dropped, if anything was."""
+        text = self.getvalue()
         if self._dropped:
             text += (f"\n[zfarm: output limit of {self._limit} characters reached; "
                      f"{self._dropped} more were dropped]\n")
         return text
+
+
+class _CaptureErr(_Capture):
+    _stream = 1
 
 
 def _resolve_fn(fn: Any) -> Any:
@@ -180,7 +186,7 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
     """Run one task; never raises.  Returns (status, result frames)."""
     global last_error
     last_error = None
-    out, err = _Capture(0, sink=_stream_output), _Capture(1, sink=_stream_output)
+    out, err = _Capture(), _CaptureErr()
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
     try:
@@ -195,12 +201,15 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
             last_error = value
     finally:
         sys.stdout, sys.stderr = saved
+    # Plain getvalue() unless a limit was reached: no Python-level call per task.
+    stdout = out.text() if out._dropped else out.getvalue()
+    stderr = err.text() if err._dropped else err.getvalue()
     try:
-        result = _serialize.dumps((kind, value, out.getvalue(), err.getvalue()))
+        result = _serialize.dumps((kind, value, stdout, stderr))
     except BaseException as exc:  # the value could not be pickled
         info = _error_info(exc)
         info["evalue"] = f"result of task {task_id} could not be serialised: {info['evalue']}"
-        result = _serialize.dumps(("error", info, out.getvalue(), err.getvalue()))
+        result = _serialize.dumps(("error", info, stdout, stderr))
         status = STATUS_REMOTE_ERROR
         last_error = info
     return status, _shm.export_result(result)
