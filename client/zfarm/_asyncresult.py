@@ -374,14 +374,6 @@ class AsyncResult(concurrent.futures.Future):
         with self._cond:
             self._output_callbacks = [*self._output_callbacks, fn]
 
-    def _streamed(self, index: int, stream: int) -> Optional[str]:
-        """The text task ``index`` has streamed so far; None once it ended."""
-        with self._cond:
-            if self._outcomes[index] is not None:
-                return None
-            entry = self._live.get(index) if self._live else None
-            return entry.text(stream) if entry is not None else ""
-
     @property
     def elapsed(self) -> float:
         """Seconds since submission."""
@@ -468,8 +460,10 @@ class OutputFollower:
     Each :meth:`show` writes, through ``write(text, stream)`` (stream 0
     stdout, 1 stderr), the new whole lines each running task has streamed,
     prefixed ``[stdout:ENGINE]``; with ``ended`` also the rest of the output
-    of tasks that ended since.  :meth:`unshown` gives what of a task's final
-    output is still to show, so nothing is shown twice.  Call it from one
+    of the tasks that ended since the last call.  :meth:`unshown` gives what
+    of a task's final output is still to show, so nothing is shown twice.
+    A call looks only at tasks with streamed output and tasks that just
+    ended, so following a map of many tasks stays cheap.  Call it from one
     thread (the one waiting).
     """
 
@@ -477,34 +471,28 @@ class OutputFollower:
         self._ar = ar
         self._write = write
         self._shown: Dict[Tuple[int, int], int] = {}  # (task index, stream) -> characters shown
-        self._closed: set = set()  # task indexes whose output was shown to the end
-
-    def _label(self, index: int, stream: int) -> str:
-        live = self._ar._live.get(index) if self._ar._live else None
-        outcome = self._ar._outcomes[index]
-        engine = outcome.engine_id if outcome is not None else (live.engine_id if live is not None else None)
-        return f"[{STREAMS[stream]}:{engine if engine is not None else f'?{index}'}]"
+        self._ended_seen = 0  # entries of ar._completion already shown to the end
 
     def show(self, ended: bool = False) -> None:
         ar = self._ar
-        for index in range(len(ar._outcomes)):
-            if index in self._closed:
-                continue
-            for stream in (0, 1):
-                text = ar._streamed(index, stream)
-                if text is None:  # ended
-                    if ended:
-                        rest = self.unshown(index, stream)
-                        if rest:
-                            self._write(prefixed(self._label(index, stream), rest), stream)
-                    continue
+        with ar._cond:
+            running = [(i, e.engine_id, e.text(0), e.text(1)) for i, e in (ar._live or {}).items()]
+            just_ended = ar._completion[self._ended_seen:] if ended else []
+            self._ended_seen += len(just_ended)
+        for index, engine, *texts in running:
+            for stream, text in enumerate(texts):
                 done = self._shown.get((index, stream), 0)
                 end = text.rfind("\n") + 1
                 if end > done:
-                    self._write(prefixed(self._label(index, stream), text[done:end]), stream)
+                    self._write(prefixed(_label(stream, engine, index), text[done:end]), stream)
                     self._shown[(index, stream)] = end
-            if ended and ar._outcomes[index] is not None:
-                self._closed.add(index)
+        for index in just_ended:
+            outcome = ar._outcomes[index]
+            for stream in (0, 1):
+                rest = self.unshown(index, stream)
+                if rest:
+                    self._write(prefixed(_label(stream, outcome.engine_id, index), rest), stream)
+                self._shown.pop((index, stream), None)
 
     def unshown(self, index: int, stream: int) -> str:
         """What of task ``index``'s final output has not been shown yet."""
@@ -513,3 +501,7 @@ class OutputFollower:
             return ""
         final = outcome.stdout if stream == 0 else outcome.stderr
         return final[self._shown.get((index, stream), 0):]
+
+
+def _label(stream: int, engine_id: Optional[int], index: int) -> str:
+    return f"[{STREAMS[stream]}:{engine_id if engine_id is not None else f'?{index}'}]"

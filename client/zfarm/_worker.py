@@ -201,6 +201,9 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
             last_error = value
     finally:
         sys.stdout, sys.stderr = saved
+        # Something that kept the stream (a logging handler made in the task)
+        # must not stream into a later task's output.
+        out._sink = err._sink = None
     # Plain getvalue() unless a limit was reached: no Python-level call per task.
     stdout = out.text() if out._dropped else out.getvalue()
     stderr = err.text() if err._dropped else err.getvalue()

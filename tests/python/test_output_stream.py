@@ -212,3 +212,26 @@ def test_a_task_whose_engine_died_keeps_what_it_streamed(own_cluster, tmp_path):
             ar.get(timeout=WAIT)
         assert ar.stdout == ["first\n"]  # the Result had none of its own
         assert ar.stderr == ["warning one\n"]
+
+
+def log_print_wait(gate: str) -> bool:
+    """Runs on an engine: logs through a handler an earlier task made, prints, waits."""
+    import logging
+
+    logging.getLogger("zfarm-test-kept").warning("stale")
+    return print_wait_print(gate)
+
+
+def test_a_stream_kept_from_an_earlier_task_does_not_stream_into_a_later_one(rc, tmp_path):
+    engine = rc.ids[0]
+    # Task 1 keeps its sys.stdout in a logging handler.
+    rc[engine].execute("import logging, sys\n"
+                       "logging.getLogger('zfarm-test-kept').addHandler(logging.StreamHandler(sys.stdout))",
+                       block=True)
+    gate = str(tmp_path / "gate")
+    ar = rc[engine].apply_async(log_print_wait, gate)
+    wait_until(lambda: "first" in ar.stdout, what="the first line")
+    assert "stale" not in ar.stdout
+    open(gate, "w").close()
+    assert ar.get(timeout=WAIT) is True
+    assert ar.stdout == "first\nsecond\n"
