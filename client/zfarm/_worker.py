@@ -65,6 +65,10 @@ namespace: Dict[str, Any] = {"__name__": "__zfarm__"}
 # engine reads it to tell an interrupted task (KeyboardInterrupt) apart.
 last_error: Optional[Dict[str, Any]] = None
 _fn_cache: Dict[bytes, Any] = {}
+# The captures of the running task.  Only they stream: something that kept
+# an earlier task's stream (a logging handler made in it) must not stream
+# into a later task's output.  A module global, so no per-task attribute.
+_current: Tuple[Any, ...] = ()
 
 
 class _Capture(io.StringIO):
@@ -97,7 +101,7 @@ class _Capture(io.StringIO):
         if n <= self._room:
             self._room -= n
             super().write(s)
-            if self._sink is not None and n:
+            if self._sink is not None and n and self in _current:
                 self._sink(self._stream, s, False)
             return n
         kept = s[:self._room]
@@ -106,7 +110,7 @@ class _Capture(io.StringIO):
         self._room = 0
         if kept:
             super().write(kept)
-        if self._sink is not None and (kept or first_drop):
+        if self._sink is not None and (kept or first_drop) and self in _current:
             self._sink(self._stream, kept, True)
         return n
 
@@ -184,9 +188,10 @@ def _error_info(exc: BaseException) -> Dict[str, Any]:
 
 def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
     """Run one task; never raises.  Returns (status, result frames)."""
-    global last_error
+    global last_error, _current
     last_error = None
     out, err = _Capture(), _CaptureErr()
+    _current = (out, err)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
     try:
@@ -201,9 +206,7 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
             last_error = value
     finally:
         sys.stdout, sys.stderr = saved
-        # Something that kept the stream (a logging handler made in the task)
-        # must not stream into a later task's output.
-        out._sink = err._sink = None
+        _current = ()
     # Plain getvalue() unless a limit was reached: no Python-level call per task.
     stdout = out.text() if out._dropped else out.getvalue()
     stderr = err.text() if err._dropped else err.getvalue()
