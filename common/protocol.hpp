@@ -173,7 +173,8 @@ void encode_header(const Header& h, std::vector<zmq::message_t>& out);
 std::vector<zmq::message_t> encode(const Header& h, std::vector<zmq::message_t> payload = {});
 
 // Decodes frames[first..] (the part after any routing envelope).  On success
-// the payload frames are moved into out->payload.  Never throws on bad input.
+// (and on kBadOutput) the payload frames are moved into out->payload.  Never
+// throws on bad input.
 Status decode(std::vector<zmq::message_t>& frames, std::size_t first, Message* out,
               const Limits& limits = Limits{});
 
