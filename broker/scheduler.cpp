@@ -89,6 +89,12 @@ void Scheduler::on_engine_frames(Frames& frames, Clock::time_point now, Outbox& 
   proto::Status st = proto::decode(frames, 1, &msg, options_.limits);
   if (!st.ok()) {
     ++counters_.bad_messages;
+    if (st.code == proto::DecodeError::kBadOutput) {
+      // Output is best effort: dropped and counted, not answered (a faulty
+      // engine would otherwise log an Error for every chunk).
+      ++counters_.outputs_malformed;
+      return;
+    }
     send_error(Outgoing::kEngine, identity, 0, st.detail, out);
     return;
   }
@@ -158,6 +164,9 @@ void Scheduler::on_engine(const std::string& identity, Message&& msg, Clock::tim
         return;
       case MsgType::kShutdown:
         return;  // already gone
+      case MsgType::kOutput:
+        ++counters_.outputs_dropped;  // its task was given up with the engine
+        return;
       case MsgType::kError:
         ++counters_.errors_received;
         return;
@@ -177,6 +186,9 @@ void Scheduler::on_engine(const std::string& identity, Message&& msg, Clock::tim
       return;
     case MsgType::kResult:
       handle_result(engine, std::move(msg), out);
+      return;
+    case MsgType::kOutput:
+      handle_output(engine, std::move(msg), out);
       return;
     case MsgType::kShutdown:
       remove_engine(engine.id, "the engine shut down", out);
@@ -225,6 +237,7 @@ void Scheduler::handle_register(const std::string& identity, const Message& msg,
   reply.aux = id;
   reply.status = static_cast<std::uint32_t>(options_.heartbeat.count());
   reply.text = incarnation_;  // lets an engine tell a restarted broker from a lost reply
+  reply.opts.revision = proto::kRevision;  // this broker forwards Output
   out.push_back({Outgoing::kEngine, identity, proto::encode(reply)});
   if (joined) notify_clients(proto::EventKind::kEngineJoined, id, engines_.at(id).host, out);
   dispatch(out);

@@ -92,6 +92,9 @@ struct Counters {
   std::uint64_t interrupts_sent = 0;  // Interrupt messages sent to engines
   std::uint64_t events_sent = 0;      // Event messages sent to clients
   std::uint64_t auth_refused = 0;     // connections the ZAP handler refused (set_auth_refused)
+  std::uint64_t outputs_forwarded = 0;  // Output messages passed on to clients
+  std::uint64_t outputs_dropped = 0;    // ... not passed on: task not running there, no client
+  std::uint64_t outputs_malformed = 0;  // ... that did not decode (also in bad_messages)
 };
 
 class Scheduler {
@@ -234,6 +237,8 @@ class Scheduler {
   void handle_result(Engine& engine, proto::Message&& msg, Outbox& out);
   void handle_submit(const std::string& client, proto::Message&& msg, Outbox& out);
   void handle_status(const std::string& client, const proto::Message& msg, Outbox& out);
+  // Output from an engine: to the session of the task it runs (scheduler_output.cpp).
+  void handle_output(const Engine& engine, proto::Message&& msg, Outbox& out);
 
   // Sends queued work to engines with free credit.
   void dispatch(Outbox& out);

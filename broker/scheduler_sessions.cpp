@@ -37,6 +37,7 @@ void Scheduler::send_welcome(const std::string& identity, std::uint64_t id, Outb
   h.status = static_cast<std::uint32_t>(options_.heartbeat.count());
   h.targets.reserve(engines_.size());
   for (const auto& [engine_id, e] : engines_) h.targets.push_back(engine_id);
+  h.opts.revision = proto::kRevision;
   out.push_back({Outgoing::kClient, identity, proto::encode(h)});
 }
 

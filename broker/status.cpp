@@ -15,7 +15,8 @@ void key(msgpack::packer<msgpack::sbuffer>& pk, const char* k) { pk.pack(std::st
 Frames Scheduler::status_payload() const {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk(buf);
-  pk.pack_map(13 + 1 + 7 + 9);  // + auth_refused; + the result store and sessions; + task options, timeouts, events
+  // + auth_refused; + the result store and sessions; + task options, timeouts, events; + output
+  pk.pack_map(13 + 1 + 7 + 9 + 3);
 
   key(pk, "engines");
   pk.pack_array(static_cast<std::uint32_t>(engines_.size()));
@@ -98,6 +99,13 @@ Frames Scheduler::status_payload() const {
   pk.pack_uint64(counters_.interrupts_sent);
   key(pk, "events_sent");
   pk.pack_uint64(counters_.events_sent);
+  // Streamed output (scheduler_output.cpp).
+  key(pk, "outputs_forwarded");
+  pk.pack_uint64(counters_.outputs_forwarded);
+  key(pk, "outputs_dropped");
+  pk.pack_uint64(counters_.outputs_dropped);
+  key(pk, "outputs_malformed");
+  pk.pack_uint64(counters_.outputs_malformed);
 
   Frames frames;
   frames.emplace_back(buf.data(), buf.size());

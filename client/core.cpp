@@ -58,6 +58,7 @@ proto::Options to_options(const py::object& opts) {
     else if (key == "engines") o.engines = v.cast<std::vector<std::int64_t>>();
     else if (key == "ids") o.ids = v.cast<std::vector<std::uint64_t>>();
     else if (key == "session") o.session = v.cast<std::string>();
+    else if (key == "revision") o.revision = v.cast<std::int64_t>();
     else throw py::value_error("unknown option " + key);
   }
   return o;
@@ -74,6 +75,7 @@ py::object from_options(const proto::Options& o) {
   if (!o.engines.empty()) d["engines"] = o.engines;
   if (!o.ids.empty()) d["ids"] = o.ids;
   if (!o.session.empty()) d["session"] = o.session;
+  if (o.revision != 0) d["revision"] = o.revision;
   return d;
 }
 
@@ -319,6 +321,7 @@ py::object decode_msgpack(const py::buffer& data) {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "zfarm's C++ client transport";
   m.attr("PROTOCOL_VERSION") = static_cast<int>(proto::kVersion);
+  m.attr("PROTOCOL_REVISION") = static_cast<int>(proto::kRevision);
 
   py::class_<Frame>(m, "Frame", py::buffer_protocol())
       .def_buffer([](Frame& f) {

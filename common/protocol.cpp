@@ -20,6 +20,7 @@ const char* to_string(DecodeError e) {
     case DecodeError::kBadMsgpack: return "bad msgpack";
     case DecodeError::kBadHeaderShape: return "bad header shape";
     case DecodeError::kUnknownType: return "unknown message type";
+    case DecodeError::kBadOutput: return "bad output message";
   }
   return "unknown error";
 }
@@ -43,6 +44,7 @@ const char* to_string(MsgType t) {
     case MsgType::kFetch: return "fetch";
     case MsgType::kEvent: return "event";
     case MsgType::kWelcome: return "welcome";
+    case MsgType::kOutput: return "output";
   }
   return "unknown";
 }
@@ -103,6 +105,7 @@ void pack_options(Packer& pk, const Options& o) {
   n += !o.engines.empty();
   n += !o.ids.empty();
   n += !o.session.empty();
+  n += o.revision != 0;
   pk.pack_map(n);
   if (o.retries != 0) pk.pack("retries"), pk.pack_int64(o.retries);
   if (o.timeout_ms != 0) pk.pack("timeout_ms"), pk.pack_int64(o.timeout_ms);
@@ -112,6 +115,7 @@ void pack_options(Packer& pk, const Options& o) {
   pack_list(pk, "engines", o.engines);
   pack_list(pk, "ids", o.ids);
   if (!o.session.empty()) pk.pack("session"), pk.pack(o.session);
+  if (o.revision != 0) pk.pack("revision"), pk.pack_int64(o.revision);
 }
 
 bool key_is(const msgpack::object& k, std::string_view name) {
@@ -160,6 +164,8 @@ Status decode_options(const msgpack::object& o, Options* out, const Limits& limi
     } else if (key_is(k, "session")) {
       if (v.type != msgpack::type::STR) return bad("session must be a string");
       out->session.assign(v.via.str.ptr, v.via.str.size);
+    } else if (key_is(k, "revision")) {
+      if (!as_i64(v, &out->revision)) return bad("revision must be an integer");
     }
     // Any other key: ignored (a newer peer's option).
   }
@@ -283,6 +289,27 @@ Status decode(std::vector<zmq::message_t>& frames, std::size_t first, Message* o
   out->payload.clear();
   out->payload.reserve(frames.size() - first - 2);
   for (std::size_t i = first + 2; i < frames.size(); ++i) out->payload.push_back(std::move(frames[i]));
+  if (out->header.type == MsgType::kOutput) return check_output(out->header, out->payload);
+  return Status{};
+}
+
+Status check_output(const Header& h, const std::vector<zmq::message_t>& payload) {
+  if (payload.size() != 2) {
+    return fail(DecodeError::kBadOutput,
+                "output needs 2 payload frames (stdout, stderr), not " + std::to_string(payload.size()));
+  }
+  for (const auto& f : payload) {
+    if (f.size() > kMaxOutputChunk) {
+      return fail(DecodeError::kBadOutput, "output chunk of " + std::to_string(f.size()) +
+                                               " bytes exceeds " + std::to_string(kMaxOutputChunk));
+    }
+  }
+  if (h.targets.size() != 2 || h.targets[0] < 0 || h.targets[1] < 0) {
+    return fail(DecodeError::kBadOutput, "output targets must be two offsets (stdout, stderr), not negative");
+  }
+  if ((h.status & ~kOutputFlagsMask) != 0) {
+    return fail(DecodeError::kBadOutput, "output status has unknown flags " + std::to_string(h.status));
+  }
   return Status{};
 }
 

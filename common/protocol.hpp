@@ -61,8 +61,30 @@ enum class MsgType : std::uint8_t {
   kWelcome = 17,       // broker -> client   reply to Hello and to a client
                        //   Heartbeat: text = broker incarnation, targets =
                        //   engine ids, status = heartbeat ms
+  kOutput = 18,        // engine -> broker -> client: text a running task
+                       //   printed (revision 1; see "Output" below)
 };
-inline constexpr std::uint8_t kMaxMsgType = 17;
+inline constexpr std::uint8_t kMaxMsgType = 18;
+
+// Additions to protocol version 1 that do not change the wire format of
+// older messages.  A peer names the revision it speaks in opts.revision of
+// RegisterReply and Welcome (absent: 0, the first one).
+//   1: Output.  The broker forwards it; an engine sends it only to a broker
+//      that announced revision 1 or later.
+inline constexpr std::int64_t kRevision = 1;
+
+// Output{id = task id, aux = engine id, status = OutputFlags,
+//        targets = [stdout offset, stderr offset]} + exactly two payload frames
+// (the new stdout text, the new stderr text; UTF-8, either may be empty).
+// The offsets count the bytes of that stream sent for the task before this
+// message, so a receiver can tell a repeat or a gap.  Best effort: the
+// task's Result carries its whole output, whatever was streamed.
+inline constexpr std::size_t kMaxOutputChunk = 64 * 1024;  // bytes per payload frame
+enum OutputFlags : std::uint32_t {
+  kStdoutCapped = 1,  // the task reached its stdout limit: no more stdout follows
+  kStderrCapped = 2,
+};
+inline constexpr std::uint32_t kOutputFlagsMask = kStdoutCapped | kStderrCapped;
 
 // Event::status values.
 enum class EventKind : std::uint32_t {
@@ -98,9 +120,10 @@ struct Options {
   std::vector<std::int64_t> engines;  // "engines": Submit; load-balanced only among these
   std::vector<std::uint64_t> ids;     // "ids": Abort, Interrupt, Ack, Fetch
   std::string session;                // "session": Hello
+  std::int64_t revision = 0;          // "revision": RegisterReply, Welcome (see kRevision)
   bool empty() const {
     return retries == 0 && timeout_ms == 0 && priority == 0 && after.empty() && follow.empty() &&
-           engines.empty() && ids.empty() && session.empty();
+           engines.empty() && ids.empty() && session.empty() && revision == 0;
   }
 };
 
@@ -129,6 +152,7 @@ enum class DecodeError {
   kBadMsgpack,
   kBadHeaderShape,
   kUnknownType,
+  kBadOutput,  // an Output message of the wrong shape (see check_output)
 };
 
 // An error as a value: what went wrong and a sentence for the peer or log.
@@ -149,9 +173,15 @@ void encode_header(const Header& h, std::vector<zmq::message_t>& out);
 std::vector<zmq::message_t> encode(const Header& h, std::vector<zmq::message_t> payload = {});
 
 // Decodes frames[first..] (the part after any routing envelope).  On success
-// the payload frames are moved into out->payload.  Never throws on bad input.
+// (and on kBadOutput) the payload frames are moved into out->payload.  Never
+// throws on bad input.
 Status decode(std::vector<zmq::message_t>& frames, std::size_t first, Message* out,
               const Limits& limits = Limits{});
+
+// The shape an Output message must have (see kOutput above): two payload
+// frames of at most kMaxOutputChunk bytes, two non-negative offsets, only
+// known flags.  decode() applies it to every Output.
+Status check_output(const Header& h, const std::vector<zmq::message_t>& payload);
 
 // Header alone, from raw bytes (used by decode and by tests and the fuzzer).
 Status decode_header(const void* data, std::size_t size, Header* out, const Limits& limits);

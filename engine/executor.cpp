@@ -58,7 +58,34 @@ Outcome failure(std::uint64_t task_id, const std::string& what) {
   return out;
 }
 
+OutputPipe* g_output_pipe = nullptr;
+
+// What a task printed, as UTF-8, for the OutputPipe.  Text holding lone
+// surrogates (surrogateescape) cannot be UTF-8: those become U+FFFD in the
+// streamed copy only (the Result keeps the str as it is).
+void write_output(int stream, py::handle text, bool capped) {
+  OutputPipe* pipe = g_output_pipe;
+  if (pipe == nullptr) return;
+  Py_ssize_t n = 0;
+  const char* utf8 = PyUnicode_Check(text.ptr()) ? PyUnicode_AsUTF8AndSize(text.ptr(), &n) : nullptr;
+  if (utf8 != nullptr) {
+    pipe->write(stream, std::string_view(utf8, static_cast<std::size_t>(n)), capped, OutputPipe::Clock::now());
+    return;
+  }
+  PyErr_Clear();
+  py::object bytes = py::reinterpret_steal<py::object>(PyUnicode_AsEncodedString(text.ptr(), "utf-8", "replace"));
+  if (!bytes) {
+    PyErr_Clear();
+    pipe->write(stream, {}, capped, OutputPipe::Clock::now());
+    return;
+  }
+  pipe->write(stream, std::string_view(PyBytes_AS_STRING(bytes.ptr()), PyBytes_GET_SIZE(bytes.ptr())), capped,
+              OutputPipe::Clock::now());
+}
+
 }  // namespace
+
+void set_output_pipe(OutputPipe* pipe) { g_output_pipe = pipe; }
 
 PYBIND11_EMBEDDED_MODULE(_zfarm_engine, m) {
   m.doc() = "Helpers of the zfarm-engine process (only importable inside it).";
@@ -67,6 +94,8 @@ PYBIND11_EMBEDDED_MODULE(_zfarm_engine, m) {
       .def_buffer(&Frame::buffer)
       .def("__len__", &Frame::size)
       .def("__bytes__", &Frame::to_bytes);
+  m.def("write_output", &write_output, py::arg("stream"), py::arg("text"), py::arg("capped") = false,
+        "Streams text the running task printed (0 stdout, 1 stderr) to its client; best effort.");
 }
 
 Executor::Executor() {

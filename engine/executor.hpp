@@ -16,8 +16,15 @@
 #include <pybind11/pybind11.h>
 
 #include "io_thread.hpp"
+#include "output_pipe.hpp"
 
 namespace zfarm::engine {
+
+// The pipe that _zfarm_engine.write_output(stream, text, capped) feeds
+// (zfarm._worker calls it for what a task prints); nullptr: the text is only
+// kept for the Result.  Set by main before the first task, cleared before
+// the pipe goes away.  Main thread only (the GIL guards it).
+void set_output_pipe(OutputPipe* pipe);
 
 struct Outcome {
   std::uint32_t status = 0;  // proto::ResultStatus: 0 ok, 1 remote error

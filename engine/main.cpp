@@ -33,6 +33,7 @@
 #include "executor.hpp"
 #include "io_thread.hpp"
 #include "log.hpp"
+#include "output_pipe.hpp"
 #include "protocol.hpp"
 #include "python_env.hpp"
 #include "session.hpp"
@@ -237,6 +238,9 @@ int main(int argc, char** argv) {
       PyErr_SetInterruptEx(SIGINT);
       pthread_kill(main_thread, SIGURG);
     });
+    // What a running task prints, streamed to its client (io_ptr is set
+    // before the first task runs).
+    OutputPipe output([&](Frames frames) { io_ptr->send(std::move(frames)); });
 
     // Both callbacks run on the I/O thread, the only one touching session.
     auto send_headers = [&](std::vector<proto::Header>& headers) {
@@ -277,6 +281,7 @@ int main(int argc, char** argv) {
         }
       }
       board.set_paused(session.state() != Session::State::kRegistered);
+      output.set_enabled(session.broker_revision() >= 1);
       send_headers(replies);
       report_change(before, "the broker does not know this engine");
       switch (verdict) {
@@ -321,9 +326,11 @@ int main(int argc, char** argv) {
     auto on_tick = [&] {
       std::vector<proto::Header> out;
       const Session::State before = session.state();
-      session.on_tick(Clock::now(), &out);
+      const auto now = Clock::now();
+      session.on_tick(now, &out);
       board.set_paused(session.state() != Session::State::kRegistered);
       send_headers(out);
+      output.on_tick(now);
       report_change(before, "no word from the broker");
       if (session.gave_up() && !gave_up.exchange(true)) {
         log_error("no word from the broker for %g s (--broker-timeout); exiting", broker_timeout_s);
@@ -334,6 +341,7 @@ int main(int argc, char** argv) {
     const int tick_ms = std::clamp(heartbeat_ms / 4, 10, 100);
     IoThread io(std::move(socket), tick_ms, on_incoming, on_tick);
     io_ptr = &io;
+    set_output_pipe(&output);
     // Signals go to the main thread: block them while the I/O thread is
     // created so it inherits the blocked mask.
     sigset_t block, old;
@@ -383,7 +391,9 @@ int main(int argc, char** argv) {
         continue;
       }
       g_in_task = true;
+      output.begin(task->header.id, task->header.aux);
       Outcome outcome = executor.run(task->header.id, std::move(task->payload));
+      output.end();  // before the Result: no Output of this task follows it
       g_in_task = false;
       const TaskBoard::Finished fin = board.finish();
       if (fin.interrupted) {
@@ -430,6 +440,7 @@ int main(int argc, char** argv) {
       io.send(proto::encode(session.leave_message()));
     }
     io.stop();  // sends what is queued, then closes the socket
+    set_output_pipe(nullptr);
     log_info("exiting%s: %llu tasks run, %llu interrupted, %llu dropped before they started, %llu stale tasks "
              "skipped, %llu stale results dropped, %llu bad messages",
              by_signal ? " on a signal" : "", static_cast<unsigned long long>(tasks_run),

@@ -30,6 +30,7 @@ Session::Verdict Session::on_message(const Header& h, Clock::time_point now, std
       // with our tasks; another incarnation means a new broker.
       if (registrations_ > 0 && (h.aux != engine_id_.load() || h.text != incarnation_)) ++epoch_;
       incarnation_ = h.text;
+      broker_revision_ = h.opts.revision;
       engine_id_ = h.aux;
       if (h.status > 0) options_.heartbeat = std::chrono::milliseconds(h.status);
       if (state_ != State::kRegistered) {

@@ -86,6 +86,9 @@ class Session {
   std::uint64_t epoch() const { return epoch_; }
   // True once broker_timeout ran out.
   bool gave_up() const { return gave_up_; }
+  // The protocol revision the broker announced in its last RegisterReply
+  // (proto::kRevision); 0 for a broker that names none.
+  std::int64_t broker_revision() const { return broker_revision_; }
 
  private:
   void send_register(Clock::time_point now, std::vector<proto::Header>* out);
@@ -100,6 +103,7 @@ class Session {
   std::uint64_t epoch_ = 0;
   std::string incarnation_;  // RegisterReply text of the broker we registered with
   bool gave_up_ = false;
+  std::int64_t broker_revision_ = 0;
 };
 
 }  // namespace zfarm::engine

@@ -267,3 +267,19 @@ TEST_CASE("connection file: engine keys taken from the curve section") {
   CHECK(why.find("Z85") != std::string::npos);
   for (const auto& f : {good, plain, missing, short_key}) ::unlink(f.c_str());
 }
+
+TEST_CASE("session notes the broker's protocol revision from RegisterReply (0 when it names none)") {
+  Session s(options());
+  std::vector<proto::Header> out;
+  const auto t0 = Clock::now();
+  s.on_tick(t0, &out);
+  CHECK(s.broker_revision() == 0);
+  proto::Header reply = msg(proto::MsgType::kRegisterReply, 4, 100, "inc");
+  reply.opts.revision = proto::kRevision;
+  s.on_message(reply, t0, &out);
+  CHECK(s.broker_revision() == proto::kRevision);
+  // An older broker restarted on the same endpoint: no revision, no Output.
+  s.on_message(msg(proto::MsgType::kError, 0, 0, "unknown engine: register again"), t0, &out);
+  s.on_message(msg(proto::MsgType::kRegisterReply, 4, 100, "inc2"), t0, &out);
+  CHECK(s.broker_revision() == 0);
+}

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+import warnings
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import _serialize
 from ._errors import (
@@ -29,6 +31,33 @@ from ._errors import (
 )
 
 _MISSING = object()
+
+# Output.status flags (common/protocol.hpp): the engine reached the task's
+# limit for that stream and streams no more of it.
+OUTPUT_STDOUT_CAPPED = 1
+OUTPUT_STDERR_CAPPED = 2
+STREAMS = ("stdout", "stderr")
+
+# fn(task_index, engine_id, stream, text), stream "stdout" or "stderr".
+OutputCallback = Callable[[int, Optional[int], str, str], None]
+
+
+class _Live:
+    """What one running task has streamed so far."""
+
+    __slots__ = ("engine_id", "parts", "nbytes", "flags")
+
+    def __init__(self, engine_id: Optional[int]):
+        self.engine_id = engine_id
+        self.parts: List[List[str]] = [[], []]
+        self.nbytes = [0, 0]  # bytes received, to tell a repeated chunk
+        self.flags = 0
+
+    def text(self, stream: int) -> str:
+        parts = self.parts[stream]
+        if len(parts) > 1:
+            parts[:] = ["".join(parts)]
+        return parts[0] if parts else ""
 
 
 class _Outcome:
@@ -87,21 +116,85 @@ class AsyncResult(concurrent.futures.Future):
         self.submitted = time.monotonic()
         self._on_ended: List[Callable[[], None]] = []  # see _when_ended
         self._cancelling = False
+        # Output streamed by running tasks (task index -> _Live), made on the
+        # first chunk; a task's entry goes when its outcome arrives.
+        self._live: Optional[Dict[int, _Live]] = None
+        self._output_callbacks: List[OutputCallback] = []
         if n_tasks == 0:
             self._finish()
 
     # -- fed by the client's receiver thread --------------------------------
     def _deliver(self, index: int, outcome: _Outcome) -> None:
+        rest: Sequence[Tuple[int, str]] = ()
         with self._cond:
             if self._outcomes[index] is not None:
                 return  # exactly one outcome per task
+            live = self._live.pop(index, None) if self._live else None
+            if live is not None:
+                rest = self._settle_output(outcome, live)
             self._outcomes[index] = outcome
             self._completion.append(index)
             finished = len(self._completion) == self._n
+            callbacks = self._output_callbacks
             self._cond.notify_all()
+        if callbacks:
+            if live is None:  # nothing was streamed: the whole output is the rest
+                rest = [(s, t) for s, t in ((0, outcome.stdout), (1, outcome.stderr)) if t]
+            self._call_output(callbacks, index, outcome.engine_id, rest)
         if finished:
             self._run_ended()
             self._finish()
+
+    @staticmethod
+    def _settle_output(outcome: _Outcome, live: _Live) -> List[Tuple[int, str]]:
+        """The part of the final output not streamed, per stream.  A task
+        that ended without output of its own (its engine died, it timed out)
+        keeps what it streamed."""
+        streamed = [live.text(0), live.text(1)]
+        if not outcome.stdout and not outcome.stderr:
+            outcome.stdout, outcome.stderr = streamed
+            return []
+        rest = []
+        for stream, final in ((0, outcome.stdout), (1, outcome.stderr)):
+            seen = streamed[stream]
+            tail = final[len(seen):] if final.startswith(seen) else final
+            if tail:
+                rest.append((stream, tail))
+        return rest
+
+    def _stream(self, index: int, engine_id: Optional[int], chunks: Sequence[str], nbytes: Sequence[int],
+                offsets: Sequence[int], flags: int) -> None:
+        """An Output message for task ``index``: appends its text."""
+        new = []
+        with self._cond:
+            if self._outcomes[index] is not None:
+                return  # late: the outcome carries the whole output
+            if self._live is None:
+                self._live = {}
+            live = self._live.get(index)
+            if live is None:
+                live = self._live[index] = _Live(engine_id)
+            for stream in (0, 1):
+                text = chunks[stream]
+                if not text or offsets[stream] < live.nbytes[stream]:
+                    continue  # empty, or a repeat of what arrived already
+                live.parts[stream].append(text)
+                live.nbytes[stream] = offsets[stream] + nbytes[stream]
+                new.append((stream, text))
+            live.flags |= flags
+            callbacks = self._output_callbacks
+            self._cond.notify_all()
+        if callbacks and new:
+            self._call_output(callbacks, index, engine_id, new)
+
+    def _call_output(self, callbacks: Sequence[OutputCallback], index: int, engine_id: Optional[int],
+                     pieces: Sequence[Tuple[int, str]]) -> None:
+        for stream, text in pieces:
+            for fn in callbacks:
+                try:
+                    fn(index, engine_id, STREAMS[stream], text)
+                except Exception as exc:  # noqa: BLE001 - a user callback must not stop delivery
+                    warnings.warn(f"zfarm: output callback failed: {exc!r}", RuntimeWarning, stacklevel=1)
 
     def _when_ended(self, fn: Callable[[], None]) -> None:
         """Calls ``fn()`` once every task has its outcome (unlike a done
@@ -232,6 +325,18 @@ class AsyncResult(concurrent.futures.Future):
         values = [getattr(o, name) if o is not None else None for o in self._outcomes]
         return values[0] if self._single else values
 
+    def _output(self, stream: int) -> Any:
+        with self._cond:
+            live = self._live or {}
+            values = []
+            for i, o in enumerate(self._outcomes):
+                if o is not None:
+                    values.append(o.stdout if stream == 0 else o.stderr)
+                else:
+                    entry = live.get(i)
+                    values.append(entry.text(stream) if entry is not None else "")
+        return values[0] if self._single else values
+
     @property
     def engine_id(self) -> Any:
         """The engine each task ran on (one id for a single task)."""
@@ -239,31 +344,61 @@ class AsyncResult(concurrent.futures.Future):
 
     @property
     def stdout(self) -> Any:
-        """What each task printed to stdout (one string for a single task)."""
-        return self._field("stdout")
+        """What each task printed to stdout (one string for a single task).
+
+        While a task runs this is what it has printed so far, streamed from
+        its engine about every 100 ms; once it ends, its whole output as the
+        result brought it (so nothing appears twice).
+        """
+        return self._output(0)
 
     @property
     def stderr(self) -> Any:
-        """What each task printed to stderr."""
-        return self._field("stderr")
+        """What each task printed to stderr (as :attr:`stdout`)."""
+        return self._output(1)
+
+    def on_output(self, fn: OutputCallback) -> None:
+        """Calls ``fn(task_index, engine_id, stream, text)`` with each piece
+        of output as it arrives (``stream`` is ``"stdout"`` or ``"stderr"``).
+
+        Pieces come while the tasks run, and when a task ends, once more
+        with the rest of its output that was not streamed.  Registered right
+        after submitting, the pieces of a task join up to exactly its final
+        ``stdout``/``stderr``; pieces that arrived before registering are not
+        repeated.  ``fn`` runs on the client's receiver thread: keep it short
+        (append to a queue, say).
+
+        >>> ar = rc[:].apply_async(work)                             # doctest: +SKIP
+        >>> ar.on_output(lambda i, e, s, t: print(f"[{s}:{e}] {t}", end=""))  # doctest: +SKIP
+        """
+        with self._cond:
+            self._output_callbacks = [*self._output_callbacks, fn]
 
     @property
     def elapsed(self) -> float:
         """Seconds since submission."""
         return time.monotonic() - self.submitted
 
-    def wait_interactive(self, interval: float = 0.1, timeout: Optional[float] = None) -> bool:
-        """Waits with a progress bar (tqdm; notebook-aware).  True if all ended."""
+    def wait_interactive(self, interval: float = 0.1, timeout: Optional[float] = None,
+                         output: bool = True) -> bool:
+        """Waits with a progress bar (tqdm; notebook-aware).  True if all ended.
+
+        With ``output`` the tasks' output is shown as it arrives, each line
+        prefixed like ``[stdout:0]`` (the engine id).
+        """
         from tqdm.auto import tqdm
 
         deadline = None if timeout is None else time.monotonic() + timeout
         with tqdm(total=self._n, desc=self._label, unit="task") as bar:
+            follow = OutputFollower(self, lambda text, stream: bar.write(text, file=_std(stream))) if output else None
             while True:
                 with self._cond:
                     done = len(self._completion)
                     if done < self._n:
                         self._cond.wait(interval)
                         done = len(self._completion)
+                if follow is not None:
+                    follow.show(ended=True)
                 bar.update(done - bar.n)
                 if done >= self._n:
                     break
@@ -303,3 +438,70 @@ class AsyncResult(concurrent.futures.Future):
     def __repr__(self) -> str:
         state = "done" if self.done() else f"{self.progress}/{self._n}"
         return f"<AsyncResult {self._label}: {state}>"
+
+
+def _std(stream: int) -> Any:
+    return sys.stdout if stream == 0 else sys.stderr
+
+
+def prefixed(label: str, text: str) -> str:
+    """``text`` with ``label`` before each line (no final newline).
+
+    >>> print(prefixed("[stdout:0]", "a\\nb\\n"))
+    [stdout:0] a
+    [stdout:0] b
+    """
+    return "\n".join(f"{label} {line}" for line in text.rstrip("\n").split("\n"))
+
+
+class OutputFollower:
+    """Shows the output of an AsyncResult's tasks as it arrives.
+
+    Each :meth:`show` writes, through ``write(text, stream)`` (stream 0
+    stdout, 1 stderr), the new whole lines each running task has streamed,
+    prefixed ``[stdout:ENGINE]``; with ``ended`` also the rest of the output
+    of the tasks that ended since the last call.  :meth:`unshown` gives what
+    of a task's final output is still to show, so nothing is shown twice.
+    A call looks only at tasks with streamed output and tasks that just
+    ended, so following a map of many tasks stays cheap.  Call it from one
+    thread (the one waiting).
+    """
+
+    def __init__(self, ar: AsyncResult, write: Callable[[str, int], None]):
+        self._ar = ar
+        self._write = write
+        self._shown: Dict[Tuple[int, int], int] = {}  # (task index, stream) -> characters shown
+        self._ended_seen = 0  # entries of ar._completion already shown to the end
+
+    def show(self, ended: bool = False) -> None:
+        ar = self._ar
+        with ar._cond:
+            running = [(i, e.engine_id, e.text(0), e.text(1)) for i, e in (ar._live or {}).items()]
+            just_ended = ar._completion[self._ended_seen:] if ended else []
+            self._ended_seen += len(just_ended)
+        for index, engine, *texts in running:
+            for stream, text in enumerate(texts):
+                done = self._shown.get((index, stream), 0)
+                end = text.rfind("\n") + 1
+                if end > done:
+                    self._write(prefixed(_label(stream, engine, index), text[done:end]), stream)
+                    self._shown[(index, stream)] = end
+        for index in just_ended:
+            outcome = ar._outcomes[index]
+            for stream in (0, 1):
+                rest = self.unshown(index, stream)
+                if rest:
+                    self._write(prefixed(_label(stream, outcome.engine_id, index), rest), stream)
+                self._shown.pop((index, stream), None)
+
+    def unshown(self, index: int, stream: int) -> str:
+        """What of task ``index``'s final output has not been shown yet."""
+        outcome = self._ar._outcomes[index]
+        if outcome is None:
+            return ""
+        final = outcome.stdout if stream == 0 else outcome.stderr
+        return final[self._shown.get((index, stream), 0):]
+
+
+def _label(stream: int, engine_id: Optional[int], index: int) -> str:
+    return f"[{STREAMS[stream]}:{engine_id if engine_id is not None else f'?{index}'}]"

@@ -47,6 +47,7 @@ MSG_ACK = 14
 MSG_FETCH = 15
 MSG_EVENT = 16
 MSG_WELCOME = 17
+MSG_OUTPUT = 18
 LOAD_BALANCED = -1
 EVENT_JOINED = 0
 EVENT_LEFT = 1
@@ -250,6 +251,8 @@ class Client:
     ) -> None:
         if mtype == MSG_RESULT:
             self._on_result(mid, status, aux, text, frames)
+        elif mtype == MSG_OUTPUT:
+            self._on_output(mid, status, aux, frames, targets or [0, 0])
         elif mtype == MSG_WELCOME:
             self._on_welcome(text, targets or [], status)
         elif mtype == MSG_EVENT:
@@ -289,6 +292,16 @@ class Client:
                 self._recent.popitem(last=False)
         ar, index = entry
         ar._deliver(index, decode_outcome(mid, status, aux, text, frames))
+
+    def _on_output(self, mid: int, flags: int, engine_id: int, frames: List[Any], offsets: List[int]) -> None:
+        # Best effort: a chunk for a task no longer awaited here is dropped.
+        with self._lock:
+            entry = self._pending.get(mid)
+        if entry is None:
+            return
+        ar, index = entry
+        chunks = [str(memoryview(f), "utf-8", "replace") for f in frames]
+        ar._stream(index, engine_id, chunks, [len(f) for f in frames], offsets, flags)
 
     def _on_welcome(self, incarnation: str, engine_ids: List[int], heartbeat_ms: int) -> None:
         restarted = self.incarnation is not None and incarnation != self.incarnation

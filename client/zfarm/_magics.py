@@ -19,6 +19,9 @@ Output is grouped per engine, in engine order::
     Out[0:2]: 42
     Out[1:2]: 42
 
+While a cell runs, each engine's output is printed as it arrives, line by
+line with the same prefixes; what comes with the results is printed then.
+
 This module imports IPython only inside :func:`register`, because engines
 import it too: the function that runs a cell remotely lives here.
 """
@@ -108,9 +111,11 @@ class PxError(ZfarmError):
         return lines
 
 
-def render(ar: Any, count: Optional[int] = None, stdout: Any = None, stderr: Any = None) -> None:
+def render(ar: Any, count: Optional[int] = None, stdout: Any = None, stderr: Any = None,
+           follow: Any = None) -> None:
     """Prints a finished %px AsyncResult grouped per engine; raises PxError
-    if any engine raised."""
+    if any engine raised.  With ``follow`` (the OutputFollower that showed
+    output while the cell ran), only what it has not shown is printed."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     errors = {}
@@ -119,10 +124,12 @@ def render(ar: Any, count: Optional[int] = None, stdout: Any = None, stderr: Any
         if outcome is None:
             continue
         engine = outcome.engine_id if outcome.engine_id is not None else f"?{i}"
-        if outcome.stdout:
-            print(_block(f"[stdout:{engine}]", outcome.stdout), file=stdout)
-        if outcome.stderr:
-            print(_block(f"[stderr:{engine}]", outcome.stderr), file=stderr)
+        out = follow.unshown(i, 0) if follow is not None else outcome.stdout
+        err = follow.unshown(i, 1) if follow is not None else outcome.stderr
+        if out:
+            print(_block(f"[stdout:{engine}]", out), file=stdout)
+        if err:
+            print(_block(f"[stderr:{engine}]", err), file=stderr)
         if not outcome.ok:
             errors[engine] = outcome.value
         elif outcome.value is not None:
@@ -131,6 +138,27 @@ def render(ar: Any, count: Optional[int] = None, stdout: Any = None, stderr: Any
     stderr.flush()
     if errors:
         raise PxError(errors, len(ar._outcomes))
+
+
+def follow_output(ar: Any, interval: float = 0.1) -> Any:
+    """Waits for ``ar``, printing each engine's whole lines of output as
+    they stream in (``[stdout:0] ...``); returns the OutputFollower, whose
+    ``unshown`` is what is left for :func:`render`."""
+    from ._asyncresult import OutputFollower
+
+    def write(text: str, stream: int) -> None:
+        target = sys.stdout if stream == 0 else sys.stderr
+        print(text, file=target, flush=True)
+
+    follow = OutputFollower(ar, write)
+    while True:
+        with ar._cond:
+            if len(ar._completion) >= len(ar):
+                break
+            ar._cond.wait(interval)  # woken by each chunk and each result
+        follow.show()
+    ar.wait()
+    return follow
 
 
 # -- client side: the magics ---------------------------------------------------------
@@ -233,8 +261,8 @@ class PxMagics:
         self.last_result = ar
         if not (self.block if block is None else block):
             return ar
-        ar.wait()
-        render(ar, getattr(self.shell, "execution_count", None))
+        follow = follow_output(ar)
+        render(ar, getattr(self.shell, "execution_count", None), follow=follow)
         return None
 
     # -- magic entry points --------------------------------------------------------

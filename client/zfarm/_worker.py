@@ -21,16 +21,41 @@ keys      --                                list of names
 The result payload is a pickled tuple ``(kind, value, stdout, stderr)`` with
 kind ``"ok"`` or ``"error"``; for an error the value is a dict with
 ``ename``, ``evalue`` and ``traceback``.
+
+What a task prints is kept for the result, at most :data:`OUTPUT_LIMIT`
+characters per stream (environment ``ZFARM_OUTPUT_LIMIT``); the rest is
+dropped and a note at the end says how much.  Inside ``zfarm-engine`` the
+kept text is also streamed to the client while the task runs
+(``_zfarm_engine.write_output``; see docs/protocol.rst, "Output").
 """
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import sys
 import traceback
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import _serialize, _shm
+
+try:  # only inside zfarm-engine: streams printed text while a task runs
+    from _zfarm_engine import write_output as _stream_output
+except ImportError:
+    _stream_output = None
+
+
+def _output_limit() -> int:
+    try:
+        return max(0, int(os.environ.get("ZFARM_OUTPUT_LIMIT", "")))
+    except ValueError:
+        return 8 * 1024 * 1024
+
+
+# Characters of stdout (and, apart, of stderr) one task may leave in its
+# result and stream: a task printing gigabytes must not take the engine's,
+# broker's or client's memory with it.
+OUTPUT_LIMIT = _output_limit()
 
 STATUS_OK = 0
 STATUS_REMOTE_ERROR = 1
@@ -40,10 +65,66 @@ namespace: Dict[str, Any] = {"__name__": "__zfarm__"}
 # engine reads it to tell an interrupted task (KeyboardInterrupt) apart.
 last_error: Optional[Dict[str, Any]] = None
 _fn_cache: Dict[bytes, Any] = {}
+# The captures of the running task.  Only they stream: something that kept
+# an earlier task's stream (a logging handler made in it) must not stream
+# into a later task's output.  A module global, so no per-task attribute.
+_current: Tuple[Any, ...] = ()
 
 
 class _Capture(io.StringIO):
-    """A text stream that stands in for stdout/stderr during a task."""
+    """A text stream that stands in for stdout during a task (``_CaptureErr``
+    for stderr).
+
+    Keeps at most ``_limit`` characters and passes what it keeps to
+    ``_sink(stream, text, capped)`` as it is written.  The settings are class
+    attributes, so making one per task costs no Python-level ``__init__``.
+
+    >>> c = _Capture()
+    >>> c._sink, c._room, c._limit = None, 3, 3
+    >>> c.write("hello")
+    5
+    >>> c.text()
+    'hel\\n[zfarm: output limit of 3 characters reached; 2 more were dropped]\\n'
+    """
+
+    _stream = 0
+    _sink: Optional[Callable[[int, str, bool], None]] = (
+        staticmethod(_stream_output) if _stream_output is not None else None)
+    _limit = OUTPUT_LIMIT
+    _room = OUTPUT_LIMIT  # characters it may still keep (per instance once written)
+    _dropped = 0
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        n = len(s)
+        if n <= self._room:
+            self._room -= n
+            super().write(s)
+            if self._sink is not None and n and self in _current:
+                self._sink(self._stream, s, False)
+            return n
+        kept = s[:self._room]
+        first_drop = self._dropped == 0
+        self._dropped += n - len(kept)
+        self._room = 0
+        if kept:
+            super().write(kept)
+        if self._sink is not None and (kept or first_drop) and self in _current:
+            self._sink(self._stream, kept, True)
+        return n
+
+    def text(self) -> str:
+        """What was kept, and a note of what was dropped, if anything was."""
+        text = self.getvalue()
+        if self._dropped:
+            text += (f"\n[zfarm: output limit of {self._limit} characters reached; "
+                     f"{self._dropped} more were dropped]\n")
+        return text
+
+
+class _CaptureErr(_Capture):
+    _stream = 1
 
 
 def _resolve_fn(fn: Any) -> Any:
@@ -107,9 +188,10 @@ def _error_info(exc: BaseException) -> Dict[str, Any]:
 
 def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
     """Run one task; never raises.  Returns (status, result frames)."""
-    global last_error
+    global last_error, _current
     last_error = None
-    out, err = _Capture(), _Capture()
+    out, err = _Capture(), _CaptureErr()
+    _current = (out, err)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
     try:
@@ -124,12 +206,16 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
             last_error = value
     finally:
         sys.stdout, sys.stderr = saved
+        _current = ()
+    # Plain getvalue() unless a limit was reached: no Python-level call per task.
+    stdout = out.text() if out._dropped else out.getvalue()
+    stderr = err.text() if err._dropped else err.getvalue()
     try:
-        result = _serialize.dumps((kind, value, out.getvalue(), err.getvalue()))
+        result = _serialize.dumps((kind, value, stdout, stderr))
     except BaseException as exc:  # the value could not be pickled
         info = _error_info(exc)
         info["evalue"] = f"result of task {task_id} could not be serialised: {info['evalue']}"
-        result = _serialize.dumps(("error", info, out.getvalue(), err.getvalue()))
+        result = _serialize.dumps(("error", info, stdout, stderr))
         status = STATUS_REMOTE_ERROR
         last_error = info
     return status, _shm.export_result(result)

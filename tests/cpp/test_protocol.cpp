@@ -92,13 +92,21 @@ TEST_CASE("RoundTrip keeps every header field and moves the payload") {
 
 TEST_CASE("RoundTrip of every message type") {
   for (int t = 1; t <= proto::kMaxMsgType; ++t) {
+    CAPTURE(t);
     proto::Header h;
     h.type = static_cast<proto::MsgType>(t);
-    auto f = proto::encode(h);
+    std::vector<zmq::message_t> payload;
+    const bool output = h.type == proto::MsgType::kOutput;
+    if (output) {  // the one type with a fixed shape
+      h.targets = {0, 0};
+      payload.emplace_back();
+      payload.emplace_back();
+    }
+    auto f = proto::encode(h, std::move(payload));
     proto::Message m;
     REQUIRE(proto::decode(f, 0, &m).ok());
     CHECK(static_cast<int>(m.header.type) == t);
-    CHECK(m.payload.empty());
+    CHECK(m.payload.size() == (output ? 2u : 0u));
   }
 }
 
@@ -347,4 +355,108 @@ TEST_CASE("every message type and result status has a name") {
     CAPTURE(s);
     CHECK(std::string(proto::to_string(static_cast<proto::ResultStatus>(s))) != "unknown");
   }
+}
+
+// ---- Output (revision 1) ------------------------------------------------------
+
+namespace {
+
+// An Output with the given offsets, flags and payload chunks.
+std::vector<zmq::message_t> output_frames(std::vector<std::int64_t> offsets, std::uint32_t flags,
+                                          std::vector<std::string> chunks) {
+  proto::Header h;
+  h.type = proto::MsgType::kOutput;
+  h.id = 42;
+  h.aux = 3;
+  h.status = flags;
+  h.targets = std::move(offsets);
+  std::vector<zmq::message_t> payload;
+  for (const auto& c : chunks) payload.emplace_back(c.data(), c.size());
+  return proto::encode(h, std::move(payload));  // encode does not judge the shape
+}
+
+DecodeError decode_output(std::vector<std::int64_t> offsets, std::uint32_t flags,
+                          std::vector<std::string> chunks) {
+  auto f = output_frames(std::move(offsets), flags, std::move(chunks));
+  proto::Message m;
+  return proto::decode(f, 0, &m).code;
+}
+
+}  // namespace
+
+TEST_CASE("Output: a round trip keeps the task, engine, offsets, flags and both chunks") {
+  auto f = output_frames({12, 0}, proto::kStdoutCapped, {"line \xc3\xa9\n", ""});
+  proto::Message m;
+  REQUIRE(proto::decode(f, 0, &m).ok());
+  CHECK(m.header.type == proto::MsgType::kOutput);
+  CHECK(m.header.id == 42);
+  CHECK(m.header.aux == 3);
+  CHECK(m.header.status == proto::kStdoutCapped);
+  CHECK(m.header.targets == std::vector<std::int64_t>{12, 0});
+  REQUIRE(m.payload.size() == 2);
+  CHECK(m.payload[0].to_string() == "line \xc3\xa9\n");
+  CHECK(m.payload[1].size() == 0);
+  // Chunks of exactly the limit are fine.
+  CHECK(decode_output({0, 0}, 0, {std::string(proto::kMaxOutputChunk, 'x'), std::string(proto::kMaxOutputChunk, 'y')}) ==
+        DecodeError::kNone);
+  CHECK(decode_output({0, 0}, proto::kStdoutCapped | proto::kStderrCapped, {"", ""}) == DecodeError::kNone);
+}
+
+TEST_CASE("BadOutput: not exactly two payload frames") {
+  CHECK(decode_output({0, 0}, 0, {}) == DecodeError::kBadOutput);
+  CHECK(decode_output({0, 0}, 0, {"only stdout"}) == DecodeError::kBadOutput);
+  CHECK(decode_output({0, 0}, 0, {"a", "b", "c"}) == DecodeError::kBadOutput);
+}
+
+TEST_CASE("BadOutput: a chunk over kMaxOutputChunk") {
+  CHECK(decode_output({0, 0}, 0, {std::string(proto::kMaxOutputChunk + 1, 'x'), ""}) == DecodeError::kBadOutput);
+  CHECK(decode_output({0, 0}, 0, {"", std::string(proto::kMaxOutputChunk + 1, 'x')}) == DecodeError::kBadOutput);
+}
+
+TEST_CASE("BadOutput: offsets missing, extra or negative") {
+  CHECK(decode_output({}, 0, {"a", ""}) == DecodeError::kBadOutput);
+  CHECK(decode_output({0}, 0, {"a", ""}) == DecodeError::kBadOutput);
+  CHECK(decode_output({0, 0, 0}, 0, {"a", ""}) == DecodeError::kBadOutput);
+  CHECK(decode_output({-1, 0}, 0, {"a", ""}) == DecodeError::kBadOutput);
+  CHECK(decode_output({0, -5}, 0, {"a", ""}) == DecodeError::kBadOutput);
+}
+
+TEST_CASE("BadOutput: unknown flags") {
+  CHECK(decode_output({0, 0}, 4, {"a", ""}) == DecodeError::kBadOutput);
+  CHECK(decode_output({0, 0}, 0x80000000u, {"a", ""}) == DecodeError::kBadOutput);
+}
+
+TEST_CASE("BadOutput: check_output judges a header and payload on their own, with a detail") {
+  proto::Header h;
+  h.type = proto::MsgType::kOutput;
+  h.targets = {0, 0};
+  std::vector<zmq::message_t> one;
+  one.emplace_back("x", 1);
+  const proto::Status st = proto::check_output(h, one);
+  CHECK(st.code == DecodeError::kBadOutput);
+  CHECK_FALSE(st.detail.empty());
+  CHECK(std::string(proto::to_string(st.code)) == "bad output message");
+}
+
+TEST_CASE("Options: revision round trip; absent is 0; the wrong type is refused") {
+  proto::Header h;
+  h.type = proto::MsgType::kWelcome;
+  h.opts.revision = proto::kRevision;
+  auto f = proto::encode(h);
+  proto::Message m;
+  REQUIRE(proto::decode(f, 0, &m).ok());
+  CHECK(m.header.opts.revision == proto::kRevision);
+  CHECK_FALSE(m.header.opts.empty());
+
+  proto::Header plain;
+  plain.type = proto::MsgType::kWelcome;
+  auto g = proto::encode(plain);
+  REQUIRE(proto::decode(g, 0, &m).ok());
+  CHECK(m.header.opts.revision == 0);
+
+  CHECK(decode_raw(packed([](auto& pk) {
+          pk.pack_array(7);
+          pk.pack(17), pk.pack(0), pk.pack_array(0), pk.pack(0), pk.pack(0), pk.pack(std::string(""));
+          pk.pack_map(1), pk.pack(std::string("revision")), pk.pack(std::string("one"));
+        })) == DecodeError::kBadHeaderShape);
 }

@@ -1,8 +1,10 @@
 """IPython magics (%px, %%px, %autopx, %pxresult) in an in-process IPython shell."""
 from __future__ import annotations
 
+import io
 import os
 import re
+import sys
 
 import pytest
 
@@ -154,3 +156,61 @@ def test_split_options_and_parse_targets():
     assert _magics.parse_targets("3,5", [3, 4, 5]) == [3, 5]
     with pytest.raises(ValueError):
         _magics.parse_targets("1:2:3:4", [3])
+
+
+class OpenGateWhenShown(io.StringIO):
+    """Stands in for sys.stdout; opens the gate file once every needle was
+    printed.  The engines wait for that gate, so a needle printed at all was
+    printed while their cell was still running."""
+
+    def __init__(self, gate: str, needles):
+        super().__init__()
+        self.gate = gate
+        self.needles = list(needles)
+
+    def write(self, s: str) -> int:
+        n = super().write(s)
+        if self.needles and all(x in self.getvalue() for x in self.needles):
+            self.needles = []
+            open(self.gate, "w").close()
+        return n
+
+
+WAIT_FOR_GATE = f"""
+def wait_for(path):
+    import os, time
+    deadline = time.monotonic() + {WAIT}
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+"""
+
+
+@pytest.mark.parametrize("form", ["line", "cell"])
+def test_px_prints_each_engines_output_while_the_cell_runs(shell, rc, tmp_path, monkeypatch, form):
+    ids = rc.ids
+    rc.activate()
+    rc[:].execute(WAIT_FOR_GATE, block=True)
+    gate = str(tmp_path / "gate")
+    if form == "line":
+        cell = f"%px print('first'); ok = wait_for({gate!r}); print('second'); ok"
+    else:
+        cell = f"%%px\nprint('first')\nok = wait_for({gate!r})\nprint('second')\nok\n"
+    shown = OpenGateWhenShown(gate, [f"[stdout:{e}] first" for e in ids])
+    monkeypatch.setattr(sys, "stdout", shown)
+    result = run(shell, cell)
+    monkeypatch.undo()
+    assert result.success, result.error_in_exec
+    out = shown.getvalue()
+    for engine in ids:
+        # True: the gate opened because the first line was shown while the
+        # engine still waited, not because the wait ran out.
+        assert re.search(rf"^Out\[{engine}(:\d+)?\]: True$", out, re.M), out
+        assert out.count(f"[stdout:{engine}] first") == 1, out
+        assert out.count(f"[stdout:{engine}] second") == 1, out
+        assert out.index(f"[stdout:{engine}] first") < out.index(f"[stdout:{engine}] second")
+        assert out.index(f"[stdout:{engine}] second") < out.index(f"Out[{engine}")
+    assert shell.user_ns.get("ok") is None  # it ran remotely
+    assert rc[:].pull("ok", block=True) == [True] * len(ids)

@@ -27,7 +27,8 @@ bool same_header(const proto::Header& a, const proto::Header& b) {
   return a.type == b.type && a.id == b.id && a.targets == b.targets && a.status == b.status && a.aux == b.aux &&
          a.text == b.text && a.opts.retries == b.opts.retries && a.opts.timeout_ms == b.opts.timeout_ms &&
          a.opts.priority == b.opts.priority && a.opts.after == b.opts.after && a.opts.follow == b.opts.follow &&
-         a.opts.engines == b.opts.engines && a.opts.ids == b.opts.ids && a.opts.session == b.opts.session;
+         a.opts.engines == b.opts.engines && a.opts.ids == b.opts.ids && a.opts.session == b.opts.session &&
+         a.opts.revision == b.opts.revision;
 }
 
 }  // namespace

@@ -16,6 +16,7 @@ SIG = b"ZFRM\x01"
 # Message types and statuses (common/protocol.hpp).
 REGISTER, REGISTER_REPLY, HEARTBEAT, SUBMIT, TASK, RESULT, STATUS = 1, 2, 3, 4, 5, 6, 7
 SHUTDOWN, ERROR, HELLO, ABORT, INTERRUPT, ACK, FETCH = 9, 10, 11, 12, 13, 14, 15
+OUTPUT = 18
 
 
 def mp(v) -> bytes:
@@ -87,6 +88,8 @@ def main() -> None:
     write("codec", codec(0, b"ZFRM\x02", header(HEARTBEAT)))
     write("codec", codec(1, b"\xdd\xff\xff\xff\xff"))
     write("codec", codec(1, header(RESULT, 1, [], 0, 0, "x", opts={"retries": "no"})))
+    write("codec", codec(0, SIG, header(OUTPUT, 4, [0, 6], 1, 2), b"line\n", b""))
+    write("codec", codec(0, SIG, header(OUTPUT, 4, [0], 8, 2), b"one frame"))
     # -- scheduler -----------------------------------------------------------
     reg = lambda credit: header(REGISTER, 0, [], 0, credit, "host:1")  # noqa: E731
     write("scheduler", engine(0, reg(2)) + client(0, header(HELLO, opts={"session": "s"}))
@@ -106,6 +109,11 @@ def main() -> None:
           + client(0, header(INTERRUPT, [0])))
     write("scheduler", engine(3, reg(1)) + engine(3, header(SHUTDOWN)) + engine(3, header(RESULT, 4))
           + client(1, header(SHUTDOWN, 1)) + client(1, header(SUBMIT, 2, [-1])))
+    write("scheduler", engine(0, reg(1)) + engine(1, reg(1)) + client(0, header(HELLO, opts={"session": "s"}))
+          + client(0, header(SUBMIT, 1, [-1]), b"t") + engine(0, header(OUTPUT, 1, [0, 0]), b"out\n", b"")
+          + engine(1, header(OUTPUT, 1, [0, 0]), b"x", b"") + engine(0, header(OUTPUT, 1, [4, 0], 2), b"", b"")
+          + engine(0, header(OUTPUT, 1, [-1, 0]), b"bad") + engine(0, header(RESULT, 1, [], 0, 0), b"r")
+          + engine(0, header(OUTPUT, 1, [4, 0]), b"late", b""))
     write("scheduler", bytes([0, 0, 0]) + block(b"junk") + bytes([1, 1, 2]) + block(SIG, b"\xc1"))
 
 
