@@ -301,8 +301,9 @@ void Scheduler::remove_engine(std::int64_t id, std::string_view reason, Outbox& 
       finish(tid, ResultStatus::kEngineDied, id, text, {}, out);
     }
   }
-  // Retried tasks go back to the front of their priority level, keeping their
-  // order: they were submitted before anything still waiting there.
+  // Retried tasks go back to the front of their client's queue at their
+  // priority, keeping their order: they were submitted before anything of
+  // that client still waiting there.
   for (auto r = retry.rbegin(); r != retry.rend(); ++r) make_ready(tasks_.at(*r), /*front=*/true, out);
   counters_.retried += retry.size();
   // Work queued at this engine alone dies with it; restricted work stays in
@@ -417,7 +418,7 @@ void Scheduler::shutdown(std::string_view reason, Outbox& out) {
     if (it == tasks_.end()) continue;
     finish(id, ResultStatus::kAborted, it->second.engine, std::string(reason), {}, out);
   }
-  shared_ = TaskQueue{};
+  shared_ = FairQueue{};
   for (auto& [id, e] : engines_) {
     e.queue = TaskQueue{};
     e.inflight.clear();

@@ -30,6 +30,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "fair_queue.hpp"
 #include "io_thread.hpp"  // Frames
 #include "protocol.hpp"
 #include "result_store.hpp"
@@ -141,7 +142,7 @@ class Scheduler {
   const Counters& counters() const { return counters_; }
   std::size_t engine_count() const { return engines_.size(); }
   std::size_t pending() const { return tasks_.size(); }
-  std::size_t shared_queued() const { return shared_.live; }
+  std::size_t shared_queued() const { return shared_.live(); }
   std::size_t blocked() const { return blocked_; }
   // Running tasks that timed out and whose engine has not answered yet.
   std::size_t abandoned() const { return abandoned_.size(); }
@@ -185,15 +186,11 @@ class Scheduler {
     std::int64_t follow_engine = -1;   // where its follow dependencies ran
   };
 
-  // An entry of a task queue.  Entries are not removed when a task leaves the
-  // queue another way (abort, timeout, dispatch from another engine's queue):
-  // an entry whose ticket no longer matches its task is skipped.
-  struct QueueEntry {
-    std::uint64_t id;
-    std::uint64_t ticket;
-    std::uint64_t seq;
-    std::int64_t priority;
-  };
+  // An entry of a task queue (fair_queue.hpp).  Entries are not removed when
+  // a task leaves the queue another way (abort, timeout, dispatch from
+  // another engine's queue): an entry whose ticket no longer matches its task
+  // is skipped.
+  using QueueEntry = broker::QueueEntry;
   // Higher priority first, FIFO within one priority.  live = valid entries.
   struct TaskQueue {
     std::map<std::int64_t, std::deque<QueueEntry>, std::greater<>> levels;
@@ -278,9 +275,12 @@ class Scheduler {
   // Impossible.  `front`: a retry, ahead of its priority level.
   void make_ready(Task& t, bool front, Outbox& out);
   void enqueue(TaskQueue& q, Task& t, bool front);
+  void enqueue(FairQueue& q, Task& t, bool front);
   // The first valid entry of q (stale ones are dropped), or nullptr.
   const QueueEntry* front_of(TaskQueue& q);
+  const QueueEntry* front_of(FairQueue& q);
   void compact(TaskQueue& q);
+  void compact(FairQueue& q);
   // Takes a task out of whatever queue, waiting set or timer holds it.
   void unqueue(Task& t);
   // Called by finish(): forgets the task's places, records how it ended and
@@ -293,6 +293,7 @@ class Scheduler {
                                std::int64_t engine);
   static bool ahead(const QueueEntry& a, const QueueEntry& b);
   static void pop_front(TaskQueue& q);
+  static void pop_front(FairQueue& q) { q.pop_front(); }
   // Decides the fate of tasks whose dependencies ended (called by dispatch).
   void release_waiters(Outbox& out);
   // Ends tasks whose deadline is at or before now.
@@ -305,7 +306,7 @@ class Scheduler {
   std::unordered_map<std::string, std::int64_t> engine_by_identity_;
   std::int64_t next_engine_id_ = 0;
   std::unordered_map<std::uint64_t, Task> tasks_;  // every task not yet finished
-  TaskQueue shared_;                               // load-balanced work not yet sent
+  FairQueue shared_;                               // load-balanced work not yet sent, by client session
   std::size_t blocked_ = 0;                        // tasks waiting for dependencies
   std::uint64_t next_seq_ = 1;
   std::uint64_t next_ticket_ = 1;

@@ -68,6 +68,26 @@ const Scheduler::QueueEntry* Scheduler::front_of(TaskQueue& q) {
   return nullptr;
 }
 
+void Scheduler::enqueue(FairQueue& q, Task& t, bool front) {
+  q.push(t.client, QueueEntry{t.id, t.ticket, t.seq, t.priority}, front);
+}
+
+const Scheduler::QueueEntry* Scheduler::front_of(FairQueue& q) {
+  return q.front([&](const QueueEntry& e) {
+    auto it = tasks_.find(e.id);
+    return it != tasks_.end() && it->second.ticket == e.ticket;
+  });
+}
+
+void Scheduler::compact(FairQueue& q) {
+  q.compact(
+      [&](const QueueEntry& e) {
+        auto it = tasks_.find(e.id);
+        return it != tasks_.end() && it->second.ticket == e.ticket;
+      },
+      kCompactSlack);
+}
+
 void Scheduler::pop_front(TaskQueue& q) {
   auto level = q.levels.begin();
   level->second.pop_front();
@@ -97,7 +117,7 @@ void Scheduler::unqueue(Task& t) {
       --blocked_;
       break;
     case State::kShared:
-      --shared_.live;
+      shared_.forget();
       t.ticket = 0;
       compact(shared_);
       break;

@@ -38,7 +38,7 @@ Frames Scheduler::status_payload() const {
     pk.pack_uint64(e.abandoned);
   }
   key(pk, "queued");
-  pk.pack_uint64(shared_.live);
+  pk.pack_uint64(shared_.live());
   key(pk, "pending");
   pk.pack_uint64(tasks_.size());
   key(pk, "done");

@@ -1194,3 +1194,148 @@ TEST_CASE("finished record: bounded, oldest forgotten first; a forgotten id coun
   auto forgotten = of_type(h.submit_opts("cl", 4, kBalanced, with_after({1})), MsgType::kTask);
   CHECK(ids_of(forgotten) == std::vector<std::uint64_t>{4});
 }
+
+// ---- fair sharing of the shared queue between clients ------------------------------
+
+namespace {
+
+// Runs engine `engine` (credit 1, now running `running`) until nothing is
+// left, returning the ids in the order they were dispatched.
+std::vector<std::uint64_t> run_all(Harness& h, const std::string& engine, std::uint64_t running) {
+  std::vector<std::uint64_t> order;
+  for (;;) {
+    auto tasks = of_type(h.result(engine, running), MsgType::kTask);
+    if (tasks.empty()) break;
+    REQUIRE(tasks.size() == 1);
+    running = tasks[0].header.id;
+    order.push_back(running);
+  }
+  return order;
+}
+
+proto::Header hello_as(const std::string& session) {
+  proto::Header h = header(MsgType::kHello, 1);
+  h.opts.session = session;
+  return h;
+}
+
+}  // namespace
+
+TEST_CASE("fair: two clients on one engine take turns, each in its own order") {
+  Harness h;
+  h.add_engine("a", 1);
+  for (std::uint64_t id = 1; id <= 5; ++id) h.submit("big", id, kBalanced);  // 1 runs now
+  for (std::uint64_t id = 101; id <= 103; ++id) h.submit("small", id, kBalanced);
+  CHECK(h.s.shared_queued() == 7);
+  CHECK(run_all(h, "a", 1) == std::vector<std::uint64_t>{2, 101, 3, 102, 4, 103, 5});
+  CHECK(h.s.pending() == 0);
+}
+
+TEST_CASE("fair: a client arriving behind a large backlog is served within one turn") {
+  Harness h;
+  h.add_engine("a", 1);
+  for (std::uint64_t id = 1; id <= 1000; ++id) h.submit("big", id, kBalanced);
+  h.submit("small", 5001, kBalanced);
+  h.submit("small", 5002, kBalanced);
+  auto order = run_all(h, "a", 1);
+  REQUIRE(order.size() == 1001);
+  CHECK(order[1] == 5001);  // big's task 2 had its turn, then small's
+  CHECK(order[3] == 5002);
+}
+
+TEST_CASE("fair: a higher priority goes first whoever sent it, turns within a priority") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.submit("x", 1, kBalanced);  // runs now
+  h.submit_opts("x", 2, kBalanced, with_priority(0));
+  h.submit_opts("x", 3, kBalanced, with_priority(0));
+  h.submit_opts("y", 11, kBalanced, with_priority(0));
+  h.submit_opts("y", 12, kBalanced, with_priority(7));
+  h.submit_opts("x", 4, kBalanced, with_priority(7));
+  h.submit_opts("x", 5, kBalanced, with_priority(7));
+  CHECK(run_all(h, "a", 1) == std::vector<std::uint64_t>{12, 4, 5, 2, 11, 3});
+}
+
+TEST_CASE("fair: a retried task goes first for its client, the other client keeps its turn") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.submit("x", 1, kBalanced, 1);  // to a
+  h.submit("x", 2, kBalanced, 1);
+  h.submit("y", 11, kBalanced, 1);
+  h.submit("y", 12, kBalanced, 1);
+  h.from_engine("a", header(MsgType::kShutdown));  // task 1 retried
+  CHECK(h.s.counters().retried == 1);
+  CHECK(h.s.shared_queued() == 4);
+  auto first = of_type(h.submit("x", 3, kBalanced), MsgType::kTask);
+  CHECK(first.empty());  // no engine yet
+  auto tasks = of_type(h.from_engine("b", [] {
+                         proto::Header r = header(MsgType::kRegister);
+                         r.aux = 1;
+                         r.text = "host:b";
+                         return r;
+                       }()),
+                       MsgType::kTask);
+  REQUIRE(tasks.size() == 1);
+  CHECK(tasks[0].header.id == 1);  // the retry, ahead of x's task 2
+  CHECK(run_all(h, "b", 1) == std::vector<std::uint64_t>{11, 2, 12, 3});
+}
+
+TEST_CASE("fair: a client reconnecting to its session keeps its place") {
+  Harness h;
+  h.from_client("x1", hello_as("sx"));
+  h.from_client("y1", hello_as("sy"));
+  h.add_engine("a", 1);
+  h.submit("x1", 1, kBalanced);  // runs now
+  h.submit("x1", 2, kBalanced);
+  h.submit("x1", 3, kBalanced);
+  h.submit("y1", 11, kBalanced);
+  h.submit("y1", 12, kBalanced);
+  // x reconnects with a new identity and submits more: still one client.
+  h.from_client("x2", hello_as("sx"));
+  h.submit("x2", 4, kBalanced);
+  auto first = of_type(h.result("a", 1), MsgType::kTask);
+  REQUIRE(first.size() == 1);
+  CHECK(first[0].header.id == 2);
+  CHECK(run_all(h, "a", 2) == std::vector<std::uint64_t>{11, 3, 12, 4});
+}
+
+TEST_CASE("fair: aborted and timed-out queued tasks leave counts right and turns intact") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.submit("x", 1, kBalanced);  // runs now
+  for (std::uint64_t id = 2; id <= 4; ++id) h.submit("x", id, kBalanced);
+  h.submit_opts("y", 11, kBalanced, with_timeout(100));
+  h.submit("y", 12, kBalanced);
+  h.submit("z", 21, kBalanced);
+  CHECK(h.s.shared_queued() == 6);
+  auto aborted = of_type(h.from_client("x", request(MsgType::kAbort, {2, 3})), MsgType::kResult);
+  CHECK(ids_of(aborted) == std::vector<std::uint64_t>{2, 3});
+  CHECK(h.s.shared_queued() == 4);
+  h.now += milliseconds(100);
+  auto timed = of_type(h.tick(), MsgType::kResult);
+  REQUIRE(timed.size() == 1);
+  CHECK(timed[0].header.id == 11);
+  CHECK(timed[0].header.status == st(ResultStatus::kTimedOut));
+  CHECK(h.s.shared_queued() == 3);
+  CHECK(h.s.pending() == 4);
+  CHECK(run_all(h, "a", 1) == std::vector<std::uint64_t>{4, 12, 21});
+  CHECK(h.s.shared_queued() == 0);
+  CHECK(h.s.pending() == 0);
+}
+
+TEST_CASE("fair: many aborted tasks of one client are compacted away, the other client is unaffected") {
+  Harness h;
+  h.add_engine("a", 1);
+  h.submit("x", 1, kBalanced);  // runs now
+  std::vector<std::uint64_t> ids;
+  for (std::uint64_t id = 2; id <= 5001; ++id) {
+    h.submit("x", id, kBalanced);
+    ids.push_back(id);
+  }
+  h.submit("y", 9001, kBalanced);
+  auto aborted = of_type(h.from_client("x", request(MsgType::kAbort, ids)), MsgType::kResult);
+  CHECK(aborted.size() == 5000);
+  CHECK(h.s.shared_queued() == 1);
+  CHECK(run_all(h, "a", 1) == std::vector<std::uint64_t>{9001});
+  CHECK(h.s.pending() == 0);
+}
