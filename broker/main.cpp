@@ -70,14 +70,25 @@ zmq::socket_t make_router(zmq::context_t& ctx, std::int64_t max_message_bytes) {
   return s;
 }
 
+// Sends identity + frames as one multipart message without building a new
+// vector for it; false if the peer is gone (router_mandatory) or it failed.
+bool send_to(zmq::socket_t& socket, const std::string& identity, Frames& frames) {
+  constexpr auto more = zmq::send_flags::sndmore | zmq::send_flags::dontwait;
+  try {
+    if (!socket.send(zmq::buffer(identity), frames.empty() ? zmq::send_flags::dontwait : more)) return false;
+    for (std::size_t i = 0; i < frames.size(); ++i) {
+      if (!socket.send(frames[i], i + 1 < frames.size() ? more : zmq::send_flags::dontwait)) return false;
+    }
+  } catch (const zmq::error_t&) {
+    return false;
+  }
+  return true;
+}
+
 void send_all(zmq::socket_t& clients, zmq::socket_t& engines, Outbox& out, Scheduler& scheduler) {
   for (Outgoing& o : out) {
-    Frames wire;
-    wire.reserve(1 + o.frames.size());
-    wire.emplace_back(o.identity.data(), o.identity.size());
-    for (auto& f : o.frames) wire.push_back(std::move(f));
     zmq::socket_t& socket = o.side == Outgoing::kClient ? clients : engines;
-    if (!zfarm::send_frames(socket, wire, /*dontwait=*/true)) scheduler.count_unroutable();
+    if (!send_to(socket, o.identity, o.frames)) scheduler.count_unroutable();
   }
   out.clear();
 }

@@ -229,6 +229,7 @@ void Scheduler::handle_register(const std::string& identity, const Message& msg,
     e.host = msg.header.text;
     e.credit = std::min(msg.header.aux, options_.max_credit);
     e.last_seen = now;
+    refile(e);
     engine_by_identity_[identity] = id;
     joined = true;
   }
@@ -252,6 +253,7 @@ void Scheduler::handle_result(Engine& engine, Message&& msg, Outbox& out) {
     return;
   }
   engine.inflight.erase(it);
+  refile(engine);
   if (abandoned_.erase(id) != 0) {
     // It timed out while running: the client has its answer already.  Only
     // now is the engine's slot free again.
@@ -279,8 +281,10 @@ void Scheduler::tick(Clock::time_point now, Outbox& out) {
 }
 
 void Scheduler::remove_engine(std::int64_t id, std::string_view reason, Outbox& out) {
-  auto node = engines_.extract(id);
-  if (node.empty()) return;
+  auto found = engines_.find(id);
+  if (found == engines_.end()) return;
+  unfile(found->second);
+  auto node = engines_.extract(found);
   Engine& e = node.mapped();
   engine_by_identity_.erase(e.identity);
   ++counters_.engines_lost;
@@ -423,6 +427,7 @@ void Scheduler::shutdown(std::string_view reason, Outbox& out) {
     e.queue = TaskQueue{};
     e.inflight.clear();
     e.abandoned = 0;
+    refile(e);
   }
   abandoned_.clear();
   waiters_.clear();
@@ -432,15 +437,40 @@ void Scheduler::shutdown(std::string_view reason, Outbox& out) {
 // ---- dispatch -----------------------------------------------------------------
 
 Scheduler::Engine* Scheduler::least_loaded() {
-  Engine* best = nullptr;
-  for (auto& [id, e] : engines_) {
-    if (e.free_credit() <= 0) continue;
-    if (best == nullptr || e.free_credit() > best->free_credit() ||
-        (e.free_credit() == best->free_credit() && e.inflight.size() < best->inflight.size())) {
-      best = &e;  // strict comparisons: the lowest id wins a full tie
-    }
+  return by_load_.empty() ? nullptr : by_load_.begin()->engine;
+}
+
+void Scheduler::refile(Engine& e) {
+  const std::int64_t free = e.free_credit();
+  if (free <= 0) {
+    unfile(e);
+    return;
   }
-  return best;
+  const LoadKey key{free, static_cast<std::int64_t>(e.inflight.size()), e.id, &e};
+  if (!e.filed) {
+    by_load_.insert(key);
+    e.filed = true;
+  } else if (!(e.load_key == key)) {
+    auto node = by_load_.extract(e.load_key);  // reuses the node: no allocation
+    node.value() = key;
+    by_load_.insert(std::move(node));
+  }
+  e.load_key = key;
+  if (!e.in_work && e.queue.entries > 0) {
+    with_work_.emplace(e.id, &e);
+    e.in_work = true;
+  }
+}
+
+void Scheduler::unfile(Engine& e) {
+  if (e.filed) {
+    by_load_.erase(e.load_key);
+    e.filed = false;
+  }
+  if (e.in_work) {
+    with_work_.erase(e.id);
+    e.in_work = false;
+  }
 }
 
 void Scheduler::dispatch(Outbox& out) {
@@ -451,15 +481,21 @@ void Scheduler::dispatch(Outbox& out) {
   release_waiters(out);
   // Each round sends the task that comes first by priority among the front
   // of the shared queue and the fronts of the queues of the engines with
-  // free credit (FIFO within a priority).  Engines without credit are not looked at, so
-  // work restricted to busy engines never slows the rest down.
+  // free credit (FIFO within a priority).  Only engines with credit and work
+  // of their own (with_work_) are looked at, so neither busy engines nor
+  // idle ones without such work cost anything per task.
   for (;;) {
     Engine* best = nullptr;
     const QueueEntry* best_entry = nullptr;
-    for (auto& [id, e] : engines_) {
-      if (e.free_credit() <= 0) continue;
-      const QueueEntry* f = front_of(e.queue);
-      if (f == nullptr) continue;
+    for (auto it = with_work_.begin(); it != with_work_.end();) {
+      Engine& e = *it->second;
+      const QueueEntry* f = e.free_credit() > 0 ? front_of(e.queue) : nullptr;
+      if (f == nullptr) {  // its entries went stale: out until it gets more
+        e.in_work = false;
+        it = with_work_.erase(it);
+        continue;
+      }
+      ++it;
       // The same restricted task heads several queues: the roomiest engine gets it.
       const bool roomier = best != nullptr && f->id == best_entry->id &&
                            (e.free_credit() > best->free_credit() ||
@@ -496,6 +532,7 @@ void Scheduler::send_task(Engine& engine, Task& task, Outbox& out) {
   // Keep the frames while a retry may need them; otherwise hand them over.
   Frames payload = (task.balanced && task.retries > 0) ? share(task.payload) : std::move(task.payload);
   engine.inflight.push_back(task.id);
+  refile(engine);
   out.push_back({Outgoing::kEngine, engine.identity, proto::encode(h, std::move(payload))});
 }
 

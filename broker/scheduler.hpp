@@ -215,6 +215,24 @@ class Scheduler {
     std::uint64_t stamp;
   };
 
+  struct Engine;
+  // Where an engine with free credit stands for load-balanced work: most free
+  // credit first, then fewest in flight, then the lowest id.
+  struct LoadKey {
+    std::int64_t free;
+    std::int64_t inflight;
+    std::int64_t id;
+    Engine* engine;  // not part of the order
+    bool operator==(const LoadKey&) const = default;
+  };
+  struct LoadOrder {
+    bool operator()(const LoadKey& a, const LoadKey& b) const {
+      if (a.free != b.free) return a.free > b.free;
+      if (a.inflight != b.inflight) return a.inflight < b.inflight;
+      return a.id < b.id;
+    }
+  };
+
   struct Engine {
     std::int64_t id = 0;
     std::string identity;
@@ -225,6 +243,10 @@ class Scheduler {
     std::uint64_t done = 0;
     std::uint64_t abandoned = 0;          // timed-out tasks still in inflight
     Clock::time_point last_seen;
+    // Its entry in by_load_ (filed: it has free credit) and in with_work_.
+    bool filed = false;
+    LoadKey load_key{};
+    bool in_work = false;
     std::int64_t free_credit() const { return credit - static_cast<std::int64_t>(inflight.size()); }
   };
 
@@ -241,6 +263,10 @@ class Scheduler {
   void dispatch(Outbox& out);
   void send_task(Engine& engine, Task& task, Outbox& out);
   Engine* least_loaded();
+  // Files an engine in by_load_ and with_work_ after its credit, in-flight
+  // count or queue changed; unfile() takes it out of both.
+  void refile(Engine& e);
+  void unfile(Engine& e);
   // Removes an engine; its tasks are retried or end as EngineDied.
   void remove_engine(std::int64_t id, std::string_view reason, Outbox& out);
 
@@ -304,6 +330,13 @@ class Scheduler {
   SchedulerOptions options_;
   std::map<std::int64_t, Engine> engines_;  // by engine id, ascending
   std::unordered_map<std::string, std::int64_t> engine_by_identity_;
+  // Engines with free credit in least_loaded() order, so choosing one for
+  // load-balanced work costs O(1) and filing O(log engines), not a scan.
+  std::set<LoadKey, LoadOrder> by_load_;
+  // Engines with free credit that have entries in their own queue, by id
+  // (may also hold engines whose entries all went stale; dispatch drops
+  // them).  dispatch() looks only at these, not at every engine.
+  std::map<std::int64_t, Engine*> with_work_;
   std::int64_t next_engine_id_ = 0;
   std::unordered_map<std::uint64_t, Task> tasks_;  // every task not yet finished
   FairQueue shared_;                               // load-balanced work not yet sent, by client session

@@ -255,11 +255,17 @@ void Scheduler::make_ready(Task& t, bool front, Outbox& out) {
   if (t.pin >= 0) {
     t.state = State::kEngineQueued;
     t.engine = t.pin;
-    enqueue(engines_.at(t.pin).queue, t, front);
+    Engine& e = engines_.at(t.pin);
+    enqueue(e.queue, t, front);
+    refile(e);
   } else if (t.restricted) {
     t.state = State::kEngineQueued;
     t.engine = -1;
-    for (std::int64_t id : t.allowed) enqueue(engines_.at(id).queue, t, front);
+    for (std::int64_t id : t.allowed) {
+      Engine& e = engines_.at(id);
+      enqueue(e.queue, t, front);
+      refile(e);
+    }
   } else {
     t.state = State::kShared;
     t.engine = -1;

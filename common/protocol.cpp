@@ -215,15 +215,20 @@ Status decode_header(const void* data, std::size_t size, Header* out, const Limi
   const msgpack::unpack_limit ulimit(/*array=*/std::max(limits.max_targets, limits.max_ids), /*map=*/64,
                                      /*str=*/limits.max_text_bytes, /*bin=*/0, /*ext=*/0,
                                      /*depth=*/3);
-  msgpack::object_handle handle;
+  // One zone per thread, cleared after each header: clear() keeps its first
+  // chunk, so decoding an ordinary header allocates nothing.
+  thread_local msgpack::zone zone;
+  struct ClearZone {
+    ~ClearZone() { zone.clear(); }
+  } clear_zone;
+  msgpack::object o;
   try {
     std::size_t off = 0;
-    handle = msgpack::unpack(static_cast<const char*>(data), size, off, nullptr, nullptr, ulimit);
+    o = msgpack::unpack(zone, static_cast<const char*>(data), size, off, nullptr, nullptr, ulimit);
     if (off != size) return fail(DecodeError::kBadMsgpack, "trailing bytes after header");
   } catch (const std::exception& e) {
     return fail(DecodeError::kBadMsgpack, std::string("header is not valid msgpack: ") + e.what());
   }
-  const msgpack::object& o = handle.get();
   if (o.type != msgpack::type::ARRAY || o.via.array.size < 6 || o.via.array.size > 7) {
     return fail(DecodeError::kBadHeaderShape, "header must be an array of 6 or 7 items");
   }

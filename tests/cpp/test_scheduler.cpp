@@ -285,6 +285,76 @@ TEST_CASE("least-loaded: work goes to the engine with the most free credit, ties
   CHECK(order == std::vector<std::string>{"b", "c", "b", "c", "a", "b", "c"});
 }
 
+TEST_CASE("least-loaded: the choice follows a linear scan as credit is used, freed, and engines come and go") {
+  // The Scheduler keeps engines filed by free credit instead of scanning
+  // them; replay a long mixed sequence and compare every choice with the
+  // rule applied to the whole engine list.
+  Harness h;
+  struct Model {
+    std::string identity;
+    std::int64_t credit;
+    std::vector<std::uint64_t> inflight;
+  };
+  std::map<std::int64_t, Model> engines;  // by id, like the Scheduler
+  auto add = [&](const std::string& identity, std::int64_t credit) {
+    engines[h.add_engine(identity, credit)] = Model{identity, credit, {}};
+  };
+  for (int i = 0; i < 12; ++i) add("e" + std::to_string(i), 1 + i % 4);
+  auto expected = [&]() -> std::string {
+    const Model* best = nullptr;
+    for (const auto& [id, e] : engines) {
+      const auto free = e.credit - static_cast<std::int64_t>(e.inflight.size());
+      if (free <= 0) continue;
+      const auto best_free = best ? best->credit - static_cast<std::int64_t>(best->inflight.size()) : 0;
+      if (best == nullptr || free > best_free || (free == best_free && e.inflight.size() < best->inflight.size())) {
+        best = &e;
+      }
+    }
+    return best ? best->identity : std::string();
+  };
+  std::uint64_t next = 1, lcg = 12345;
+  int checked = 0;
+  for (int step = 0; step < 600; ++step) {
+    lcg = lcg * 6364136223846793005ULL + 1442695040888963407ULL;
+    const unsigned r = static_cast<unsigned>(lcg >> 33);
+    if (r % 5 < 3) {  // submit one task: it must go where the scan says
+      const std::string want = expected();
+      auto tasks = of_type(h.submit("cl", next, kBalanced), MsgType::kTask);
+      if (want.empty()) {
+        CHECK(tasks.empty());
+        h.from_client("cl", [&] {
+          proto::Header a = header(MsgType::kAbort);
+          a.opts.ids = {next};
+          return a;
+        }());
+      } else {
+        REQUIRE(tasks.size() == 1);
+        CHECK(tasks[0].identity == want);
+        ++checked;
+        for (auto& [id, e] : engines) {
+          if (e.identity == want) e.inflight.push_back(next);
+        }
+      }
+      ++next;
+    } else if (r % 5 == 3) {  // an engine answers its oldest task
+      auto it = engines.begin();
+      std::advance(it, static_cast<long>((r / 5) % engines.size()));
+      if (!it->second.inflight.empty()) {
+        const std::uint64_t id = it->second.inflight.front();
+        it->second.inflight.erase(it->second.inflight.begin());
+        CHECK(of_type(h.result(it->second.identity, id), MsgType::kTask).empty());  // nothing queued
+      }
+    } else if (engines.size() > 4) {  // an engine leaves, another joins
+      auto it = engines.begin();
+      std::advance(it, static_cast<long>((r / 5) % engines.size()));
+      h.from_engine(it->second.identity, header(MsgType::kShutdown));
+      engines.erase(it);
+      add("n" + std::to_string(step), 1 + static_cast<std::int64_t>(r % 3));
+    }
+  }
+  CHECK(checked > 100);
+}
+
 TEST_CASE("targeted tasks run in submission order on their engine") {
   Harness h;
   h.add_engine("e", 1);

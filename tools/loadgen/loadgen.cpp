@@ -18,6 +18,7 @@
 //       broker of this design can reach on this machine.
 //
 // Every wait is bounded by --timeout; the program never blocks forever.
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -134,6 +135,14 @@ double cpu_seconds(long pid) {
     if (i == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
   }
   return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+// CPU seconds (user + system, all threads) this process has used so far.
+double self_cpu_seconds() {
+  rusage ru{};
+  ::getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 // --- helpers ----------------------------------------------------------------
@@ -332,6 +341,7 @@ int run_throughput(const Options& o, const Connection& c) {
   std::vector<ClientResult> results(static_cast<std::size_t>(o.clients));
   double elapsed = 0;
   double broker_cpu_pct = -1;  // share of one core the broker used during the run
+  double self_cpu_pct = -1;    // ... and this load generator (all its threads)
   if (stats.registered.load() < o.engines) {
     std::fprintf(stderr, "zfarm-loadgen: only %d of %d engines registered before the timeout\n",
                  stats.registered.load(), o.engines);
@@ -346,12 +356,14 @@ int run_throughput(const Options& o, const Connection& c) {
     // Let the client sockets connect before the clock starts.
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     const double cpu0 = cpu_seconds(c.pid);
+    const double self0 = self_cpu_seconds();
     const auto t0 = Clock::now();
     go.store(true);
     for (auto& t : cthreads) t.join();
     elapsed = seconds_since(t0);
     const double cpu1 = cpu_seconds(c.pid);
     if (cpu0 >= 0 && cpu1 >= 0 && elapsed > 0) broker_cpu_pct = 100.0 * (cpu1 - cpu0) / elapsed;
+    if (elapsed > 0) self_cpu_pct = 100.0 * (self_cpu_seconds() - self0) / elapsed;
   }
   stop_engines.store(true);
   for (auto& t : ethreads) t.join();
@@ -370,16 +382,17 @@ int run_throughput(const Options& o, const Connection& c) {
   if (o.json) {
     std::printf("{\"mode\": \"throughput\", \"engines\": %d, \"clients\": %d, \"window\": %d, \"payload_bytes\": %d, "
                 "\"tasks\": %ld, \"done\": %ld, \"failed\": %ld, \"timed_out\": %s, \"seconds\": %.4f, "
-                "\"tasks_per_s\": %.1f, \"register_s\": %.3f, \"broker_cpu_pct\": %.1f, ",
+                "\"tasks_per_s\": %.1f, \"register_s\": %.3f, \"broker_cpu_pct\": %.1f, \"loadgen_cpu_pct\": %.1f, \"credit\": %d, ",
                 o.engines, o.clients, o.window, o.payload_bytes, o.tasks, done, failed, timed_out ? "true" : "false",
-                elapsed, rate, register_s, broker_cpu_pct);
+                elapsed, rate, register_s, broker_cpu_pct, self_cpu_pct, o.credit);
     print_latency("latency", lat, true);
     std::printf("}\n");
   } else {
-    std::printf("engines %d (registered in %.3f s), clients %d, window %d, payload %d B\n", o.engines, register_s,
-                o.clients, o.window, o.payload_bytes);
-    std::printf("%ld of %ld tasks done (%ld failed)%s in %.3f s: %.0f tasks/s; broker used %.0f%% of a core\n",
-                done, o.tasks, failed, timed_out ? ", TIMED OUT" : "", elapsed, rate, broker_cpu_pct);
+    std::printf("engines %d with credit %d (registered in %.3f s), clients %d, window %d, payload %d B\n", o.engines,
+                o.credit, register_s, o.clients, o.window, o.payload_bytes);
+    std::printf("%ld of %ld tasks done (%ld failed)%s in %.3f s: %.0f tasks/s; broker used %.0f%% of a core, "
+                "loadgen %.0f%%\n",
+                done, o.tasks, failed, timed_out ? ", TIMED OUT" : "", elapsed, rate, broker_cpu_pct, self_cpu_pct);
     print_latency("round-trip", lat, false);
   }
   if (failed > 0) rc = 1;
