@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
 import time
 from typing import Any, Callable, Iterator, List, Optional, Sequence
 
@@ -82,7 +81,8 @@ class AsyncResult(concurrent.futures.Future):
         self._ordered = ordered
         self._flatten = flatten
         self._label = label
-        self._cond = threading.Condition()
+        # The Future's own condition (an RLock): one lock per call, not two.
+        self._cond = self._condition
         self.task_ids: List[int] = []
         self.submitted = time.monotonic()
         self._on_ended: List[Callable[[], None]] = []  # see _when_ended
@@ -98,9 +98,11 @@ class AsyncResult(concurrent.futures.Future):
             self._outcomes[index] = outcome
             self._completion.append(index)
             finished = len(self._completion) == self._n
-            self._cond.notify_all()
+            if not finished:
+                self._cond.notify_all()  # the last one notifies through set_result
         if finished:
-            self._run_ended()
+            if self._on_ended:  # complete now: nothing is added any more
+                self._run_ended()
             self._finish()
 
     def _when_ended(self, fn: Callable[[], None]) -> None:
@@ -122,6 +124,15 @@ class AsyncResult(concurrent.futures.Future):
                 pass
 
     def _finish(self) -> None:
+        if self._single and self._n == 1 and not self._flatten and not self._cancelling:
+            # One task, one value (apply): the common case, without lists.
+            outcome = self._outcomes[0]
+            if outcome is not None and not self.cancelled():
+                if outcome.ok:
+                    self.set_result(outcome.value)
+                else:
+                    self.set_exception(outcome.value)
+            return
         errors = [o.value for o in self._outcomes if o is not None and not o.ok]
         if self._cancelling:
             # cancel() promised this ends cancelled, even if some task got
