@@ -91,6 +91,9 @@ _fn_pickles: Dict[int, Tuple[Any, bytes]] = {}
 FN_CACHE_SIZE = 256
 _by_reference = getattr(getattr(cloudpickle, "cloudpickle", None), "_should_pickle_by_reference", None)
 _by_value_modules = getattr(getattr(cloudpickle, "cloudpickle", None), "_PICKLE_BY_VALUE_MODULES", None)
+# The modules registered with cloudpickle's register_pickle_by_value when the
+# cache was last filled: a change may turn "by reference" into "by value".
+_by_value_seen: frozenset = frozenset()
 
 
 def dumps_function(obj: Any) -> bytes:
@@ -98,13 +101,15 @@ def dumps_function(obj: Any) -> bytes:
 
     A callable pickled by reference is pickled once and its bytes reused.
     """
+    global _by_value_seen
+    if _by_value_modules is not None and _by_value_modules != _by_value_seen:
+        _fn_pickles.clear()
+        _by_value_seen = frozenset(_by_value_modules)
     hit = _fn_pickles.get(id(obj))
     if hit is not None and hit[0] is obj:
         return hit[1]
     data = cloudpickle.dumps(obj, protocol=PROTOCOL)
-    # Only while no module is registered to go by value (cloudpickle's
-    # register_pickle_by_value), which would change what "by reference" is.
-    if _by_reference is not None and _by_value_modules is not None and not _by_value_modules:
+    if _by_reference is not None and _by_value_modules is not None:
         if isinstance(obj, types.BuiltinFunctionType):
             # abs, math.sqrt: by name; a bound method such as [].append
             # carries its object, which may change.
