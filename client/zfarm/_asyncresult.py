@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 import time
 from typing import Any, Callable, Iterator, List, Optional, Sequence
 
@@ -81,8 +82,10 @@ class AsyncResult(concurrent.futures.Future):
         self._ordered = ordered
         self._flatten = flatten
         self._label = label
-        # The Future's own condition (an RLock): one lock per call, not two.
-        self._cond = self._condition
+        # One task: the Future's own condition (no second lock to make).  With
+        # more, partial progress is notified, and Future.result() takes any
+        # notification on its condition for the end: a condition of our own.
+        self._cond = self._condition if n_tasks == 1 else threading.Condition()
         self.task_ids: List[int] = []
         self.submitted = time.monotonic()
         self._on_ended: List[Callable[[], None]] = []  # see _when_ended
