@@ -98,8 +98,20 @@ Outgoing to_outgoing(int type, std::uint64_t id, std::vector<std::int64_t> targe
   return o;
 }
 
-// Builds the wire frames; copies the payload (called without the GIL; the
-// buffer_info objects keep the Python buffers alive meanwhile).
+// Payloads smaller than this are copied with the GIL held: releasing it
+// lets the receiver thread take it, and getting it back costs far more than
+// copying a few hundred kilobytes (a thread switch, or Python's 5 ms switch
+// interval when both threads want it).
+constexpr std::size_t kReleaseGilBytes = 256 * 1024;
+
+std::size_t payload_bytes(const Outgoing& o) {
+  std::size_t n = 0;
+  for (const auto& b : o.buffers) n += static_cast<std::size_t>(b.size * b.itemsize);
+  return n;
+}
+
+// Builds the wire frames; copies the payload (for large payloads called
+// without the GIL; the buffer_info objects keep the Python buffers alive).
 Frames build_frames(const Outgoing& o) {
   Frames frames;
   frames.reserve(2 + o.buffers.size());
@@ -108,6 +120,13 @@ Frames build_frames(const Outgoing& o) {
     frames.emplace_back(b.ptr, static_cast<std::size_t>(b.size * b.itemsize));
   }
   return frames;
+}
+
+// Header text as str; bytes that are not UTF-8 become U+FFFD.
+py::str decode_text(const std::string& text) {
+  PyObject* s = PyUnicode_DecodeUTF8(text.data(), static_cast<Py_ssize_t>(text.size()), "replace");
+  if (s == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(s);
 }
 
 py::object to_python(const msgpack::object& o) {
@@ -186,7 +205,9 @@ class Core {
     Outgoing o = to_outgoing(type, id, std::move(targets), aux, std::move(text), frames, opts);
     check_sizes(o);
     Frames wire;
-    {
+    if (payload_bytes(o) < kReleaseGilBytes) {
+      wire = build_frames(o);
+    } else {
       py::gil_scoped_release nogil;
       wire = build_frames(o);
     }
@@ -210,10 +231,14 @@ class Core {
                                   t.size() == 7 ? py::object(t[6]) : py::object(py::none())));
       check_sizes(batch.back());
     }
+    std::size_t total = 0;
+    for (const auto& o : batch) total += payload_bytes(o);
     std::vector<Frames> wire;
-    {
+    wire.reserve(batch.size());
+    if (total < kReleaseGilBytes) {
+      for (const auto& o : batch) wire.push_back(build_frames(o));
+    } else {
       py::gil_scoped_release nogil;
-      wire.reserve(batch.size());
       for (const auto& o : batch) wire.push_back(build_frames(o));
     }
     io->send_many(std::move(wire));
@@ -256,7 +281,7 @@ class Core {
       py::list payload;
       for (auto& f : msg.payload) payload.append(py::cast(Frame{std::move(f)}));
       out.append(py::make_tuple(static_cast<int>(msg.header.type), msg.header.id, msg.header.status,
-                                msg.header.aux, py::bytes(msg.header.text).attr("decode")("utf-8", "replace"),
+                                msg.header.aux, decode_text(msg.header.text),
                                 payload, py::cast(msg.header.targets), from_options(msg.header.opts)));
     }
     return out;

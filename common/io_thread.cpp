@@ -71,20 +71,29 @@ void IoThread::signal() {
   [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
 }
 
+// Only the send that finds the queue empty writes the eventfd: the I/O
+// thread reads the eventfd before it takes the queue, so every message
+// queued behind that one leaves with the same wake-up (a burst of submits
+// costs one system call and one wake-up, not one each).
 void IoThread::send(Frames frames) {
+  bool was_empty;
   {
     std::lock_guard lock(out_mu_);
+    was_empty = outgoing_.empty();
     outgoing_.push_back(std::move(frames));
   }
-  signal();
+  if (was_empty) signal();
 }
 
 void IoThread::send_many(std::vector<Frames> batch) {
+  if (batch.empty()) return;
+  bool was_empty;
   {
     std::lock_guard lock(out_mu_);
+    was_empty = outgoing_.empty();
     for (auto& f : batch) outgoing_.push_back(std::move(f));
   }
-  signal();
+  if (was_empty) signal();
 }
 
 void IoThread::send_now(Frames& frames) {
@@ -92,6 +101,8 @@ void IoThread::send_now(Frames& frames) {
 }
 
 void IoThread::flush_outgoing() {
+  // Called after the eventfd was read (see send): what is queued from here
+  // on signals again.
   std::deque<Frames> batch;
   {
     std::lock_guard lock(out_mu_);

@@ -111,6 +111,9 @@ class AsyncResult(concurrent.futures.Future):
         self._ordered = ordered
         self._flatten = flatten
         self._label = label
+        # A condition of our own, not the Future's: Future.result() takes any
+        # notification on its condition for the end, and partial progress
+        # (a task of several, streamed output) is notified here.
         self._cond = threading.Condition()
         self.task_ids: List[int] = []
         self.submitted = time.monotonic()
@@ -142,7 +145,8 @@ class AsyncResult(concurrent.futures.Future):
                 rest = [(s, t) for s, t in ((0, outcome.stdout), (1, outcome.stderr)) if t]
             self._call_output(callbacks, index, outcome.engine_id, rest)
         if finished:
-            self._run_ended()
+            if self._on_ended:  # complete now: nothing is added any more
+                self._run_ended()
             self._finish()
 
     @staticmethod
@@ -215,6 +219,15 @@ class AsyncResult(concurrent.futures.Future):
                 pass
 
     def _finish(self) -> None:
+        if self._single and self._n == 1 and not self._flatten and not self._cancelling:
+            # One task, one value (apply): the common case, without lists.
+            outcome = self._outcomes[0]
+            if outcome is not None and not self.cancelled():
+                if outcome.ok:
+                    self.set_result(outcome.value)
+                else:
+                    self.set_exception(outcome.value)
+            return
         errors = [o.value for o in self._outcomes if o is not None and not o.ok]
         if self._cancelling:
             # cancel() promised this ends cancelled, even if some task got

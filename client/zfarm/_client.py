@@ -193,6 +193,12 @@ class Client:
         """
         if self._closed:
             raise ZfarmError("the client is closed")
+        if len(messages) == 1 and failed is None:
+            targets, frames, opts = messages[0]
+            if frames is not None and len(frames) == 1:
+                # One pickle and no out-of-band buffer (nothing for shared
+                # memory): the common small call, without the general loop.
+                return self._submit_one(targets, frames, opts, ar)
         # Large buffers go through shared memory when the engines are local;
         # the files live until every task of this call has ended.
         messages, shm_files = _shm.export_messages(messages, lambda: self._shm_policy.enabled(self))
@@ -226,6 +232,21 @@ class Client:
             self._core.send_many(wire)
         for task_id, i, status, text in local:
             ar._deliver(i, decode_outcome(task_id, status, -1, text, []))
+        return ar
+
+    def _submit_one(self, targets: List[int], frames: List[Any], opts: Optional[Dict[str, Any]],
+                    ar: AsyncResult) -> AsyncResult:
+        k = 1 if targets == [LOAD_BALANCED] else len(targets)
+        with self._lock:
+            task_id = self._prefix | self._next
+            self._next += k
+            for j in range(k):
+                ar.task_ids.append(task_id + j)
+                self._pending[task_id + j] = (ar, j)
+        if opts:
+            self._core.send(MSG_SUBMIT, task_id, targets, 0, "", frames, opts)
+        else:
+            self._core.send(MSG_SUBMIT, task_id, targets, 0, "", frames)
         return ar
 
     def _send_ids(self, mtype: int, ids: Sequence[int], targets: Sequence[int] = ()) -> None:

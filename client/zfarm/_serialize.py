@@ -13,7 +13,8 @@ memory (:mod:`zfarm._shm`); :func:`loads` accepts both.
 from __future__ import annotations
 
 import pickle
-from typing import Any, List, Sequence
+import types
+from typing import Any, Dict, List, Sequence, Tuple
 
 import cloudpickle
 
@@ -36,6 +37,37 @@ def _splitter(frames: List[Any]):
     return callback
 
 
+# Values made only of these types (in tuples, lists and dicts) pickle the
+# same with the standard pickler, which is several times faster than
+# cloudpickle's (no Python-level hook per object): the common case of a small
+# task or result.
+_PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None), complex})
+# How many objects the check looks at before giving up (then cloudpickle).
+PLAIN_CHECK_BUDGET = 64
+
+
+def _is_plain(obj: Any) -> bool:
+    stack = [obj]
+    budget = PLAIN_CHECK_BUDGET
+    while stack:
+        x = stack.pop()
+        kind = type(x)
+        if kind in _PLAIN_TYPES:
+            continue
+        if kind is tuple or kind is list:
+            budget -= len(x)
+            stack.extend(x)
+        elif kind is dict:
+            budget -= 2 * len(x)
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        else:
+            return False
+        if budget < 0:
+            return False
+    return True
+
+
 def dumps(obj: Any) -> List[Any]:
     """Pickle ``obj`` into a list of frames (bytes, then memoryviews).
 
@@ -43,14 +75,55 @@ def dumps(obj: Any) -> List[Any]:
     (lambdas, closures, functions and classes of ``__main__`` or of an
     engine's namespace); everything else goes by reference as plain pickle.
     """
+    if _is_plain(obj):
+        return [pickle.dumps(obj, protocol=PROTOCOL)]
     frames: List[Any] = [b""]
     frames[0] = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=_splitter(frames))
     return frames
 
 
+# Pickles of callables that go by reference (a module and a name: ``abs``,
+# ``math.sqrt``, a function of an installed module), by id; the entry holds
+# the callable, so the id cannot be reused while it is here.  A callable
+# pickled by value (a lambda, a closure, anything of ``__main__``) is pickled
+# again every time: what it captures may have changed.
+_fn_pickles: Dict[int, Tuple[Any, bytes]] = {}
+FN_CACHE_SIZE = 256
+_by_reference = getattr(getattr(cloudpickle, "cloudpickle", None), "_should_pickle_by_reference", None)
+_by_value_modules = getattr(getattr(cloudpickle, "cloudpickle", None), "_PICKLE_BY_VALUE_MODULES", None)
+# The modules registered with cloudpickle's register_pickle_by_value when the
+# cache was last filled: a change may turn "by reference" into "by value".
+_by_value_seen: frozenset = frozenset()
+
+
 def dumps_function(obj: Any) -> bytes:
-    """Pickle a callable by value when needed (cloudpickle), once."""
-    return cloudpickle.dumps(obj, protocol=PROTOCOL)
+    """Pickle a callable by value when needed (cloudpickle).
+
+    A callable pickled by reference is pickled once and its bytes reused.
+    """
+    global _by_value_seen
+    if _by_value_modules is not None and _by_value_modules != _by_value_seen:
+        _fn_pickles.clear()
+        _by_value_seen = frozenset(_by_value_modules)
+    hit = _fn_pickles.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    data = cloudpickle.dumps(obj, protocol=PROTOCOL)
+    if _by_reference is not None and _by_value_modules is not None:
+        if isinstance(obj, types.BuiltinFunctionType):
+            # abs, math.sqrt: by name; a bound method such as [].append
+            # carries its object, which may change.
+            cacheable = isinstance(obj.__self__, types.ModuleType)
+        else:
+            try:
+                cacheable = isinstance(obj, (type, types.FunctionType)) and _by_reference(obj)
+            except Exception:  # noqa: BLE001 - an odd object: just do not cache it
+                cacheable = False
+        if cacheable:
+            if len(_fn_pickles) >= FN_CACHE_SIZE:
+                _fn_pickles.clear()
+            _fn_pickles[id(obj)] = (obj, data)
+    return data
 
 
 def loads(frames: Sequence[Any]) -> Any:

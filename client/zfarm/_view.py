@@ -302,6 +302,9 @@ class LoadBalancedView(_View):
 
     def _options(self, overrides: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
         """The Submit options of one call, or the reason it cannot run."""
+        if (not overrides and not self.retries and self.timeout is None and not self.priority
+                and self.targets is None and self.after is None and self.follow is None):
+            return None, None  # the default view: nothing to compute per call
         flags = {name: getattr(self, name) for name in FLAGS}
         for name, value in overrides.items():
             if name not in FLAGS:
