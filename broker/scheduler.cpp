@@ -1,6 +1,7 @@
 #include "scheduler.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <utility>
 
@@ -71,9 +72,33 @@ void Scheduler::on_client_frames(Frames& frames, Clock::time_point now, Outbox& 
     ++counters_.bad_messages;
     clients_.insert(identity);
     send_error(Outgoing::kClient, identity, 0, st.detail, out);
+    if (st.code == proto::DecodeError::kTooManyFrames) reject_oversized_submit(identity, frames, st.detail, out);
     return;
   }
   on_client(identity, std::move(msg), now, out);
+}
+
+void Scheduler::reject_oversized_submit(const std::string& identity, const Frames& frames, const std::string& why,
+                                        Outbox& out) {
+  // Only the frame count was wrong: if the header is a Submit, its tasks end
+  // now as Rejected, else the client would wait for them forever.
+  if (frames.size() < 3 || frames[1].size() != proto::kSignatureSize ||
+      std::memcmp(frames[1].data(), proto::kMagic, 4) != 0 ||
+      static_cast<const std::uint8_t*>(frames[1].data())[4] != proto::kVersion) {
+    return;
+  }
+  Header h;
+  if (!proto::decode_header(frames[2].data(), frames[2].size(), &h, options_.limits).ok()) return;
+  if (h.type != MsgType::kSubmit) return;
+  const bool balanced = h.targets.empty() || (h.targets.size() == 1 && h.targets[0] == proto::kLoadBalanced);
+  const std::size_t k = balanced ? 1 : h.targets.size();
+  if (h.id > std::numeric_limits<std::uint64_t>::max() - (k - 1)) return;
+  const std::string client = sessions_.session_of(identity);
+  for (std::size_t i = 0; i < k; ++i) {
+    const std::uint64_t tid = h.id + i;
+    if (tasks_.count(tid) != 0 || abandoned_.count(tid) != 0) continue;  // not this message's task
+    reject(client, tid, balanced ? -1 : h.targets[i], "task not accepted: " + why, out);
+  }
 }
 
 void Scheduler::on_engine_frames(Frames& frames, Clock::time_point now, Outbox& out) {

@@ -273,6 +273,10 @@ class Scheduler {
   // Ends a task: one Result to its client, then forgets it.
   void finish(std::uint64_t task_id, proto::ResultStatus status, std::int64_t aux, std::string text,
               Frames payload, Outbox& out);
+  // Rejected results for the tasks of a Submit that had too many frames to
+  // decode (the header alone still names them).
+  void reject_oversized_submit(const std::string& identity, const Frames& frames, const std::string& why,
+                               Outbox& out);
   // A Result for a task that never entered the table (rejected on submit).
   void reject(const std::string& client, std::uint64_t task_id, std::int64_t aux, std::string text,
               Outbox& out);

@@ -100,19 +100,42 @@ void IoThread::send_now(Frames& frames) {
   if (!send_frames(socket_, frames, /*dontwait=*/true)) ++dropped_sends_;
 }
 
-void IoThread::flush_outgoing() {
-  // Called after the eventfd was read (see send): what is queued from here
-  // on signals again.
-  std::deque<Frames> batch;
+// Called after the eventfd was read (see send): what is queued from here on
+// signals again.
+bool IoThread::flush_outgoing() {
   {
     std::lock_guard lock(out_mu_);
-    batch.swap(outgoing_);
+    if (blocked_.empty()) {
+      blocked_.swap(outgoing_);
+    } else {
+      for (auto& f : outgoing_) blocked_.push_back(std::move(f));
+      outgoing_.clear();
+    }
   }
-  for (auto& frames : batch) {
-    // High-water marks are unlimited on our sockets, so a failure here means
-    // the peer is unreachable (ROUTER_MANDATORY) or the context is closing.
-    if (!send_frames(socket_, frames)) ++dropped_sends_;
+  // Never a blocking send: a socket with no peer (a handshake that failed
+  // for good, e.g. wrong CURVE keys) would block this thread forever, and
+  // with it receiving and stop().  What would block waits for POLLOUT.
+  while (!blocked_.empty()) {
+    Frames& frames = blocked_.front();
+    if (frames.empty()) {
+      blocked_.pop_front();
+      continue;
+    }
+    try {
+      if (!socket_.send(frames[0], frames.size() > 1 ? zmq::send_flags::sndmore | zmq::send_flags::dontwait
+                                                     : zmq::send_flags::dontwait)) {
+        return false;  // EAGAIN: nothing of this message went out
+      }
+      // The first part went: libzmq takes the rest of a multipart message.
+      for (std::size_t i = 1; i < frames.size(); ++i) {
+        socket_.send(frames[i], i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+      }
+    } catch (const zmq::error_t&) {
+      ++dropped_sends_;  // the context is closing
+    }
+    blocked_.pop_front();
   }
+  return true;
 }
 
 std::size_t IoThread::recv(std::vector<Frames>& out, int timeout_ms, std::size_t max_batch) {
@@ -146,8 +169,9 @@ void IoThread::run() {
   auto next_tick = clock::now() + std::chrono::milliseconds(tick_ms_);
   std::vector<Frames> arrived;
   while (!stopping_) {
+    const short want = blocked_.empty() ? ZMQ_POLLIN : ZMQ_POLLIN | ZMQ_POLLOUT;
     zmq::pollitem_t items[] = {
-        {static_cast<void*>(socket_), 0, ZMQ_POLLIN, 0},
+        {static_cast<void*>(socket_), 0, want, 0},
         {nullptr, wake_fd_, ZMQ_POLLIN, 0},
     };
     auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - clock::now());
@@ -161,6 +185,8 @@ void IoThread::run() {
     if (items[1].revents & ZMQ_POLLIN) {
       std::uint64_t v;
       [[maybe_unused]] auto n = ::read(wake_fd_, &v, sizeof v);
+      flush_outgoing();
+    } else if (items[0].revents & ZMQ_POLLOUT) {
       flush_outgoing();
     }
     if (items[0].revents & ZMQ_POLLIN) {
@@ -185,7 +211,8 @@ void IoThread::run() {
       next_tick = clock::now() + std::chrono::milliseconds(tick_ms_);
     }
   }
-  flush_outgoing();
+  if (!flush_outgoing()) dropped_sends_ += blocked_.size();  // no peer to take them
+  blocked_.clear();
   socket_.set(zmq::sockopt::linger, 1000);
   socket_.close();
 }

@@ -58,7 +58,9 @@ class IoThread {
 
  private:
   void run();
-  void flush_outgoing();
+  // Sends queued messages until the socket would block; what is left stays
+  // queued (in order) for the next POLLOUT.  Returns true if all went.
+  bool flush_outgoing();
   void signal();
 
   zmq::socket_t socket_;
@@ -73,6 +75,10 @@ class IoThread {
 
   std::mutex out_mu_;
   std::deque<Frames> outgoing_;
+  // Messages taken from outgoing_ that the socket would not take yet (no
+  // peer connected: a DEALER whose handshake failed has no pipe).  I/O
+  // thread only.
+  std::deque<Frames> blocked_;
 
   std::mutex in_mu_;
   std::condition_variable in_cv_;

@@ -206,6 +206,7 @@ class Client:
             ar._when_ended(lambda: _shm.release(shm_files))
         total = sum(1 if t == [LOAD_BALANCED] else len(t) for t, _, _ in messages)
         first = self._take_ids(total)
+        first_index = len(ar.task_ids)
         wire = []
         local = []
         failures = iter(failed or ())
@@ -226,10 +227,20 @@ class Client:
                 else:
                     wire.append((MSG_SUBMIT, task_id, targets, 0, "", frames))
                 index += k
-        if len(wire) == 1:
-            self._core.send(*wire[0])
-        elif wire:
-            self._core.send_many(wire)
+        try:
+            if len(wire) == 1:
+                self._core.send(*wire[0])
+            elif wire:
+                self._core.send_many(wire)
+        except BaseException:
+            # Nothing was sent (the core checks every message first, e.g.
+            # against the broker's frame size limit): forget the tasks.
+            with self._lock:
+                for task_id in ar.task_ids[first_index:]:
+                    self._pending.pop(task_id, None)
+            if shm_files:
+                _shm.release(shm_files)
+            raise
         for task_id, i, status, text in local:
             ar._deliver(i, decode_outcome(task_id, status, -1, text, []))
         return ar
