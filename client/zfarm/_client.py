@@ -254,10 +254,18 @@ class Client:
             for j in range(k):
                 ar.task_ids.append(task_id + j)
                 self._pending[task_id + j] = (ar, j)
-        if opts:
-            self._core.send(MSG_SUBMIT, task_id, targets, 0, "", frames, opts)
-        else:
-            self._core.send(MSG_SUBMIT, task_id, targets, 0, "", frames)
+        try:
+            if opts:
+                self._core.send(MSG_SUBMIT, task_id, targets, 0, "", frames, opts)
+            else:
+                self._core.send(MSG_SUBMIT, task_id, targets, 0, "", frames)
+        except BaseException:
+            # Not sent (e.g. over the broker's frame size limit): forget it.
+            with self._lock:
+                for j in range(k):
+                    self._pending.pop(task_id + j, None)
+            del ar.task_ids[-k:]
+            raise
         return ar
 
     def _send_ids(self, mtype: int, ids: Sequence[int], targets: Sequence[int] = ()) -> None:
