@@ -367,7 +367,7 @@ def gather_part(name: str, file: str, offset: int, dtype: Any, shape: tuple) -> 
             return ("value", value)
         # os.pwrite rather than a writable mapping: no page faults in this
         # process (measured about twice as fast for 100 MB).
-        if value.flags.c_contiguous:
+        if value.flags.c_contiguous or value.size == 0:
             _pwrite_all(fd, memoryview(value).cast("B"), offset)
         else:  # Fortran order or strided: contiguous copies, a block of rows at a time
             rows = max(1, WRITE_CHUNK // max(1, value[0].nbytes))
