@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import itertools
 import math
+import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _serialize, _shm
@@ -207,6 +208,8 @@ class DirectView(_View):
         Then each engine writes its part at its offset of one file.
         """
         client = self.client
+        if threading.current_thread() is getattr(client, "_receiver", None):
+            return None  # called from a done callback: waiting here would stop every result
         if client.outstanding or not client._shm_policy.enabled(client):
             return None
         probe = AsyncResult(client, len(self._ids), label="gather")

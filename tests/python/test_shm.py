@@ -344,3 +344,20 @@ def test_deleting_the_gathered_array_unmaps_it(rc, big):
     del back
     gc.collect()
     assert set(mapped_shm_files()) <= before
+
+
+def test_gather_from_a_done_callback_does_not_block_the_receiver(rc, big):
+    import concurrent.futures
+
+    dv = rc[:]
+    dv.scatter("x", big, block=True)
+    inner: concurrent.futures.Future = concurrent.futures.Future()
+
+    def on_done(_):
+        try:
+            inner.set_result(dv.gather("x"))  # on the receiver thread: must not wait there
+        except BaseException as exc:  # noqa: BLE001 - reported through the future
+            inner.set_exception(exc)
+
+    dv.execute("pass").add_done_callback(on_done)
+    assert np.array_equal(inner.result(WAIT).get(WAIT), big)
