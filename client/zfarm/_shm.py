@@ -34,6 +34,7 @@ import re
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -322,3 +323,100 @@ class SendPolicy:
 
 
 _ENGINE_SENDS = enabled_by_env(False)
+
+
+# -- gather of numpy arrays into one file ------------------------------------------
+# A gather of numpy arrays from engines of this host: the client makes one
+# file of the final size, each engine writes its part at its offset, and the
+# client's array is a mapping of that file (no concatenation).  The engine
+# side runs as ordinary "apply" tasks calling the two functions below.
+def _numpy_array(value: Any) -> bool:
+    numpy = sys.modules.get("numpy")
+    return (numpy is not None and type(value) is numpy.ndarray and value.ndim >= 1
+            and not value.dtype.hasobject)
+
+
+def gather_probe(name: str) -> tuple:
+    """Engine side, first step: ``("array", dtype, shape, inline)`` for a
+    plain numpy array (``inline`` is the array itself when it is below
+    :data:`SHM_MIN`, else None), ``("value", value)`` for anything else."""
+    from . import _worker
+
+    value = _worker._lookup(name)
+    if _numpy_array(value):
+        return ("array", value.dtype, value.shape, value if value.nbytes < SHM_MIN else None)
+    return ("value", value)
+
+
+def gather_part(name: str, file: str, offset: int, dtype: Any, shape: tuple) -> tuple:
+    """Engine side, second step: writes array ``name`` at ``offset`` of the
+    client's file; ``("written",)``, or ``("value", value)`` when it cannot
+    (the array changed since the probe, the file is not on this host)."""
+    from . import _worker
+
+    value = _worker._lookup(name)
+    if not (_numpy_array(value) and value.dtype == dtype and value.shape == tuple(shape)) \
+            or not _NAME.fullmatch(file):
+        return ("value", value)
+    try:
+        fd = os.open(os.path.join(SHM_DIR, file), os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return ("value", value)  # another host, or the client gave up
+    try:
+        if os.fstat(fd).st_size < offset + value.nbytes:
+            return ("value", value)
+        # os.pwrite rather than a writable mapping: no page faults in this
+        # process (measured about twice as fast for 100 MB).
+        if value.flags.c_contiguous or value.size == 0:
+            _pwrite_all(fd, memoryview(value).cast("B"), offset)
+        else:  # Fortran order or strided: contiguous copies, a block of rows at a time
+            rows = max(1, WRITE_CHUNK // max(1, value[0].nbytes))
+            numpy = sys.modules["numpy"]
+            for start in range(0, value.shape[0], rows):
+                block = numpy.ascontiguousarray(value[start:start + rows])
+                _pwrite_all(fd, memoryview(block).cast("B"), offset)
+                offset += block.nbytes
+    finally:
+        os.close(fd)
+    return ("written",)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    done, total = 0, data.nbytes
+    while done < total:
+        done += os.pwrite(fd, data[done:done + WRITE_CHUNK], offset + done)
+
+
+class GatherFile:
+    """Client side: one file of ``nbytes`` that engines write parts into.
+
+    The file is mapped (shared, no page touched yet) as soon as it is made,
+    so :meth:`close` can unlink it before the result is read; the mapping
+    lives as long as the array made by :meth:`array`.
+    """
+
+    def __init__(self, nbytes: int):
+        self.name = f"zfarm-{os.getpid()}-{secrets.token_hex(8)}"
+        path = os.path.join(SHM_DIR, self.name)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            _remember(self.name)
+            os.ftruncate(fd, nbytes)  # a sparse file: the engines' writes allocate its pages
+            self._map: Optional[mmap.mmap] = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED,
+                                                       prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            release([self.name])
+            raise
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Unlinks the file (the mapping stays valid)."""
+        release([self.name])
+
+    def array(self, dtype: Any, shape: tuple) -> Any:
+        """The whole file as a C-ordered numpy array; the file keeps no other user."""
+        import numpy
+
+        buf, self._map = self._map, None
+        return numpy.frombuffer(buf, dtype=dtype).reshape(shape)

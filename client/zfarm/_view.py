@@ -16,10 +16,11 @@ import concurrent.futures
 import contextlib
 import itertools
 import math
+import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from . import _serialize
-from ._asyncresult import AsyncResult
+from . import _serialize, _shm
+from ._asyncresult import AsyncResult, _Outcome
 from ._client import LOAD_BALANCED, Client
 from ._errors import STATUS_IMPOSSIBLE
 
@@ -67,6 +68,17 @@ def concatenate(parts: List[Any]) -> Any:
         if kind is tuple:
             return tuple(x for p in parts for x in p)
     return [x for p in parts for x in p]
+
+
+def _from_probe(client: Client, outcomes: List[Any]) -> AsyncResult:
+    """A finished gather made from the first step's answers (values or errors)."""
+    ar = AsyncResult(client, len(outcomes), combine=concatenate, label="gather")
+    for i, o in enumerate(outcomes):
+        if o.ok:
+            value = o.value[1] if o.value[0] == "value" else o.value[3]
+            o = _Outcome(True, value, o.engine_id, o.stdout, o.stderr)
+        ar._deliver(i, o)
+    return ar
 
 
 def _as_sequence(seq: Iterable[Any]) -> Sequence[Any]:
@@ -173,10 +185,76 @@ class DirectView(_View):
         return self._each([("push", {name: p}) for p in parts], "scatter", block, combine=lambda _: None)
 
     def gather(self, name: str, block: Optional[bool] = None) -> Any:
-        """Joins the blocks of ``name`` from every engine, in engine order."""
-        ar = AsyncResult(self.client, len(self._ids), combine=concatenate, label="gather")
-        self.client._submit([(self._ids, _serialize.dumps(("pull", name)), None)], ar)
+        """Joins the blocks of ``name`` from every engine, in engine order.
+
+        numpy arrays from engines on this host are written by the engines
+        into one shared-memory file that becomes the result (no copy on the
+        client); see :meth:`_gather_in_place`.
+        """
+        ar = self._gather_in_place(name)
+        if ar is None:
+            ar = AsyncResult(self.client, len(self._ids), combine=concatenate, label="gather")
+            self.client._submit([(self._ids, _serialize.dumps(("pull", name)), None)], ar)
         return self._finish(ar, block)
+
+    def _gather_in_place(self, name: str) -> Optional[AsyncResult]:
+        """The gather of numpy arrays through one shared-memory file, or None
+        when it does not apply (then the caller pulls and concatenates).
+
+        Asks every engine first for its part's dtype and shape (small parts
+        come back whole), and waits for that answer: only when this client
+        has nothing else outstanding, so the wait is one short round trip
+        and no later call of this client can run between the two steps.
+        Then each engine writes its part at its offset of one file.
+        """
+        client = self.client
+        if threading.current_thread() is getattr(client, "_receiver", None):
+            return None  # called from a done callback: waiting here would stop every result
+        if client.outstanding or not client._shm_policy.enabled(client):
+            return None
+        probe = AsyncResult(client, len(self._ids), label="gather")
+        client._submit([(self._ids, _serialize.dumps(("apply", _shm.gather_probe, (name,), {})), None)], probe)
+        probe.wait()
+        outcomes = list(probe._outcomes)
+        if not all(o.ok for o in outcomes):
+            return _from_probe(client, outcomes)  # an engine failed: the call fails the same way
+        answers = [o.value for o in outcomes]
+        if any(a[0] != "array" for a in answers) or len({(a[1], a[2][1:]) for a in answers}) != 1:
+            if all(a[0] == "value" or a[3] is not None for a in answers):
+                return _from_probe(client, outcomes)  # every part is here already
+            return None  # mixed types, dtypes or shapes with some large part: pull and concatenate
+        dtype, rest = answers[0][1], answers[0][2][1:]
+        rows = [a[2][0] for a in answers]
+        row_bytes = dtype.itemsize * math.prod(rest)
+        total = sum(rows) * row_bytes
+        if total < _shm.SHM_MIN:
+            return _from_probe(client, outcomes)
+        try:
+            target = _shm.GatherFile(total)
+        except OSError:
+            return None  # no room in /dev/shm: through the sockets
+        shape = (sum(rows),) + tuple(rest)
+        offsets = list(itertools.accumulate([0] + rows[:-1]))
+
+        def combine(parts: List[Any]) -> Any:
+            whole = target.array(dtype, shape)
+            if all(p[0] == "written" for p in parts):
+                return whole
+            # Some engine sent its part instead (it changed meanwhile, or
+            # the file was not reachable): join the pieces as usual.
+            pieces = [whole[o:o + r] if p[0] == "written" else p[1] for p, o, r in zip(parts, offsets, rows)]
+            return concatenate(pieces)
+
+        ar = AsyncResult(client, len(self._ids), combine=combine, label="gather")
+        ar._when_ended(target.close)  # unlinked before the result is set, whatever the outcome
+        ops = [("apply", _shm.gather_part, (name, target.name, o * row_bytes, dtype, (r,) + tuple(rest)), {})
+               for o, r in zip(offsets, rows)]
+        try:
+            client._submit([([t], _serialize.dumps(op), None) for t, op in zip(self._ids, ops)], ar)
+        except BaseException:
+            target.close()
+            raise
+        return ar
 
     def reset(self, block: Optional[bool] = None) -> Any:
         """Clears each engine's namespace."""

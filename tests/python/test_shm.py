@@ -239,3 +239,125 @@ def test_round_trip_through_loads_without_a_cluster(big):
     assert np.array_equal(value["a"], big) and value["a"].flags.writeable
     _shm.release(names)
     assert pickle.loads(pickle.dumps(value["b"])) == b"x" * 10
+
+
+# -- gather of numpy arrays into one file ------------------------------------------------
+def mapped_shm_files() -> list:
+    """zfarm shared-memory files this process still maps (deleted or not)."""
+    with open("/proc/self/maps") as f:
+        return [line.split()[-2] if line.rstrip().endswith("(deleted)") else line.split()[-1]
+                for line in f if "/dev/shm/zfarm-" in line]
+
+
+def test_gather_writes_the_parts_into_one_mapped_file(cluster, rc, big):
+    dv = rc[:]
+    dv.scatter("x", big, block=True)
+    back = dv.gather("x", block=True)
+    assert back.dtype == big.dtype and back.shape == big.shape and back.flags.c_contiguous
+    assert np.array_equal(back, big)
+    assert backed_by_shm(back)  # the engines' file itself, not a concatenation
+    back[0] = -1.0  # the result is writable
+    assert wait_until_gone([os.getpid()] + engine_pids(cluster)) == []
+
+
+def test_gather_of_uneven_2d_blocks_keeps_dtype_and_shape(rc):
+    whole = np.arange(3 * (BIG // 4) * 3, dtype=np.int32).reshape(-1, 3)
+    cut = len(whole) // 3
+    a, b = rc.ids[:2]
+    rc[a].push({"x": whole[:cut]}, block=True)
+    rc[b].push({"x": whole[cut:]}, block=True)
+    back = rc[[a, b]].gather("x", block=True)
+    assert back.dtype == np.int32 and back.shape == whole.shape
+    assert np.array_equal(back, whole) and backed_by_shm(back)
+
+
+def test_gather_of_fortran_ordered_and_strided_parts(rc):
+    dv = rc[:]
+    whole = np.arange(BIG * 2, dtype=np.float64).reshape(-1, 4)
+    dv.scatter("x", whole, block=True)
+    dv.execute("import numpy as np; y = np.asfortranarray(x); z = x[:, ::2]", block=True)
+    back = dv.gather("y", block=True)
+    assert np.array_equal(back, whole) and back.flags.c_contiguous and backed_by_shm(back)
+    assert np.array_equal(dv.gather("z", block=True), whole[:, ::2])
+
+
+def test_gather_of_mixed_dtypes_or_shapes_falls_back_to_concatenation(rc, big):
+    a, b = rc.ids[:2]
+    rc[a].push({"x": big}, block=True)
+    rc[b].push({"x": big.astype(np.float32)}, block=True)
+    back = rc[[a, b]].gather("x", block=True)
+    assert back.dtype == np.float64 and np.array_equal(back, np.concatenate([big, big]))
+    assert not backed_by_shm(back)
+    rc[b].push({"x": big.reshape(-1, 2)}, block=True)  # another trailing shape
+    with pytest.raises(ValueError):
+        rc[[a, b]].gather("x", block=True)
+
+
+def test_gather_of_lists_and_small_arrays_is_unchanged(rc):
+    dv = rc[:]
+    dv.scatter("y", list(range(11)), block=True)
+    assert dv.gather("y", block=True) == list(range(11))
+    small = np.arange(100, dtype=np.int64)
+    dv.scatter("s", small, block=True)
+    back = dv.gather("s", block=True)
+    assert back.dtype == small.dtype and np.array_equal(back, small)
+
+
+def test_gather_sees_the_values_of_its_call_time_not_of_later_calls(rc, big):
+    dv = rc[:]
+    dv.scatter("x", big, block=True)
+    ar = dv.gather("x")
+    dv.execute("x *= 0")  # submitted after the gather: runs after both its steps
+    assert np.array_equal(ar.get(WAIT), big)
+    assert float(dv.gather("x", block=True).sum()) == 0.0
+
+
+def test_gather_error_is_a_remote_error_and_leaves_no_file(cluster, rc, big):
+    a, b = rc.ids[:2]
+    rc[a].push({"only_a": big}, block=True)
+    with pytest.raises(zfarm.RemoteError, match="only_a"):
+        rc[[a, b]].gather("only_a", block=True)
+    assert wait_until_gone([os.getpid()] + engine_pids(cluster)) == []
+
+
+def test_gather_failing_while_writing_leaves_no_file(cluster, rc, big, monkeypatch):
+    rc[:].scatter("x", big, block=True)
+
+    def failing_part(name, file, offset, dtype, shape):
+        raise OSError(f"cannot write {file}")
+
+    monkeypatch.setattr(_shm, "gather_part", failing_part)
+    with pytest.raises((zfarm.RemoteError, zfarm.CompositeError), match="cannot write zfarm-"):
+        rc[:].gather("x", block=True)
+    assert wait_until_gone([os.getpid()] + engine_pids(cluster)) == []
+
+
+def test_deleting_the_gathered_array_unmaps_it(rc, big):
+    import gc
+
+    rc[:].scatter("x", big, block=True)
+    before = set(mapped_shm_files())
+    back = rc[:].gather("x", block=True)
+    mine = set(mapped_shm_files()) - before
+    assert backed_by_shm(back) and len(mine) == 1
+    assert not os.path.exists(mine.pop())  # unlinked once mapped
+    del back
+    gc.collect()
+    assert set(mapped_shm_files()) <= before
+
+
+def test_gather_from_a_done_callback_does_not_block_the_receiver(rc, big):
+    import concurrent.futures
+
+    dv = rc[:]
+    dv.scatter("x", big, block=True)
+    inner: concurrent.futures.Future = concurrent.futures.Future()
+
+    def on_done(_):
+        try:
+            inner.set_result(dv.gather("x"))  # on the receiver thread: must not wait there
+        except BaseException as exc:  # noqa: BLE001 - reported through the future
+            inner.set_exception(exc)
+
+    dv.execute("pass").add_done_callback(on_done)
+    assert np.array_equal(inner.result(WAIT).get(WAIT), big)
