@@ -1,6 +1,7 @@
 #include "python_env.hpp"
 
 #include <Python.h>
+#include <csignal>
 #include <limits.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -59,7 +60,11 @@ bool start_python(const std::string& program, const char* argv0, std::string* wh
   // The engine's own options are not Python's.
   config.parse_argv = 0;
   // SIGINT becomes KeyboardInterrupt inside a task, as in an interactive
-  // interpreter.
+  // interpreter.  Python installs its handler only over the default
+  // disposition, and an engine started in the background by a shell script
+  // (`nohup zfarm-engine ... &`, as the ssh launcher does) inherits SIGINT
+  // ignored: then interrupts would silently do nothing.
+  std::signal(SIGINT, SIG_DFL);
   config.install_signal_handlers = 1;
   PyStatus status = PyStatus_Ok();
   if (!program.empty()) {

@@ -238,6 +238,7 @@ class Client:
             with self._lock:
                 for task_id in ar.task_ids[first_index:]:
                     self._pending.pop(task_id, None)
+            del ar.task_ids[first_index:]
             if shm_files:
                 _shm.release(shm_files)
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import tempfile
 import struct
@@ -134,12 +135,18 @@ def value_of(fb: FakeBroker, task_id: int) -> Any:
 
 
 def start_engine(endpoint: Optional[str] = None, *args: str, connection_file: Optional[str] = None,
-                 prefetch: int = 2) -> subprocess.Popen:
-    """An engine whose log goes to a temporary file (proc.log)."""
+                 prefetch: int = 2, sigint_ignored: bool = False) -> subprocess.Popen:
+    """An engine whose log goes to a temporary file (proc.log).
+
+    ``sigint_ignored``: started as a shell starts a background job (``&``),
+    with SIGINT ignored, which the engine inherits.
+    """
     cmd = [find_binary("zfarm-engine"), "--heartbeat-ms", str(HEARTBEAT_MS), "--prefetch", str(prefetch)]
     cmd += ["--connection-file", connection_file] if connection_file else ["--url", endpoint]
     log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(cmd + list(args), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    sigint = signal.SIG_IGN if sigint_ignored else signal.SIG_DFL
+    proc = subprocess.Popen(cmd + list(args), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     proc.log = log  # type: ignore[attr-defined]
     return proc
 
@@ -186,9 +193,10 @@ def endpoint(tmp_path):
     return f"ipc://{tmp_path}/engine.sock"
 
 
-def test_interrupt_stops_the_running_task_and_keeps_the_namespace(tmp_path, endpoint):
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["sigint-default", "sigint-ignored"])
+def test_interrupt_stops_the_running_task_and_keeps_the_namespace(tmp_path, endpoint, sigint_ignored):
     fb = FakeBroker(endpoint)
-    engine = start_engine(endpoint)
+    engine = start_engine(endpoint, sigint_ignored=sigint_ignored)
     try:
         eng = fb.wait_engine()
         fb.task(eng, 1, ("execute", "x = 41"))
