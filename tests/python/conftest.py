@@ -1,6 +1,7 @@
 """Fixtures: real zfarm-broker and zfarm-engine processes, always reaped."""
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
@@ -109,6 +110,24 @@ class Gate:
 
     def started(self, name: str) -> bool:
         return os.path.exists(os.path.join(self.folder, f"started-{name}"))
+
+
+class OpenGateWhenShown(io.StringIO):
+    """A stand-in for sys.stdout that opens the gate file once every needle
+    was written.  Engines that wait for that gate were still running their
+    task when a needle they print reached here: the output was live."""
+
+    def __init__(self, gate: str, needles):
+        super().__init__()
+        self.gate = gate
+        self.needles = list(needles)
+
+    def write(self, s: str) -> int:
+        n = super().write(s)
+        if self.needles and all(x in self.getvalue() for x in self.needles):
+            self.needles = []
+            open(self.gate, "w").close()
+        return n
 
 
 def gated(x, gate_path, started_dir=None, name=None):

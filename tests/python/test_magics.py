@@ -1,14 +1,13 @@
 """IPython magics (%px, %%px, %autopx, %pxresult) in an in-process IPython shell."""
 from __future__ import annotations
 
-import io
 import os
 import re
 import sys
 
 import pytest
 
-from conftest import WAIT
+from conftest import WAIT, OpenGateWhenShown
 
 pytest.importorskip("IPython")
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
@@ -156,24 +155,6 @@ def test_split_options_and_parse_targets():
     assert _magics.parse_targets("3,5", [3, 4, 5]) == [3, 5]
     with pytest.raises(ValueError):
         _magics.parse_targets("1:2:3:4", [3])
-
-
-class OpenGateWhenShown(io.StringIO):
-    """Stands in for sys.stdout; opens the gate file once every needle was
-    printed.  The engines wait for that gate, so a needle printed at all was
-    printed while their cell was still running."""
-
-    def __init__(self, gate: str, needles):
-        super().__init__()
-        self.gate = gate
-        self.needles = list(needles)
-
-    def write(self, s: str) -> int:
-        n = super().write(s)
-        if self.needles and all(x in self.getvalue() for x in self.needles):
-            self.needles = []
-            open(self.gate, "w").close()
-        return n
 
 
 WAIT_FOR_GATE = f"""

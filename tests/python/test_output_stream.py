@@ -6,14 +6,13 @@ until the test has seen its first line and opened the gate.
 """
 from __future__ import annotations
 
-import io
 import sys
 import threading
 
 import cloudpickle
 import pytest
 
-from conftest import WAIT, wait_until
+from conftest import WAIT, OpenGateWhenShown, wait_until
 
 from zfarm import _worker
 
@@ -180,22 +179,6 @@ def test_wait_interactive_shows_output_as_it_arrives(rc, tmp_path, monkeypatch):
         assert text.count(f"[stdout:{e}] first") == 1
         assert text.count(f"[stdout:{e}] second") == 1
         assert text.index(f"[stdout:{e}] first") < text.index(f"[stdout:{e}] second")
-
-
-class OpenGateWhenShown(io.StringIO):
-    """A stand-in for sys.stdout that opens the gate once every needle was written."""
-
-    def __init__(self, gate: str, needles):
-        super().__init__()
-        self.gate = gate
-        self.needles = list(needles)
-
-    def write(self, s: str) -> int:
-        n = super().write(s)
-        if self.needles and all(x in self.getvalue() for x in self.needles):
-            self.needles = []
-            open(self.gate, "w").close()
-        return n
 
 
 def test_a_task_whose_engine_died_keeps_what_it_streamed(own_cluster, tmp_path):
