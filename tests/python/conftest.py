@@ -1,6 +1,7 @@
 """Fixtures: real zfarm-broker and zfarm-engine processes, always reaped."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 
@@ -23,10 +24,10 @@ def _liveness_args(kwargs):
 WAIT = 60.0  # upper bound for any single wait in the tests
 
 
-@pytest.fixture(scope="session")
-def cluster():
-    """One cluster of 2 engines shared by the tests that do not break it."""
-    c = zfarm.Cluster(n=2, **_liveness_args({}))
+@contextlib.contextmanager
+def running_cluster(n: int = 2, **kwargs):
+    """A started Cluster with the test heartbeats, stopped and checked at the end."""
+    c = zfarm.Cluster(n=n, **_liveness_args(kwargs))
     c.start()
     try:
         yield c
@@ -34,6 +35,13 @@ def cluster():
         c.stop()
         for p in c.processes():
             assert p.poll() is not None, "a cluster process was left running"
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """One cluster of 2 engines shared by the tests that do not break it."""
+    with running_cluster(2) as c:
+        yield c
 
 
 @pytest.fixture()

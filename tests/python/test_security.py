@@ -21,7 +21,7 @@ import cloudpickle
 import pytest
 
 import zfarm
-from conftest import TEST_HEARTBEAT_MS, TEST_LIVENESS, WAIT, wait_until
+from conftest import TEST_HEARTBEAT_MS, TEST_LIVENESS, WAIT, running_cluster, wait_until
 from zfarm import _core, _serialize
 from zfarm._client import MSG_STATUS, MSG_SUBMIT
 from zfarm._cluster import find_binary
@@ -204,14 +204,8 @@ def test_allow_insecure_binds_plain_text_and_warns(processes, tmp_path):
 
 @pytest.fixture(scope="module")
 def curve_cluster():
-    c = zfarm.Cluster(n=2, curve=True, heartbeat_ms=TEST_HEARTBEAT_MS,
-                      broker_args=["--liveness", str(TEST_LIVENESS)], engine_args=["--liveness", str(TEST_LIVENESS)])
-    c.start()
-    try:
+    with running_cluster(2, curve=True) as c:
         yield c
-    finally:
-        c.stop()
-        assert all(p.poll() is not None for p in c.processes())
 
 
 def test_curve_cluster_runs_tasks(curve_cluster):
@@ -378,17 +372,10 @@ def no_shm(monkeypatch):
 
 @pytest.fixture(scope="module")
 def limited_cluster():
-    c = zfarm.Cluster(n=1, curve=True, heartbeat_ms=TEST_HEARTBEAT_MS,
-                      broker_args=["--liveness", str(TEST_LIVENESS), "--max-frames", str(MAX_FRAMES),
-                                   "--max-header-bytes", str(MAX_HEADER),
-                                   "--max-message-bytes", str(MAX_MESSAGE)],
-                      engine_args=["--liveness", str(TEST_LIVENESS)])
-    c.start()
-    try:
+    with running_cluster(1, curve=True, broker_args=["--max-frames", str(MAX_FRAMES),
+                                                     "--max-header-bytes", str(MAX_HEADER),
+                                                     "--max-message-bytes", str(MAX_MESSAGE)]) as c:
         yield c
-    finally:
-        c.stop()
-        assert all(p.poll() is not None for p in c.processes())
 
 
 def still_serves(c, rc):
