@@ -1,7 +1,6 @@
 #include "scheduler.hpp"
 
 #include <algorithm>
-#include <cstring>
 #include <limits>
 #include <utility>
 
@@ -82,11 +81,7 @@ void Scheduler::reject_oversized_submit(const std::string& identity, const Frame
                                         Outbox& out) {
   // Only the frame count was wrong: if the header is a Submit, its tasks end
   // now as Rejected, else the client would wait for them forever.
-  if (frames.size() < 3 || frames[1].size() != proto::kSignatureSize ||
-      std::memcmp(frames[1].data(), proto::kMagic, 4) != 0 ||
-      static_cast<const std::uint8_t*>(frames[1].data())[4] != proto::kVersion) {
-    return;
-  }
+  if (frames.size() < 3 || !proto::check_signature(frames[1]).ok()) return;
   Header h;
   if (!proto::decode_header(frames[2].data(), frames[2].size(), &h, options_.limits).ok()) return;
   if (h.type != MsgType::kSubmit) return;

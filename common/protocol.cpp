@@ -269,6 +269,18 @@ Status decode_header(const void* data, std::size_t size, Header* out, const Limi
   return Status{};
 }
 
+Status check_signature(const zmq::message_t& sig) {
+  if (sig.size() != kSignatureSize || std::memcmp(sig.data(), kMagic, 4) != 0) {
+    return fail(DecodeError::kBadSignature, "first frame is not a zfarm signature");
+  }
+  const auto version = static_cast<const std::uint8_t*>(sig.data())[4];
+  if (version != kVersion) {
+    return fail(DecodeError::kWrongVersion, "peer speaks protocol version " + std::to_string(version) +
+                                                ", this side speaks " + std::to_string(kVersion));
+  }
+  return Status{};
+}
+
 Status decode(std::vector<zmq::message_t>& frames, std::size_t first, Message* out,
               const Limits& limits) {
   if (frames.size() < first + 2) {
@@ -279,17 +291,10 @@ Status decode(std::vector<zmq::message_t>& frames, std::size_t first, Message* o
                 std::to_string(frames.size() - first) + " frames exceed the limit of " +
                     std::to_string(limits.max_frames));
   }
-  const zmq::message_t& sig = frames[first];
-  if (sig.size() != kSignatureSize || std::memcmp(sig.data(), kMagic, 4) != 0) {
-    return fail(DecodeError::kBadSignature, "first frame is not a zfarm signature");
-  }
-  const auto version = static_cast<const std::uint8_t*>(sig.data())[4];
-  if (version != kVersion) {
-    return fail(DecodeError::kWrongVersion, "peer speaks protocol version " + std::to_string(version) +
-                                                ", this side speaks " + std::to_string(kVersion));
-  }
+  Status st = check_signature(frames[first]);
+  if (!st.ok()) return st;
   const zmq::message_t& hdr = frames[first + 1];
-  Status st = decode_header(hdr.data(), hdr.size(), &out->header, limits);
+  st = decode_header(hdr.data(), hdr.size(), &out->header, limits);
   if (!st.ok()) return st;
   out->payload.clear();
   out->payload.reserve(frames.size() - first - 2);

@@ -183,6 +183,10 @@ Status decode(std::vector<zmq::message_t>& frames, std::size_t first, Message* o
 // known flags.  decode() applies it to every Output.
 Status check_output(const Header& h, const std::vector<zmq::message_t>& payload);
 
+// The signature frame: magic and version (used by decode, and by the broker
+// to read the header of a message that failed on its frame count).
+Status check_signature(const zmq::message_t& sig);
+
 // Header alone, from raw bytes (used by decode and by tests and the fuzzer).
 Status decode_header(const void* data, std::size_t size, Header* out, const Limits& limits);
 
