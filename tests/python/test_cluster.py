@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -77,6 +78,33 @@ def test_connection_file_is_private(cluster):
     mode = os.stat(cluster.connection_file).st_mode & 0o777
     assert mode == 0o600
     info = json.load(open(cluster.connection_file))
+    # Unix-domain sockets in the cluster's own directory, which only this user may enter.
+    folder = os.path.dirname(cluster.connection_file)
+    assert info["client"] == "ipc://" + os.path.join(folder, "client.sock")
+    assert info["engine"] == "ipc://" + os.path.join(folder, "engine.sock")
+    assert os.stat(folder).st_mode & 0o777 == 0o700
+    assert os.stat(folder).st_uid == os.getuid()
+
+
+def test_local_endpoints_fall_back_to_loopback_tcp_for_long_paths():
+    from zfarm._cluster import local_endpoints
+
+    short = local_endpoints("/tmp/zfarm-abc")
+    assert short == ["--client-endpoint", "ipc:///tmp/zfarm-abc/client.sock",
+                     "--engine-endpoint", "ipc:///tmp/zfarm-abc/engine.sock"]
+    long = local_endpoints("/tmp/" + "d" * 100)  # over the 107 bytes of a socket address
+    assert long == ["--client-endpoint", "tcp://127.0.0.1:*", "--engine-endpoint", "tcp://127.0.0.1:*"]
+
+
+def test_a_cluster_in_a_deep_temporary_folder_still_runs(tmp_path, monkeypatch):
+    deep = tmp_path / ("d" * 110)
+    deep.mkdir()
+    monkeypatch.setenv("TMPDIR", str(deep))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    cluster = zfarm.Cluster(n=1, heartbeat_ms=200)
+    with cluster as rc:
+        info = json.load(open(cluster.connection_file))
+        assert rc[:].apply_sync(lambda: 5) == [5]
     assert info["client"].startswith("tcp://127.0.0.1:")
     assert info["engine"].startswith("tcp://127.0.0.1:")
 

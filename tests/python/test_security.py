@@ -64,6 +64,9 @@ def file_mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+LOOPBACK_TCP = ["--client-endpoint", "tcp://127.0.0.1:*", "--engine-endpoint", "tcp://127.0.0.1:*"]
+
+
 def loopback(endpoint: str) -> str:
     """tcp://0.0.0.0:PORT -> tcp://127.0.0.1:PORT: where this machine connects."""
     return "tcp://127.0.0.1:" + endpoint.rsplit(":", 1)[1]
@@ -204,7 +207,9 @@ def test_allow_insecure_binds_plain_text_and_warns(processes, tmp_path):
 
 @pytest.fixture(scope="module")
 def curve_cluster():
-    with running_cluster(2, curve=True) as c:
+    # On loopback TCP (a Cluster's default is Unix sockets in a private
+    # folder): a port that any local process can reach is what CURVE guards.
+    with running_cluster(2, curve=True, broker_args=LOOPBACK_TCP) as c:
         yield c
 
 
