@@ -16,6 +16,9 @@ APT_PACKAGES+=(clang libclang-rt-14-dev)
 APT_PACKAGES+=(openmpi-bin libopenmpi-dev)
 # The ssh launcher's test runs a real OpenSSH server on 127.0.0.1.
 APT_PACKAGES+=(openssh-server openssh-client)
+# The Slurm launcher's test runs a real one-node Slurm (munged, slurmctld,
+# slurmd, sbatch/srun/scancel) with its own configuration.
+APT_PACKAGES+=(munge slurmctld slurmd slurm-client)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -1,5 +1,5 @@
 """The zfarm command and its launchers: local, mpi, ssh (a fake ssh, and a real sshd on
-127.0.0.1), Slurm (fake sbatch/srun).
+127.0.0.1), Slurm (fake sbatch/srun, and a real one-node Slurm: munged, slurmctld, slurmd).
 
 Every test uses its own profile directory.  Clusters started by the command
 outlive it (their processes are reparented); this module makes the test
@@ -507,4 +507,161 @@ def test_slurm_script_and_engine_start_up(env, stop_at_end):
     assert sorted(ranks) == [0, 1]
     ok(zfarm_cmd(env, "cluster", "stop", "--profile", "j"))
     assert (env["tmp"] / "scancel.log").read_text().split() == ["4242"]
+    assert gone(engine_pids(status))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(check, what: str, timeout: float = WAIT):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+# Runs a command as its child and reaps every orphan under it.  slurmd's job
+# steps (slurmstepd) and their tasks are reparented to the nearest subreaper;
+# without this that is the test process, which would leave them zombies until
+# the module ends, and slurmstepd waits for its job's processes to be gone
+# (zombies included) before the job may leave the queue.
+REAPER = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+child = os.fork()
+if child == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGTERM))
+code = 1
+while True:
+    try:
+        pid, status = os.wait()
+    except ChildProcessError:
+        sys.exit(code)
+    if pid == child:
+        code = os.waitstatus_to_exitcode(status)
+"""
+
+
+@pytest.fixture()
+def slurm(tmp_path):
+    """A real Slurm of one node (this machine) for this test only: munged with
+    its own key and socket, slurmctld and slurmd in the foreground with their
+    own configuration, ports, state and logs under tmp_path.  Yields the
+    environment that points the Slurm commands at it."""
+    for daemon in ("munged", "slurmctld", "slurmd"):
+        assert shutil.which(daemon) or os.path.exists(f"/usr/sbin/{daemon}"), \
+            f"{daemon} missing: tools/setup.sh installs munge, slurmctld and slurmd"
+    if os.geteuid() != 0:
+        pytest.skip("slurmd launches jobs only when it runs as root")
+    d = tmp_path / "slurm"
+    for sub in ("munge", "state", "spool"):
+        (d / sub).mkdir(parents=True)
+    os.chmod(d / "munge", 0o700)
+    sbin = lambda name: shutil.which(name) or f"/usr/sbin/{name}"  # noqa: E731
+    subprocess.run(["mungekey", "--create", f"--keyfile={d / 'munge' / 'key'}", "--force"], check=True,
+                   timeout=WAIT, stdin=subprocess.DEVNULL, capture_output=True)
+    os.chmod(d / "munge" / "key", 0o600)
+    sock = d / "munge" / "socket"
+    node = socket.gethostname().split(".")[0]
+    conf = d / "slurm.conf"
+    conf.write_text(textwrap.dedent(f"""\
+        ClusterName=zfarmtest
+        SlurmctldHost={node}(127.0.0.1)
+        SlurmctldPort={free_port()}
+        SlurmdPort={free_port()}
+        AuthType=auth/munge
+        AuthInfo=socket={sock}
+        CredType=cred/munge
+        SlurmUser=root
+        SlurmdUser=root
+        StateSaveLocation={d / "state"}
+        SlurmdSpoolDir={d / "spool"}
+        SlurmctldPidFile={d / "slurmctld.pid"}
+        SlurmdPidFile={d / "slurmd.pid"}
+        ProctrackType=proctrack/pgid
+        TaskPlugin=task/none
+        JobAcctGatherType=jobacct_gather/none
+        AccountingStorageType=accounting_storage/none
+        SchedulerType=sched/builtin
+        SelectType=select/cons_tres
+        SelectTypeParameters=CR_Core
+        ReturnToService=2
+        MpiDefault=none
+        NodeName={node} NodeAddr=127.0.0.1 CPUs={os.cpu_count() or 1} State=UNKNOWN
+        PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:8
+        """))
+    env = dict(os.environ, SLURM_CONF=str(conf))
+    daemons = []
+
+    def start(args, log):
+        p = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=open(d / log, "wb"))
+        daemons.append(p)
+        return p
+
+    try:
+        start([sbin("munged"), "-F", "-f", "-S", str(sock), f"--key-file={d / 'munge' / 'key'}",
+               f"--log-file={d / 'munged.log'}", f"--pid-file={d / 'munged.pid'}",
+               f"--seed-file={d / 'munge' / 'seed'}"], "munged.err")
+        wait_for(lambda: sock.exists(), "munged did not create its socket")
+        start([sbin("slurmctld"), "-D", "-c", "-i"], "slurmctld.log")
+        start([sys.executable, "-c", REAPER, sbin("slurmd"), "-D"], "slurmd.log")
+
+        def idle():
+            for p in daemons:
+                assert p.poll() is None, (d / "slurmctld.log").read_text() + (d / "slurmd.log").read_text()
+            r = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True,
+                               timeout=WAIT, stdin=subprocess.DEVNULL)
+            return r.returncode == 0 and r.stdout.strip() == "idle"
+
+        wait_for(idle, "the Slurm node did not become idle")
+        yield {"env": env, "dir": d}
+    finally:
+        subprocess.run(["scontrol", "shutdown"], env=env, capture_output=True, timeout=WAIT,
+                       stdin=subprocess.DEVNULL)
+        for p in reversed(daemons):  # slurmd and slurmctld first, munged last
+            if p.poll() is None:
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.terminate()
+            try:
+                p.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(WAIT)
+
+
+def test_slurm_launcher_on_a_real_slurm(env, slurm, stop_at_end):
+    env["env"]["SLURM_CONF"] = slurm["env"]["SLURM_CONF"]
+
+    def squeue():
+        r = subprocess.run(["squeue", "-h", "-o", "%i %T"], env=env["env"], capture_output=True, text=True,
+                           timeout=WAIT, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
+
+    ok(zfarm_cmd(env, "cluster", "start", "-n", "2", "--engines", "slurm", "--profile", "s", "--ip", "127.0.0.1",
+                 "--slurm-option=--time=00:10:00", "--heartbeat-ms", HEARTBEAT))
+    job = _profiles.read_state("s")["job_id"]
+    assert job.isdigit() and squeue() == [job, "RUNNING"]
+    with zfarm.Client(profile="s") as rc:
+        # Each engine is a task of that job, started by Slurm's srun.
+        seen = rc[:].apply_sync(lambda: (os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID"),
+                                         __import__("zfarm").mpi.rank(), os.getpid()))
+        assert sorted(r for _, _, r, _ in seen) == [0, 1]
+        assert all(j == job and step is not None for j, step, _, _ in seen)
+        assert rc.load_balanced_view().map_sync(abs, range(-30, 0)) == list(range(30, 0, -1))
+        status = rc.queue_status()
+    assert sorted(engine_pids(status)) == sorted(p for _, _, _, p in seen)
+    ok(zfarm_cmd(env, "cluster", "stop", "--profile", "s"))
+    # scancel ended the job, and with it the engines.
+    wait_for(lambda: squeue() == [], "the job is still in the queue after stop")
     assert gone(engine_pids(status))
