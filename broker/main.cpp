@@ -93,10 +93,11 @@ void send_all(zmq::socket_t& clients, zmq::socket_t& engines, Outbox& out, Sched
   out.clear();
 }
 
-// Reads up to kReadBatch messages from `socket` into the Scheduler.
-void drain(zmq::socket_t& socket, bool engine_side, Scheduler& scheduler, Outbox& out) {
-  Frames frames;
-  for (int i = 0; i < kReadBatch && zfarm::recv_frames(socket, frames); ++i) {
+// Reads up to kReadBatch messages from `socket` into the Scheduler; returns
+// how many.  `frames` is the caller's, so its storage is reused.
+int drain(zmq::socket_t& socket, bool engine_side, Scheduler& scheduler, Frames& frames, Outbox& out) {
+  int n = 0;
+  for (; n < kReadBatch && zfarm::recv_frames(socket, frames); ++n) {
     const auto now = Clock::now();
     if (engine_side) {
       scheduler.on_engine_frames(frames, now, out);
@@ -104,6 +105,7 @@ void drain(zmq::socket_t& socket, bool engine_side, Scheduler& scheduler, Outbox
       scheduler.on_client_frames(frames, now, out);
     }
   }
+  return n;
 }
 
 bool bind_endpoint(zmq::socket_t& socket, const std::string& endpoint, const char* what, std::string* actual) {
@@ -216,28 +218,40 @@ int main(int argc, char** argv) {
                engine_actual.c_str(), static_cast<long>(::getpid()), plan.curve ? ", CURVE on" : "");
 
   Outbox out;
+  Frames frames;
   const auto tick_every = scheduler.tick_interval();
   auto next_tick = Clock::now() + tick_every;
   zmq::pollitem_t items[] = {
       {engines.handle(), 0, ZMQ_POLLIN, 0},
       {clients.handle(), 0, ZMQ_POLLIN, 0},
   };
+  // zmq::poll only when the last round read nothing: while messages keep
+  // coming, reading both sockets again finds them without the poll (a
+  // poll(2) call and two ZMQ_EVENTS queries each time).
+  bool idle = true;
   while (!scheduler.shutting_down() && g_signal == 0) {
-    // Wake for the next heartbeat check or the earliest task deadline,
-    // whichever comes first, so timeouts fire on time.
-    const auto wake = std::min(next_tick, scheduler.next_deadline());
-    const auto wait = std::chrono::ceil<std::chrono::milliseconds>(wake - Clock::now());
-    try {
-      zmq::poll(items, 2, std::max(wait, std::chrono::milliseconds(0)));
-    } catch (const zmq::error_t& e) {
-      if (e.num() == EINTR) continue;
-      std::fprintf(stderr, "zfarm-broker: poll failed: %s\n", e.what());
-      break;
+    bool read_engines = true, read_clients = true;
+    if (idle) {
+      // Wake for the next heartbeat check or the earliest task deadline,
+      // whichever comes first, so timeouts fire on time.
+      const auto wake = std::min(next_tick, scheduler.next_deadline());
+      const auto wait = std::chrono::ceil<std::chrono::milliseconds>(wake - Clock::now());
+      try {
+        zmq::poll(items, 2, std::max(wait, std::chrono::milliseconds(0)));
+      } catch (const zmq::error_t& e) {
+        if (e.num() == EINTR) continue;
+        std::fprintf(stderr, "zfarm-broker: poll failed: %s\n", e.what());
+        break;
+      }
+      read_engines = (items[0].revents & ZMQ_POLLIN) != 0;
+      read_clients = (items[1].revents & ZMQ_POLLIN) != 0;
     }
+    int got = 0;
     // Engines first: their results free credit for the clients' work.
-    if (items[0].revents & ZMQ_POLLIN) drain(engines, true, scheduler, out);
+    if (read_engines) got += drain(engines, true, scheduler, frames, out);
     if (zap) scheduler.set_auth_refused(zap->refused());
-    if (items[1].revents & ZMQ_POLLIN) drain(clients, false, scheduler, out);
+    if (read_clients) got += drain(clients, false, scheduler, frames, out);
+    idle = got == 0;
     const auto now = Clock::now();
     if (now >= next_tick || now >= scheduler.next_deadline()) {
       scheduler.tick(now, out);
