@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <string_view>
@@ -165,25 +166,38 @@ class Scheduler {
   // one or more engines (targeted, follow, or restricted to a set of engines).
   enum class State : std::uint8_t { kBlocked, kShared, kEngineQueued, kRunning };
 
+  // What only tasks with options need (engines, timeout, dependencies), out
+  // of line so that a plain task stays small: a million queued tasks are a
+  // million Tasks.
+  struct TaskExtras {
+    std::vector<std::int64_t> allowed;  // opts.engines, registered ones only
+    std::int64_t timeout_ms = 0;
+    std::multimap<Clock::time_point, std::uint64_t>::iterator timer;  // valid while has_timer
+    std::uint32_t waiting = 0;          // dependencies not yet ended
+    std::int64_t follow_engine = -1;    // where its follow dependencies ran
+  };
+
   struct Task {
     std::uint64_t id = 0;
-    std::string client;       // session of the submitting client (results go to its identity)
-    Frames payload;           // kept while a retry may need it
-    std::int64_t retries = 0; // load-balanced only
-    bool balanced = false;
-    std::int64_t engine = -1; // engine queued at or running it; -1 in the shared queue
-    State state = State::kBlocked;
+    const std::string* client = nullptr;  // its session, interned (Sessions::session_of)
+    Frames payload;            // kept while a retry may need it
+    std::int64_t engine = -1;  // engine queued at or running it; -1 in the shared queue
     std::int64_t priority = 0;
     std::uint64_t seq = 0;     // order of becoming ready: FIFO within a priority
     std::uint64_t ticket = 0;  // names the current queue or waiter entries; 0 = none
     std::int64_t pin = -1;     // the one engine it may run on (target or follow); -1 any
-    std::vector<std::int64_t> allowed;  // opts.engines, registered ones only
-    bool restricted = false;            // opts.engines was given
-    std::int64_t timeout_ms = 0;
-    bool has_timer = false;
-    std::multimap<Clock::time_point, std::uint64_t>::iterator timer;
-    std::size_t waiting = 0;           // dependencies not yet ended
-    std::int64_t follow_engine = -1;   // where its follow dependencies ran
+    std::int32_t retries = 0;  // load-balanced only (opts.retries, clamped)
+    State state = State::kBlocked;
+    bool balanced = false;
+    bool restricted = false;   // opts.engines was given (extras->allowed holds them)
+    bool has_timer = false;    // extras->timer is set
+    std::unique_ptr<TaskExtras> extras;  // null for a task without such options
+
+    TaskExtras& ext() {
+      if (!extras) extras = std::make_unique<TaskExtras>();
+      return *extras;
+    }
+    std::int64_t follow_engine() const { return extras ? extras->follow_engine : -1; }
   };
 
   // An entry of a task queue (fair_queue.hpp).  Entries are not removed when
@@ -246,6 +260,10 @@ class Scheduler {
     // Its entry in by_load_ (filed: it has free credit) and in with_work_.
     bool filed = false;
     LoadKey load_key{};
+    // Its by_load_ node while it is not filed, kept so that refiling an
+    // engine whose credit came back (once per task when the credit is
+    // small) allocates nothing.
+    std::set<LoadKey, LoadOrder>::node_type spare;
     bool in_work = false;
     std::int64_t free_credit() const { return credit - static_cast<std::int64_t>(inflight.size()); }
   };
@@ -254,6 +272,7 @@ class Scheduler {
   void handle_register(const std::string& identity, const proto::Message& msg, Clock::time_point now,
                        Outbox& out);
   void handle_result(Engine& engine, proto::Message&& msg, Outbox& out);
+  // `client` is the interned session name (Sessions::session_of): tasks keep its address.
   void handle_submit(const std::string& client, proto::Message&& msg, Outbox& out);
   void handle_status(const std::string& client, const proto::Message& msg, Outbox& out);
   // Output from an engine: to the session of the task it runs (scheduler_output.cpp).

@@ -186,6 +186,67 @@ TEST_CASE("store copies a small frame once on the way in, then shares that copy"
   CHECK((*s.find(1))[0].data() == kept);
 }
 
+TEST_CASE("store unacked after acks in any order: the rest, by task id, and none once all are acked") {
+  ResultStore s;
+  // Arrival order differs from id order; acks remove from the middle, the
+  // front and the back of the session's list.
+  for (std::uint64_t id : {5, 2, 9, 1, 7}) s.add("s", id, message(10, static_cast<char>('0' + id)));
+  s.add("t", 3, message(10, '3'));
+  s.ack("s", {9});
+  s.ack("s", {5});
+  auto rest = s.unacked("s");
+  REQUIRE(rest.size() == 3);
+  CHECK(tag_of(rest[0]) == '1');
+  CHECK(tag_of(rest[1]) == '2');
+  CHECK(tag_of(rest[2]) == '7');
+  s.ack("s", {1, 2, 7, 3});  // 3 is another session's: ignored
+  CHECK(s.unacked("s").empty());
+  CHECK(s.unacked("t").size() == 1);
+  CHECK(s.stats().stored_results == 1);
+  CHECK(s.stats().cached_results == 5);
+  // The session may have results again after all were acknowledged.
+  s.add("s", 11, message(10, 'b'));
+  REQUIRE(s.unacked("s").size() == 1);
+  CHECK(tag_of(s.unacked("s")[0]) == 'b');
+}
+
+TEST_CASE("store a second result for an unacknowledged task id replaces it in its session too") {
+  ResultStore s;
+  s.add("s", 5, message(100, 'a'));
+  s.add("t", 5, message(40, 'b'));
+  CHECK(s.unacked("s").empty());
+  REQUIRE(s.unacked("t").size() == 1);
+  CHECK(tag_of(s.unacked("t")[0]) == 'b');
+  CHECK(s.stats().stored_results == 1);
+  CHECK(s.stats().stored_bytes == cost(40));
+  s.ack("s", {5});  // no longer the owner
+  CHECK(s.stats().stored_results == 1);
+  s.ack("t", {5});
+  CHECK(s.stats().cached_bytes == cost(40));
+}
+
+TEST_CASE("store unacknowledged bound drops the oldest by arrival, not by task id") {
+  ResultStore s(limits(1 << 20, 3 * cost(10)));
+  s.add("s", 30, message(10, 'a'));
+  s.add("s", 10, message(10, 'b'));
+  s.add("t", 20, message(10, 'c'));
+  s.add("t", 5, message(10, 'd'));  // over the bound: task 30 goes
+  CHECK_FALSE(s.contains(30));
+  CHECK(s.contains(10));
+  CHECK(s.stats().evicted == 1);
+  CHECK(s.unacked("s").size() == 1);
+  CHECK(s.unacked("t").size() == 2);
+}
+
+TEST_CASE("store a frame held inside the zmq message (a few bytes) is kept as it is") {
+  ResultStore s;
+  Frames original = message(8, 'z');
+  Frames now = s.add("s", 1, std::move(original));
+  REQUIRE(now[0].size() == 8);
+  CHECK(tag_of(now) == 'z');
+  CHECK(tag_of(*s.find(1)) == 'z');
+}
+
 TEST_CASE("store watchers are returned once each, then forgotten") {
   ResultStore s;
   s.watch(9, "a");
@@ -224,6 +285,22 @@ TEST_CASE("sessions: hello binds, a repeated hello is the same, a new identity r
   CHECK(s.find("nope") == nullptr);
   REQUIRE(s.find("id2") != nullptr);
   CHECK(*s.find("id2") == "sess");
+}
+
+TEST_CASE("sessions: one session's name is one interned string, whichever identity asks") {
+  Sessions s;
+  const std::string* implicit = &s.session_of("id1");
+  CHECK(&s.session_of("id1") == implicit);
+  s.bind("work", "id2");
+  const std::string* work = &s.session_of("id2");
+  CHECK(*work == "work");
+  s.bind("work", "id3");  // the client reconnected: same session, same name
+  CHECK(&s.session_of("id3") == work);
+  CHECK(s.find("id3") == work);
+  CHECK(s.find("nobody") == nullptr);
+  // The old identity now has a session of its own.
+  CHECK(s.session_of("id2") == "id2");
+  CHECK(&s.session_of("id3") == work);
 }
 
 TEST_CASE("sessions: hello with no session name binds the implicit session") {
