@@ -1,9 +1,10 @@
 // zfarm-broker: two ROUTER sockets around a Scheduler.
 //
 // Everything the broker decides is in scheduler.cpp; this file binds the
-// sockets, writes the connection file, and runs one zmq::poll loop that feeds
+// sockets, writes the connection file, and runs one poll loop that feeds
 // messages to the Scheduler, calls tick() about every heartbeat/4 and at the
 // earliest task deadline, and sends what the Scheduler produced.
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <optional>
 #include <string>
 
@@ -85,13 +87,24 @@ bool send_to(zmq::socket_t& socket, const std::string& identity, Frames& frames)
   return true;
 }
 
-void send_all(zmq::socket_t& clients, zmq::socket_t& engines, Outbox& out, Scheduler& scheduler) {
+// Sends the Outbox; says which sides were sent to (see the main loop for why).
+struct Sent {
+  bool engines = false;
+  bool clients = false;
+};
+Sent send_all(zmq::socket_t& clients, zmq::socket_t& engines, Outbox& out, Scheduler& scheduler) {
+  Sent sent;
   for (Outgoing& o : out) {
-    zmq::socket_t& socket = o.side == Outgoing::kClient ? clients : engines;
-    if (!send_to(socket, o.identity, o.frames)) scheduler.count_unroutable();
+    const bool to_client = o.side == Outgoing::kClient;
+    (to_client ? sent.clients : sent.engines) = true;
+    if (!send_to(to_client ? clients : engines, o.identity, o.frames)) scheduler.count_unroutable();
   }
   out.clear();
+  return sent;
 }
+
+// Whether `socket` has a message to read now (ZMQ_EVENTS).
+bool readable(zmq::socket_t& socket) { return (socket.get(zmq::sockopt::events) & ZMQ_POLLIN) != 0; }
 
 // Reads up to kReadBatch messages from `socket` into the Scheduler; returns
 // how many.  `frames` is the caller's, so its storage is reused.
@@ -221,43 +234,51 @@ int main(int argc, char** argv) {
   Frames frames;
   const auto tick_every = scheduler.tick_interval();
   auto next_tick = Clock::now() + tick_every;
-  zmq::pollitem_t items[] = {
-      {engines.handle(), 0, ZMQ_POLLIN, 0},
-      {clients.handle(), 0, ZMQ_POLLIN, 0},
+  // The loop waits in poll(2) on the sockets' ZMQ_FDs, not in zmq::poll.
+  // zmq::poll that has to wait costs about ten system calls: poll(2) twice,
+  // and before and after it a ZMQ_EVENTS query per socket, each a poll(2)
+  // and a getpid(2) (libzmq's fork check).  With light traffic the broker
+  // waits once or twice per task, so that was most of its system calls.
+  //
+  // A ZMQ_FD becomes readable when its socket has received commands, such as
+  // "a peer's pipe has messages"; it does not stay readable while messages
+  // wait.  So a socket is marked `pending` (read it without waiting) until
+  // a read finds it empty; and since a send may process the commands that
+  // would have woken us, a socket sent on is asked (ZMQ_EVENTS) afterwards.
+  // Only when no socket is pending does the loop wait.
+  pollfd fds[] = {
+      {engines.get(zmq::sockopt::fd), POLLIN, 0},
+      {clients.get(zmq::sockopt::fd), POLLIN, 0},
   };
-  // zmq::poll only when the last round read nothing: while messages keep
-  // coming, reading both sockets again finds them without the poll (a
-  // poll(2) call and two ZMQ_EVENTS queries each time).
-  bool idle = true;
+  bool pending_engines = true, pending_clients = true;
   while (!scheduler.shutting_down() && g_signal == 0) {
-    bool read_engines = true, read_clients = true;
-    if (idle) {
+    if (!pending_engines && !pending_clients) {
       // Wake for the next heartbeat check or the earliest task deadline,
       // whichever comes first, so timeouts fire on time.
       const auto wake = std::min(next_tick, scheduler.next_deadline());
       const auto wait = std::chrono::ceil<std::chrono::milliseconds>(wake - Clock::now());
-      try {
-        zmq::poll(items, 2, std::max(wait, std::chrono::milliseconds(0)));
-      } catch (const zmq::error_t& e) {
-        if (e.num() == EINTR) continue;
-        std::fprintf(stderr, "zfarm-broker: poll failed: %s\n", e.what());
+      const int rc = ::poll(fds, 2, static_cast<int>(std::clamp<std::int64_t>(wait.count(), 0, 1 << 30)));
+      if (rc < 0) {
+        if (errno == EINTR) continue;
+        std::fprintf(stderr, "zfarm-broker: poll failed: %s\n", std::strerror(errno));
         break;
       }
-      read_engines = (items[0].revents & ZMQ_POLLIN) != 0;
-      read_clients = (items[1].revents & ZMQ_POLLIN) != 0;
+      pending_engines = (fds[0].revents & (POLLIN | POLLERR | POLLHUP)) != 0;
+      pending_clients = (fds[1].revents & (POLLIN | POLLERR | POLLHUP)) != 0;
     }
-    int got = 0;
-    // Engines first: their results free credit for the clients' work.
-    if (read_engines) got += drain(engines, true, scheduler, frames, out);
+    // Engines first: their results free credit for the clients' work.  A
+    // read that stops at the batch limit leaves the socket pending.
+    if (pending_engines) pending_engines = drain(engines, true, scheduler, frames, out) == kReadBatch;
     if (zap) scheduler.set_auth_refused(zap->refused());
-    if (read_clients) got += drain(clients, false, scheduler, frames, out);
-    idle = got == 0;
+    if (pending_clients) pending_clients = drain(clients, false, scheduler, frames, out) == kReadBatch;
     const auto now = Clock::now();
     if (now >= next_tick || now >= scheduler.next_deadline()) {
       scheduler.tick(now, out);
       if (now >= next_tick) next_tick = now + tick_every;
     }
-    send_all(clients, engines, out, scheduler);
+    const Sent sent = send_all(clients, engines, out, scheduler);
+    if (sent.engines && !pending_engines) pending_engines = readable(engines);
+    if (sent.clients && !pending_clients) pending_clients = readable(clients);
   }
   if (!scheduler.shutting_down()) {
     scheduler.shutdown("the broker was stopped by a signal", out);
