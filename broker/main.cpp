@@ -103,8 +103,15 @@ Sent send_all(zmq::socket_t& clients, zmq::socket_t& engines, Outbox& out, Sched
   return sent;
 }
 
-// Whether `socket` has a message to read now (ZMQ_EVENTS).
-bool readable(zmq::socket_t& socket) { return (socket.get(zmq::sockopt::events) & ZMQ_POLLIN) != 0; }
+// Whether `socket` has a message to read now (ZMQ_EVENTS).  When the query
+// fails (EINTR from a signal), yes: the next read finds out without waiting.
+bool readable(zmq::socket_t& socket) {
+  try {
+    return (socket.get(zmq::sockopt::events) & ZMQ_POLLIN) != 0;
+  } catch (const zmq::error_t&) {
+    return true;
+  }
+}
 
 // Reads up to kReadBatch messages from `socket` into the Scheduler; returns
 // how many.  `frames` is the caller's, so its storage is reused.
