@@ -299,11 +299,14 @@ bool decode_plain_header(const void* data, std::size_t size, Header* out, const 
 
 }  // namespace
 
-void encode_header(const Header& h, std::vector<zmq::message_t>& out) {
+namespace {
+
+// The signature and header frames of `h`.
+void encode_header_frames(const Header& h, zmq::message_t* sig_frame, zmq::message_t* header_frame) {
   char sig[kSignatureSize];
   std::memcpy(sig, kMagic, 4);
   sig[4] = static_cast<char>(kVersion);
-  out.emplace_back(sig, kSignatureSize);
+  sig_frame->rebuild(sig, kSignatureSize);
 
   // One buffer per thread, emptied and reused: a fresh sbuffer allocates
   // 8 KiB for every header (the frame below copies the bytes out).  It
@@ -322,10 +325,28 @@ void encode_header(const Header& h, std::vector<zmq::message_t>& out) {
   pk.pack_str(static_cast<std::uint32_t>(h.text.size()));
   pk.pack_str_body(h.text.data(), static_cast<std::uint32_t>(h.text.size()));
   if (with_opts) pack_options(pk, h.opts);
-  out.emplace_back(buf.data(), buf.size());
+  header_frame->rebuild(buf.data(), buf.size());
+}
+
+}  // namespace
+
+void encode_header(const Header& h, std::vector<zmq::message_t>& out) {
+  out.emplace_back();
+  out.emplace_back();
+  encode_header_frames(h, &out[out.size() - 2], &out[out.size() - 1]);
 }
 
 std::vector<zmq::message_t> encode(const Header& h, std::vector<zmq::message_t> payload) {
+  if (payload.capacity() >= payload.size() + 2) {
+    // Room in the payload's own storage (decode leaves it in a Result's):
+    // the two frames go in front, no new vector.
+    const std::size_t n = payload.size();
+    payload.emplace_back();
+    payload.emplace_back();
+    std::move_backward(payload.begin(), payload.begin() + static_cast<std::ptrdiff_t>(n), payload.end());
+    encode_header_frames(h, &payload[0], &payload[1]);
+    return payload;
+  }
   std::vector<zmq::message_t> out;
   out.reserve(2 + payload.size());
   encode_header(h, out);
@@ -427,7 +448,12 @@ Status decode(std::vector<zmq::message_t>& frames, std::size_t first, Message* o
   st = decode_header(hdr.data(), hdr.size(), &out->header, limits);
   if (!st.ok()) return st;
   out->payload.clear();
-  out->payload.reserve(frames.size() - first - 2);
+  // A Result's payload is forwarded at once by the broker: room for the
+  // signature and header that encode() then puts in front, so that needs no
+  // new vector.  Other payloads (a Submit's may wait in a queue for long)
+  // get no spare room.
+  const std::size_t room = out->header.type == MsgType::kResult ? 2 : 0;
+  out->payload.reserve(frames.size() - first - 2 + room);
   for (std::size_t i = first + 2; i < frames.size(); ++i) out->payload.push_back(std::move(frames[i]));
   if (out->header.type == MsgType::kOutput) return check_output(out->header, out->payload);
   return Status{};

@@ -327,6 +327,30 @@ TEST_CASE("FastPath: limits and errors are those of the general decoder") {
   CHECK(proto::decode_header(good.data(), good.size(), &out, proto::Limits{}).ok());
 }
 
+TEST_CASE("RoundTrip: a decoded Result's payload is encoded again in its own storage, in order") {
+  proto::Header h;
+  h.type = proto::MsgType::kResult;
+  h.id = 42;
+  std::vector<zmq::message_t> payload;
+  payload.emplace_back(std::string("one").data(), 3);
+  payload.emplace_back(std::string("two").data(), 3);
+  auto wire = proto::encode(h, std::move(payload));
+  proto::Message m;
+  REQUIRE(proto::decode(wire, 0, &m).ok());
+  REQUIRE(m.payload.capacity() >= m.payload.size() + 2);  // decode left room for forwarding
+  const zmq::message_t* storage = m.payload.data();
+  h.aux = 7;
+  auto again = proto::encode(h, std::move(m.payload));
+  CHECK(again.data() == storage);  // no new vector
+  proto::Message back;
+  REQUIRE(proto::decode(again, 0, &back).ok());
+  CHECK(back.header.id == 42);
+  CHECK(back.header.aux == 7);
+  REQUIRE(back.payload.size() == 2);
+  CHECK(back.payload[0].to_string() == "one");
+  CHECK(back.payload[1].to_string() == "two");
+}
+
 TEST_CASE("UnknownType: 0 and 200") {
   for (int t : {0, 200}) {
     CAPTURE(t);
