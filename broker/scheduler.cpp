@@ -65,7 +65,7 @@ void Scheduler::on_client_frames(Frames& frames, Clock::time_point now, Outbox& 
     return;
   }
   std::string identity = frames[0].to_string();
-  Message msg;
+  Message& msg = scratch_;
   proto::Status st = proto::decode(frames, 1, &msg, options_.limits);
   if (!st.ok()) {
     ++counters_.bad_messages;
@@ -75,6 +75,7 @@ void Scheduler::on_client_frames(Frames& frames, Clock::time_point now, Outbox& 
     return;
   }
   on_client(identity, std::move(msg), now, out);
+  msg.payload.clear();  // frames the handler did not take are not kept until the next message
 }
 
 void Scheduler::reject_oversized_submit(const std::string& identity, const Frames& frames, const std::string& why,
@@ -105,7 +106,7 @@ void Scheduler::on_engine_frames(Frames& frames, Clock::time_point now, Outbox& 
   // Any message, even a bad one, shows the engine is alive.
   auto known = engine_by_identity_.find(identity);
   if (known != engine_by_identity_.end()) engines_.at(known->second).last_seen = now;
-  Message msg;
+  Message& msg = scratch_;
   proto::Status st = proto::decode(frames, 1, &msg, options_.limits);
   if (!st.ok()) {
     ++counters_.bad_messages;
@@ -119,6 +120,7 @@ void Scheduler::on_engine_frames(Frames& frames, Clock::time_point now, Outbox& 
     return;
   }
   on_engine(identity, std::move(msg), now, out);
+  msg.payload.clear();
 }
 
 void Scheduler::on_client(const std::string& identity, Message&& msg, Clock::time_point now,
@@ -380,7 +382,7 @@ void Scheduler::handle_submit(const std::string& client, Message&& msg, Outbox& 
       reject(client, h.id, -1, "task id " + std::to_string(h.id) + " is already pending", out);
       return;
     }
-    Task& t = tasks_[h.id];
+    Task& t = new_task(h.id);
     t.id = h.id;
     t.client = &client;
     t.payload = std::move(msg.payload);
@@ -407,7 +409,7 @@ void Scheduler::handle_submit(const std::string& client, Message&& msg, Outbox& 
       reject(client, tid, target, "task id " + std::to_string(tid) + " is already pending", out);
     } else {
       // Reserve the id now so a repeated id inside this Submit is refused too.
-      Task& t = tasks_[tid];
+      Task& t = new_task(tid);
       t.id = tid;
       t.client = &client;
       t.engine = target;
@@ -574,6 +576,18 @@ void Scheduler::finish(std::uint64_t task_id, ResultStatus status, std::int64_t 
   send_result(*node.mapped().client, task_id, static_cast<std::uint32_t>(status), aux, std::move(text),
               std::move(payload), out);
   notify_watchers(task_id, *node.mapped().client, out);
+  if (spare_tasks_.size() < kSpareTasks) {
+    node.mapped() = Task{};  // frees what the task held (payload, extras)
+    spare_tasks_.push_back(std::move(node));
+  }
+}
+
+Scheduler::Task& Scheduler::new_task(std::uint64_t id) {
+  if (spare_tasks_.empty()) return tasks_[id];
+  auto node = std::move(spare_tasks_.back());
+  spare_tasks_.pop_back();
+  node.key() = id;
+  return tasks_.insert(std::move(node)).position->second;
 }
 
 void Scheduler::reject(const std::string& client, std::uint64_t task_id, std::int64_t aux, std::string text,

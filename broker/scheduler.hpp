@@ -289,6 +289,10 @@ class Scheduler {
   // Removes an engine; its tasks are retried or end as EngineDied.
   void remove_engine(std::int64_t id, std::string_view reason, Outbox& out);
 
+  // A default Task filed under `id` (not in tasks_ yet), in a node of a
+  // finished task when one is spare: a task per message otherwise costs a
+  // node allocated and freed.
+  Task& new_task(std::uint64_t id);
   // Ends a task: one Result to its client, then forgets it.
   void finish(std::uint64_t task_id, proto::ResultStatus status, std::int64_t aux, std::string text,
               Frames payload, Outbox& out);
@@ -362,6 +366,13 @@ class Scheduler {
   std::map<std::int64_t, Engine*> with_work_;
   std::int64_t next_engine_id_ = 0;
   std::unordered_map<std::uint64_t, Task> tasks_;  // every task not yet finished
+  // Nodes of finished tasks kept for new_task().  A few suffice: tasks
+  // finish and arrive at about the same rate.
+  static constexpr std::size_t kSpareTasks = 64;
+  std::vector<std::unordered_map<std::uint64_t, Task>::node_type> spare_tasks_;
+  // The decoded message being handled: reused, so that the vectors and
+  // strings of its header keep their storage from one message to the next.
+  proto::Message scratch_;
   FairQueue shared_;                               // load-balanced work not yet sent, by client session
   std::size_t blocked_ = 0;                        // tasks waiting for dependencies
   std::uint64_t next_seq_ = 1;
