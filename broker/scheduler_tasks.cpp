@@ -345,7 +345,8 @@ void Scheduler::expire(Clock::time_point now, Outbox& out) {
     timers_.erase(timers_.begin());
     Task& t = tasks_.at(id);  // retire() removes the timer of every task that ends
     t.has_timer = false;
-    std::string text = "task " + std::to_string(id) + " timed out after " + std::to_string(t.extras->timeout_ms) + " ms";
+    std::string text =
+        "task " + std::to_string(id) + " timed out after " + std::to_string(t.extras->timeout_ms) + " ms";
     std::int64_t aux = -1;
     if (t.state == State::kRunning) {
       aux = t.engine;

@@ -456,7 +456,8 @@ int run_throughput(const Options& o, const Connection& c) {
     std::printf("{\"mode\": \"throughput\", \"engines\": %d, \"clients\": %d, \"window\": %d, \"payload_bytes\": %d, "
                 "\"tasks\": %ld, \"done\": %ld, \"failed\": %ld, \"timed_out\": %s, \"seconds\": %.4f, "
                 "\"tasks_per_s\": %.1f, \"register_s\": %.3f, \"broker_cpu_pct\": %.1f, \"loadgen_cpu_pct\": %.1f, "
-                "\"broker_cpu_us_per_task\": %.2f, \"loadgen_cpu_us_per_task\": %.2f, \"ack_batch\": %d, \"credit\": %d, ",
+                "\"broker_cpu_us_per_task\": %.2f, \"loadgen_cpu_us_per_task\": %.2f, \"ack_batch\": %d, "
+                "\"credit\": %d, ",
                 o.engines, o.clients, o.window, o.payload_bytes, o.tasks, done, failed, timed_out ? "true" : "false",
                 elapsed, rate, register_s, broker_cpu_pct, self_cpu_pct, broker_us, self_us, o.ack_batch, o.credit);
     print_latency("latency", lat, true);
