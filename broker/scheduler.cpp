@@ -36,6 +36,7 @@ Header make_header(MsgType type, std::uint64_t id) {
 
 Scheduler::Scheduler(SchedulerOptions options)
     : options_(std::move(options)),
+      finished_(options_.finished_record),
       results_(ResultStore::Limits{options_.result_cache_bytes, options_.max_unacked_bytes}),
       incarnation_(options_.incarnation.empty() ? random_incarnation() : options_.incarnation) {
   if (options_.heartbeat.count() < 1) options_.heartbeat = std::chrono::milliseconds(1);

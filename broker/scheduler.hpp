@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "fair_queue.hpp"
+#include "finished_record.hpp"
 #include "io_thread.hpp"  // Frames
 #include "protocol.hpp"
 #include "result_store.hpp"
@@ -73,8 +74,8 @@ struct SchedulerOptions {
   // restart.  Empty: random hex made at construction (tests may set one).
   std::string incarnation;
   // Finished tasks remembered (id -> status, engine) so opts.after and
-  // opts.follow may name tasks that already ended.  About 70 bytes each
-  // (a hash node and an entry of the eviction order).
+  // opts.follow may name tasks that already ended.  About 32 bytes each
+  // (finished_record.hpp).
   std::size_t finished_record = 1000000;
 };
 
@@ -221,13 +222,6 @@ class Scheduler {
   };
   static constexpr std::uint8_t kAfterDep = 1;
   static constexpr std::uint8_t kFollowDep = 2;
-
-  // What the broker remembers of a finished task, for after/follow.
-  struct Finished {
-    std::uint32_t status;
-    std::int64_t engine;  // where it ran; -1 never ran
-    std::uint64_t stamp;
-  };
 
   struct Engine;
   // Where an engine with free credit stands for load-balanced work: most free
@@ -386,9 +380,7 @@ class Scheduler {
   std::vector<Released> released_;                 // ended tasks that have waiters
   std::multimap<Clock::time_point, std::uint64_t> timers_;  // deadline -> task id
   std::unordered_map<std::uint64_t, std::int64_t> abandoned_;  // timed out, running: id -> engine
-  std::unordered_map<std::uint64_t, Finished> finished_;       // recent finished tasks
-  std::deque<std::pair<std::uint64_t, std::uint64_t>> finished_order_;  // (id, stamp), oldest first
-  std::uint64_t next_stamp_ = 1;
+  FinishedRecord finished_;  // recent finished tasks (options_.finished_record of them)
   Clock::time_point now_{};                        // time of the message being handled
   std::set<std::string> clients_;                  // identities seen on the client side
   Counters counters_;

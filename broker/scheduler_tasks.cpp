@@ -190,9 +190,9 @@ void Scheduler::admit(Task& t, const proto::Options& opts, Clock::time_point now
       ++t.ext().waiting;
       continue;
     }
-    auto known = finished_.find(dep);
-    if (known == finished_.end()) continue;  // never heard of it: counts as ended Ok
-    std::string why = check_dependency(t, dep, flags, known->second.status, known->second.engine);
+    const FinishedRecord::Entry* known = finished_.find(dep);
+    if (known == nullptr) continue;  // never heard of it: counts as ended Ok
+    std::string why = check_dependency(t, dep, flags, known->status, known->engine);
     if (!why.empty()) {
       finish(t.id, ResultStatus::kImpossible, -1, std::move(why), {}, out);
       return;
@@ -299,16 +299,7 @@ void Scheduler::retire(Task& t, ResultStatus status) {
 }
 
 void Scheduler::remember(std::uint64_t id, std::uint32_t status, std::int64_t engine) {
-  if (options_.finished_record == 0) return;
-  const std::uint64_t stamp = next_stamp_++;
-  finished_[id] = Finished{status, engine, stamp};
-  finished_order_.emplace_back(id, stamp);
-  while (finished_order_.size() > options_.finished_record) {
-    const auto [old, old_stamp] = finished_order_.front();
-    finished_order_.pop_front();
-    auto it = finished_.find(old);
-    if (it != finished_.end() && it->second.stamp == old_stamp) finished_.erase(it);
-  }
+  finished_.record(id, status, engine);
 }
 
 void Scheduler::release_waiters(Outbox& out) {

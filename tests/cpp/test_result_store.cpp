@@ -1,15 +1,22 @@
-// ResultStore and Sessions on their own: what is kept, what is freed, what is
-// dropped over the bounds, and that nothing is copied byte by byte.
+// ResultStore, Sessions and FinishedRecord on their own: what is kept, what
+// is freed, what is dropped over the bounds, and that nothing is copied byte
+// by byte.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <string>
 #include <vector>
 
+#include <deque>
+#include <map>
+#include <utility>
+
+#include "finished_record.hpp"
 #include "result_store.hpp"
 #include "sessions.hpp"
 
 using namespace zfarm;
+using broker::FinishedRecord;
 using broker::ResultStore;
 using broker::Sessions;
 
@@ -315,4 +322,88 @@ TEST_CASE("incarnations are 32 hex digits and differ") {
   CHECK(a.size() == 32);
   CHECK(a.find_first_not_of("0123456789abcdef") == std::string::npos);
   CHECK(a != b);
+}
+
+TEST_CASE("finished record: finds what it recorded, nothing else") {
+  FinishedRecord r(10);
+  CHECK(r.find(1) == nullptr);
+  r.record(1, 0, 3);
+  r.record(2, 7, -1);
+  REQUIRE(r.find(1) != nullptr);
+  CHECK(r.find(1)->status == 0);
+  CHECK(r.find(1)->engine == 3);
+  REQUIRE(r.find(2) != nullptr);
+  CHECK(r.find(2)->status == 7);
+  CHECK(r.find(2)->engine == -1);
+  CHECK(r.find(3) == nullptr);
+  CHECK(r.size() == 2);
+}
+
+TEST_CASE("finished record: beyond its capacity the oldest are forgotten first") {
+  FinishedRecord r(3);
+  for (std::uint64_t id = 1; id <= 5; ++id) r.record(id, 0, static_cast<std::int64_t>(id));
+  CHECK(r.size() == 3);
+  CHECK(r.find(1) == nullptr);
+  CHECK(r.find(2) == nullptr);
+  for (std::uint64_t id = 3; id <= 5; ++id) {
+    REQUIRE(r.find(id) != nullptr);
+    CHECK(r.find(id)->engine == static_cast<std::int64_t>(id));
+  }
+}
+
+TEST_CASE("finished record: an id recorded again keeps its newest entry, also when the old one is overwritten") {
+  FinishedRecord r(3);
+  r.record(1, 1, 10);
+  r.record(2, 0, 20);
+  r.record(1, 0, 11);  // task id 1 reused and ended again
+  CHECK(r.size() == 2);
+  CHECK(r.find(1)->engine == 11);
+  r.record(3, 0, 30);  // overwrites the dead first entry of 1
+  r.record(4, 0, 40);  // overwrites 2
+  REQUIRE(r.find(1) != nullptr);
+  CHECK(r.find(1)->engine == 11);
+  CHECK(r.find(2) == nullptr);
+  CHECK(r.size() == 3);
+}
+
+TEST_CASE("finished record: capacity 0 remembers nothing") {
+  FinishedRecord r(0);
+  r.record(1, 0, 0);
+  CHECK(r.find(1) == nullptr);
+  CHECK(r.size() == 0);
+}
+
+TEST_CASE("finished record: agrees with a map and a FIFO over many records, reused ids and wraps") {
+  // The reference is the structure it replaced: id -> (entry, stamp) and the
+  // order of recording; an old order entry only removes its own stamp.
+  constexpr std::size_t kCapacity = 1000;
+  FinishedRecord r(kCapacity);
+  std::map<std::uint64_t, std::pair<std::int64_t, std::uint64_t>> model;
+  std::deque<std::pair<std::uint64_t, std::uint64_t>> order;
+  std::uint64_t x = 12345, stamp = 0;
+  for (int i = 0; i < 50000; ++i) {
+    x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+    // Mostly new consecutive ids, some reused ones, some far apart.
+    const std::uint64_t id = (x >> 60) == 0 ? (x >> 40) % 3000 : (x >> 62) == 1 ? x : static_cast<std::uint64_t>(i);
+    const auto engine = static_cast<std::int64_t>(i);
+    r.record(id, 0, engine);
+    model[id] = {engine, ++stamp};
+    order.emplace_back(id, stamp);
+    if (order.size() > kCapacity) {
+      const auto [old, old_stamp] = order.front();
+      order.pop_front();
+      auto it = model.find(old);
+      if (it != model.end() && it->second.second == old_stamp) model.erase(it);
+    }
+    if (i % 97 == 0 || i > 49000) {
+      CAPTURE(i);
+      REQUIRE(r.size() == model.size());
+      for (const auto& [mid, entry] : model) {
+        const FinishedRecord::Entry* e = r.find(mid);
+        REQUIRE(e != nullptr);
+        CHECK(e->engine == entry.first);
+      }
+      CHECK(r.find(~std::uint64_t{0} - static_cast<std::uint64_t>(i)) == nullptr);
+    }
+  }
 }
