@@ -3,7 +3,7 @@
 
 namespace zfarm::broker {
 
-void FairQueue::push(const std::string& client, const QueueEntry& e, bool front) {
+void FairQueue::push(const std::string* client, const QueueEntry& e, bool front) {
   Level& level = levels_[e.priority];
   auto [it, added] = level.by_client.try_emplace(client);
   // A client new to this priority waits for its turn behind the others.

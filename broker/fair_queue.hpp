@@ -12,7 +12,9 @@
 // first entry there, and leaves it when its last entry there is taken or
 // found stale, so nothing is kept for clients with nothing queued.  Clients
 // are named by session, so one that reconnects with a new identity keeps its
-// place.
+// place.  A client is given as a pointer to its session name, interned by
+// Sessions (one address per session for the broker's life): the queue hashes
+// and compares the pointer, never the name.
 //
 // live() counts the entries pushed and not yet forgotten: the owner calls
 // forget() once for every task that leaves the queue, whether taken with
@@ -66,7 +68,8 @@ class FairQueue {
 
   // Queues `e` for `client`: behind that client's entries of the same
   // priority, or ahead of them when `front` (a retry).
-  void push(const std::string& client, const QueueEntry& e, bool front);
+  // `client` must stay valid while it has entries here (interned names do).
+  void push(const std::string* client, const QueueEntry& e, bool front);
 
   // The next entry to dispatch, or nullptr when no live one is left.  Stale
   // entries met on the way are dropped.  The pointer is valid until the
@@ -94,7 +97,7 @@ class FairQueue {
   std::size_t clients_at(std::int64_t priority) const;
 
  private:
-  using ClientEntries = std::unordered_map<std::string, std::deque<QueueEntry>>;
+  using ClientEntries = std::unordered_map<const std::string*, std::deque<QueueEntry>>;
   // One priority: each client's entries, and the clients in turn order (the
   // front's turn is now).  The turn holds pointers to the map's nodes, which
   // stay put while other nodes come and go.

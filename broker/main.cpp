@@ -1,9 +1,10 @@
 // zfarm-broker: two ROUTER sockets around a Scheduler.
 //
 // Everything the broker decides is in scheduler.cpp; this file binds the
-// sockets, writes the connection file, and runs one zmq::poll loop that feeds
+// sockets, writes the connection file, and runs one poll loop that feeds
 // messages to the Scheduler, calls tick() about every heartbeat/4 and at the
 // earliest task deadline, and sends what the Scheduler produced.
+#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <optional>
 #include <string>
 
@@ -85,18 +87,37 @@ bool send_to(zmq::socket_t& socket, const std::string& identity, Frames& frames)
   return true;
 }
 
-void send_all(zmq::socket_t& clients, zmq::socket_t& engines, Outbox& out, Scheduler& scheduler) {
+// Sends the Outbox; says which sides were sent to (see the main loop for why).
+struct Sent {
+  bool engines = false;
+  bool clients = false;
+};
+Sent send_all(zmq::socket_t& clients, zmq::socket_t& engines, Outbox& out, Scheduler& scheduler) {
+  Sent sent;
   for (Outgoing& o : out) {
-    zmq::socket_t& socket = o.side == Outgoing::kClient ? clients : engines;
-    if (!send_to(socket, o.identity, o.frames)) scheduler.count_unroutable();
+    const bool to_client = o.side == Outgoing::kClient;
+    (to_client ? sent.clients : sent.engines) = true;
+    if (!send_to(to_client ? clients : engines, o.identity, o.frames)) scheduler.count_unroutable();
   }
   out.clear();
+  return sent;
 }
 
-// Reads up to kReadBatch messages from `socket` into the Scheduler.
-void drain(zmq::socket_t& socket, bool engine_side, Scheduler& scheduler, Outbox& out) {
-  Frames frames;
-  for (int i = 0; i < kReadBatch && zfarm::recv_frames(socket, frames); ++i) {
+// Whether `socket` has a message to read now (ZMQ_EVENTS).  When the query
+// fails (EINTR from a signal), yes: the next read finds out without waiting.
+bool readable(zmq::socket_t& socket) {
+  try {
+    return (socket.get(zmq::sockopt::events) & ZMQ_POLLIN) != 0;
+  } catch (const zmq::error_t&) {
+    return true;
+  }
+}
+
+// Reads up to kReadBatch messages from `socket` into the Scheduler; returns
+// how many.  `frames` is the caller's, so its storage is reused.
+int drain(zmq::socket_t& socket, bool engine_side, Scheduler& scheduler, Frames& frames, Outbox& out) {
+  int n = 0;
+  for (; n < kReadBatch && zfarm::recv_frames(socket, frames); ++n) {
     const auto now = Clock::now();
     if (engine_side) {
       scheduler.on_engine_frames(frames, now, out);
@@ -104,6 +125,7 @@ void drain(zmq::socket_t& socket, bool engine_side, Scheduler& scheduler, Outbox
       scheduler.on_client_frames(frames, now, out);
     }
   }
+  return n;
 }
 
 bool bind_endpoint(zmq::socket_t& socket, const std::string& endpoint, const char* what, std::string* actual) {
@@ -216,34 +238,54 @@ int main(int argc, char** argv) {
                engine_actual.c_str(), static_cast<long>(::getpid()), plan.curve ? ", CURVE on" : "");
 
   Outbox out;
+  Frames frames;
   const auto tick_every = scheduler.tick_interval();
   auto next_tick = Clock::now() + tick_every;
-  zmq::pollitem_t items[] = {
-      {engines.handle(), 0, ZMQ_POLLIN, 0},
-      {clients.handle(), 0, ZMQ_POLLIN, 0},
+  // The loop waits in poll(2) on the sockets' ZMQ_FDs, not in zmq::poll.
+  // zmq::poll that has to wait costs about ten system calls: poll(2) twice,
+  // and before and after it a ZMQ_EVENTS query per socket, each a poll(2)
+  // and a getpid(2) (libzmq's fork check).  With light traffic the broker
+  // waits once or twice per task, so that was most of its system calls.
+  //
+  // A ZMQ_FD becomes readable when its socket has received commands, such as
+  // "a peer's pipe has messages"; it does not stay readable while messages
+  // wait.  So a socket is marked `pending` (read it without waiting) until
+  // a read finds it empty; and since a send may process the commands that
+  // would have woken us, a socket sent on is asked (ZMQ_EVENTS) afterwards.
+  // Only when no socket is pending does the loop wait.
+  pollfd fds[] = {
+      {engines.get(zmq::sockopt::fd), POLLIN, 0},
+      {clients.get(zmq::sockopt::fd), POLLIN, 0},
   };
+  bool pending_engines = true, pending_clients = true;
   while (!scheduler.shutting_down() && g_signal == 0) {
-    // Wake for the next heartbeat check or the earliest task deadline,
-    // whichever comes first, so timeouts fire on time.
-    const auto wake = std::min(next_tick, scheduler.next_deadline());
-    const auto wait = std::chrono::ceil<std::chrono::milliseconds>(wake - Clock::now());
-    try {
-      zmq::poll(items, 2, std::max(wait, std::chrono::milliseconds(0)));
-    } catch (const zmq::error_t& e) {
-      if (e.num() == EINTR) continue;
-      std::fprintf(stderr, "zfarm-broker: poll failed: %s\n", e.what());
-      break;
+    if (!pending_engines && !pending_clients) {
+      // Wake for the next heartbeat check or the earliest task deadline,
+      // whichever comes first, so timeouts fire on time.
+      const auto wake = std::min(next_tick, scheduler.next_deadline());
+      const auto wait = std::chrono::ceil<std::chrono::milliseconds>(wake - Clock::now());
+      const int rc = ::poll(fds, 2, static_cast<int>(std::clamp<std::int64_t>(wait.count(), 0, 1 << 30)));
+      if (rc < 0) {
+        if (errno == EINTR) continue;
+        std::fprintf(stderr, "zfarm-broker: poll failed: %s\n", std::strerror(errno));
+        break;
+      }
+      pending_engines = (fds[0].revents & (POLLIN | POLLERR | POLLHUP)) != 0;
+      pending_clients = (fds[1].revents & (POLLIN | POLLERR | POLLHUP)) != 0;
     }
-    // Engines first: their results free credit for the clients' work.
-    if (items[0].revents & ZMQ_POLLIN) drain(engines, true, scheduler, out);
+    // Engines first: their results free credit for the clients' work.  A
+    // read that stops at the batch limit leaves the socket pending.
+    if (pending_engines) pending_engines = drain(engines, true, scheduler, frames, out) == kReadBatch;
     if (zap) scheduler.set_auth_refused(zap->refused());
-    if (items[1].revents & ZMQ_POLLIN) drain(clients, false, scheduler, out);
+    if (pending_clients) pending_clients = drain(clients, false, scheduler, frames, out) == kReadBatch;
     const auto now = Clock::now();
     if (now >= next_tick || now >= scheduler.next_deadline()) {
       scheduler.tick(now, out);
       if (now >= next_tick) next_tick = now + tick_every;
     }
-    send_all(clients, engines, out, scheduler);
+    const Sent sent = send_all(clients, engines, out, scheduler);
+    if (sent.engines && !pending_engines) pending_engines = readable(engines);
+    if (sent.clients && !pending_clients) pending_clients = readable(clients);
   }
   if (!scheduler.shutting_down()) {
     scheduler.shutdown("the broker was stopped by a signal", out);

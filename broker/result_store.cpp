@@ -23,31 +23,86 @@ std::size_t size_of(const Frames& frames) {
   return n;
 }
 
+// A frame whose bytes live inside the zmq message object itself (libzmq's
+// inline storage for small messages) holds no shared buffer.
+bool held_inline(const zmq::message_t& f) {
+  const auto* data = static_cast<const char*>(f.data());
+  const auto* self = reinterpret_cast<const char*>(&f);
+  return data >= self && data < self + sizeof(zmq::message_t);
+}
+
 }  // namespace
 
+template <ResultStore::Entry* ResultStore::Entry::*Prev, ResultStore::Entry* ResultStore::Entry::*Next>
+void ResultStore::List<Prev, Next>::push_back(Entry* e) {
+  e->*Prev = tail;
+  e->*Next = nullptr;
+  if (tail != nullptr) {
+    tail->*Next = e;
+  } else {
+    head = e;
+  }
+  tail = e;
+  ++size;
+}
+
+template <ResultStore::Entry* ResultStore::Entry::*Prev, ResultStore::Entry* ResultStore::Entry::*Next>
+void ResultStore::List<Prev, Next>::remove(Entry* e) {
+  if (e->*Prev != nullptr) {
+    (e->*Prev)->*Next = e->*Next;
+  } else {
+    head = e->*Next;
+  }
+  if (e->*Next != nullptr) {
+    (e->*Next)->*Prev = e->*Prev;
+  } else {
+    tail = e->*Prev;
+  }
+  e->*Prev = e->*Next = nullptr;
+  --size;
+}
+
 Frames ResultStore::add(const std::string& session, std::uint64_t task_id, Frames message) {
-  if (auto old = entries_.find(task_id); old != entries_.end()) erase(old);
   for (auto& f : message) {
-    if (f.size() <= kOwnCopyMaxBytes) f = zmq::message_t(f.data(), f.size());
+    if (f.size() <= kOwnCopyMaxBytes && !held_inline(f)) f = zmq::message_t(f.data(), f.size());
   }
   Frames now = share_frames(message);
-  Entry& e = entries_[task_id];
-  e.session = session;
+  auto [it, added] = entries_.try_emplace(task_id);
+  Entry& e = it->second;
+  if (!added) {  // an older result for the same id: replaced in place
+    if (e.owner != nullptr) {
+      unlink_owner(&e);
+      unacked_.remove(&e);
+      unacked_bytes_ -= e.bytes;
+    } else {
+      cache_.remove(&e);
+      cached_bytes_ -= e.bytes;
+    }
+  }
+  e.id = task_id;
   e.bytes = size_of(message) + kEntryOverhead;
   e.message = std::move(message);
-  e.seq = next_seq_++;
-  unacked_order_.emplace(e.seq, task_id);
-  by_session_[session].insert(task_id);
+  auto s = by_session_.try_emplace(session).first;
+  s->second.name = &s->first;
+  e.owner = &s->second;
+  e.owner->entries.push_back(&e);
+  unacked_.push_back(&e);
   unacked_bytes_ += e.bytes;
   trim_unacked();
   return now;
 }
 
 void ResultStore::ack(const std::string& session, const std::vector<std::uint64_t>& ids) {
+  auto s = by_session_.find(session);
+  if (s == by_session_.end()) return;  // nothing of it unacknowledged
+  const SessionList* owner = &s->second;
   for (std::uint64_t id : ids) {
     auto it = entries_.find(id);
-    if (it == entries_.end() || it->second.acked || it->second.session != session) continue;
-    to_cache(it);
+    if (it == entries_.end() || it->second.owner != owner) continue;
+    // The session's node goes with its last entry: nothing more to acknowledge.
+    const bool last = owner->entries.size == 1;
+    to_cache(&it->second);
+    if (last) break;
   }
   trim_cache();
 }
@@ -56,8 +111,13 @@ std::vector<Frames> ResultStore::unacked(const std::string& session) {
   std::vector<Frames> r;
   auto s = by_session_.find(session);
   if (s == by_session_.end()) return r;
-  r.reserve(s->second.size());
-  for (std::uint64_t id : s->second) r.push_back(share_frames(entries_.at(id).message));
+  std::vector<Entry*> kept;
+  kept.reserve(s->second.entries.size);
+  for (Entry* e = s->second.entries.head; e != nullptr; e = e->session_next) kept.push_back(e);
+  // The session list is in order of arrival; a reconnecting client gets them by task id.
+  std::sort(kept.begin(), kept.end(), [](const Entry* a, const Entry* b) { return a->id < b->id; });
+  r.reserve(kept.size());
+  for (Entry* e : kept) r.push_back(share_frames(e->message));
   return r;
 }
 
@@ -65,10 +125,9 @@ std::optional<Frames> ResultStore::find(std::uint64_t task_id) {
   auto it = entries_.find(task_id);
   if (it == entries_.end()) return std::nullopt;
   Entry& e = it->second;
-  if (e.acked) {  // most recently used now
-    cache_order_.erase(e.seq);
-    e.seq = next_seq_++;
-    cache_order_.emplace(e.seq, task_id);
+  if (e.owner == nullptr) {  // acknowledged: most recently used now
+    cache_.remove(&e);
+    cache_.push_back(&e);
   }
   return share_frames(e.message);
 }
@@ -86,9 +145,9 @@ std::vector<std::string> ResultStore::take_watchers(std::uint64_t task_id) {
 
 ResultStore::Stats ResultStore::stats() const {
   Stats s;
-  s.stored_results = unacked_order_.size();
+  s.stored_results = unacked_.size;
   s.stored_bytes = unacked_bytes_;
-  s.cached_results = cache_order_.size();
+  s.cached_results = cache_.size;
   s.cached_bytes = cached_bytes_;
   s.evicted = evicted_;
   return s;
@@ -96,51 +155,45 @@ ResultStore::Stats ResultStore::stats() const {
 
 // ---- private ------------------------------------------------------------------
 
+void ResultStore::unlink_owner(Entry* e) {
+  SessionList* owner = e->owner;
+  owner->entries.remove(e);
+  e->owner = nullptr;
+  if (owner->entries.size == 0) by_session_.erase(*owner->name);
+}
+
+void ResultStore::erase(Entry* e) { erase(entries_.find(e->id)); }
+
 void ResultStore::erase(std::unordered_map<std::uint64_t, Entry>::iterator it) {
   Entry& e = it->second;
-  if (e.acked) {
-    cache_order_.erase(e.seq);
-    cached_bytes_ -= e.bytes;
-  } else {
-    unacked_order_.erase(e.seq);
+  if (e.owner != nullptr) {
+    unlink_owner(&e);
+    unacked_.remove(&e);
     unacked_bytes_ -= e.bytes;
-    auto s = by_session_.find(e.session);
-    if (s != by_session_.end()) {
-      s->second.erase(it->first);
-      if (s->second.empty()) by_session_.erase(s);
-    }
+  } else {
+    cache_.remove(&e);
+    cached_bytes_ -= e.bytes;
   }
   entries_.erase(it);
 }
 
-void ResultStore::to_cache(std::unordered_map<std::uint64_t, Entry>::iterator it) {
-  Entry& e = it->second;
-  const std::uint64_t id = it->first;
-  unacked_order_.erase(e.seq);
-  unacked_bytes_ -= e.bytes;
-  auto s = by_session_.find(e.session);
-  if (s != by_session_.end()) {
-    s->second.erase(id);
-    if (s->second.empty()) by_session_.erase(s);
-  }
-  e.acked = true;
-  e.session.clear();
-  e.seq = next_seq_++;
-  cache_order_.emplace(e.seq, id);
-  cached_bytes_ += e.bytes;
+void ResultStore::to_cache(Entry* e) {
+  unlink_owner(e);
+  unacked_.remove(e);
+  unacked_bytes_ -= e->bytes;
+  cache_.push_back(e);
+  cached_bytes_ += e->bytes;
 }
 
 void ResultStore::trim_unacked() {
-  while (unacked_bytes_ > limits_.max_unacked_bytes && !unacked_order_.empty()) {
-    erase(entries_.find(unacked_order_.begin()->second));
+  while (unacked_bytes_ > limits_.max_unacked_bytes && unacked_.head != nullptr) {
+    erase(unacked_.head);
     ++evicted_;
   }
 }
 
 void ResultStore::trim_cache() {
-  while (cached_bytes_ > limits_.cache_bytes && !cache_order_.empty()) {
-    erase(entries_.find(cache_order_.begin()->second));
-  }
+  while (cached_bytes_ > limits_.cache_bytes && cache_.head != nullptr) erase(cache_.head);
 }
 
 }  // namespace zfarm::broker

@@ -23,9 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <map>
 #include <optional>
-#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -51,7 +49,7 @@ class ResultStore {
   };
 
   // What one kept result costs besides its frames' bytes: the zmq message
-  // objects, the map and set nodes that index it, the session name.  Counted
+  // objects, the hash node with its list links, the vector of frames.  Counted
   // in every size below, so a flood of tiny results meets the bounds too
   // instead of using several times the memory the bounds name.
   static constexpr std::size_t kEntryOverhead = 512;
@@ -102,26 +100,54 @@ class ResultStore {
   const Limits& limits() const { return limits_; }
 
  private:
+  struct SessionList;
+  // One kept result.  It is linked into two lists at once: the store-wide
+  // order (unacked_ oldest first, or cache_ least recently used first) and,
+  // while unacknowledged, its session's list.  Intrusive lists instead of
+  // ordered maps: filing, acknowledging and dropping a result are O(1) and
+  // allocate nothing besides the entry's own hash node (nodes of an
+  // unordered_map never move, so the links stay valid).
   struct Entry {
-    std::string session;  // owner while unacknowledged
-    bool acked = false;
+    std::uint64_t id = 0;
+    SessionList* owner = nullptr;  // while unacknowledged; nullptr once acknowledged
     Frames message;
     std::size_t bytes = 0;
-    std::uint64_t seq = 0;  // position in unacked_order_ or cache_order_
+    Entry* prev = nullptr;  // in unacked_ or cache_
+    Entry* next = nullptr;
+    Entry* session_prev = nullptr;  // in owner->entries
+    Entry* session_next = nullptr;
+  };
+  // A doubly linked list through one pair of Entry links.
+  template <Entry* Entry::*Prev, Entry* Entry::*Next>
+  struct List {
+    Entry* head = nullptr;
+    Entry* tail = nullptr;
+    std::size_t size = 0;
+    void push_back(Entry* e);
+    void remove(Entry* e);
+  };
+  using OrderList = List<&Entry::prev, &Entry::next>;
+  using SessionEntries = List<&Entry::session_prev, &Entry::session_next>;
+  // The unacknowledged results of one session (removed when it has none).
+  struct SessionList {
+    const std::string* name = nullptr;  // the key of its node in by_session_
+    SessionEntries entries;
   };
 
   void erase(std::unordered_map<std::uint64_t, Entry>::iterator it);
-  void to_cache(std::unordered_map<std::uint64_t, Entry>::iterator it);
+  void erase(Entry* e);
+  // Takes an unacknowledged entry out of its session's list.
+  void unlink_owner(Entry* e);
+  void to_cache(Entry* e);
   void trim_unacked();
   void trim_cache();
 
   Limits limits_;
-  std::unordered_map<std::uint64_t, Entry> entries_;          // by task id
-  std::map<std::uint64_t, std::uint64_t> unacked_order_;      // seq -> task id, oldest first
-  std::map<std::uint64_t, std::uint64_t> cache_order_;        // seq -> task id, least recent first
-  std::map<std::string, std::set<std::uint64_t>> by_session_;  // unacknowledged ids per session
+  std::unordered_map<std::uint64_t, Entry> entries_;  // by task id
+  OrderList unacked_;                                 // oldest first
+  OrderList cache_;                                   // least recently used first
+  std::unordered_map<std::string, SessionList> by_session_;
   std::unordered_map<std::uint64_t, std::vector<std::string>> watchers_;
-  std::uint64_t next_seq_ = 0;
   std::size_t unacked_bytes_ = 0;
   std::size_t cached_bytes_ = 0;
   std::uint64_t evicted_ = 0;

@@ -36,6 +36,7 @@ Header make_header(MsgType type, std::uint64_t id) {
 
 Scheduler::Scheduler(SchedulerOptions options)
     : options_(std::move(options)),
+      finished_(options_.finished_record),
       results_(ResultStore::Limits{options_.result_cache_bytes, options_.max_unacked_bytes}),
       incarnation_(options_.incarnation.empty() ? random_incarnation() : options_.incarnation) {
   if (options_.heartbeat.count() < 1) options_.heartbeat = std::chrono::milliseconds(1);
@@ -65,7 +66,7 @@ void Scheduler::on_client_frames(Frames& frames, Clock::time_point now, Outbox& 
     return;
   }
   std::string identity = frames[0].to_string();
-  Message msg;
+  Message& msg = scratch_;
   proto::Status st = proto::decode(frames, 1, &msg, options_.limits);
   if (!st.ok()) {
     ++counters_.bad_messages;
@@ -75,6 +76,7 @@ void Scheduler::on_client_frames(Frames& frames, Clock::time_point now, Outbox& 
     return;
   }
   on_client(identity, std::move(msg), now, out);
+  msg.payload.clear();  // frames the handler did not take are not kept until the next message
 }
 
 void Scheduler::reject_oversized_submit(const std::string& identity, const Frames& frames, const std::string& why,
@@ -105,7 +107,7 @@ void Scheduler::on_engine_frames(Frames& frames, Clock::time_point now, Outbox& 
   // Any message, even a bad one, shows the engine is alive.
   auto known = engine_by_identity_.find(identity);
   if (known != engine_by_identity_.end()) engines_.at(known->second).last_seen = now;
-  Message msg;
+  Message& msg = scratch_;
   proto::Status st = proto::decode(frames, 1, &msg, options_.limits);
   if (!st.ok()) {
     ++counters_.bad_messages;
@@ -119,6 +121,7 @@ void Scheduler::on_engine_frames(Frames& frames, Clock::time_point now, Outbox& 
     return;
   }
   on_engine(identity, std::move(msg), now, out);
+  msg.payload.clear();
 }
 
 void Scheduler::on_client(const std::string& identity, Message&& msg, Clock::time_point now,
@@ -313,10 +316,10 @@ void Scheduler::remove_engine(std::int64_t id, std::string_view reason, Outbox& 
   for (std::uint64_t tid : e.inflight) {
     if (abandoned_.erase(tid) != 0) continue;  // its client was answered at the timeout
     Task& t = tasks_.at(tid);
-    std::erase(t.allowed, id);
+    if (t.extras) std::erase(t.extras->allowed, id);
     // A retry needs somewhere to go: not a follow task (its engine is this
     // one), nor a restricted one whose engines are all gone.
-    const bool can_retry = t.balanced && t.retries > 0 && t.pin < 0 && (!t.restricted || !t.allowed.empty());
+    const bool can_retry = t.balanced && t.retries > 0 && t.pin < 0 && (!t.restricted || !t.extras->allowed.empty());
     if (can_retry) {
       --t.retries;
       t.engine = -1;
@@ -345,8 +348,8 @@ void Scheduler::remove_engine(std::int64_t id, std::string_view reason, Outbox& 
                    ", which is gone: " + text,
                {}, out);
       } else {
-        std::erase(t.allowed, id);
-        if (t.allowed.empty()) {
+        std::erase(t.ext().allowed, id);
+        if (t.extras->allowed.empty()) {
           finish(t.id, ResultStatus::kImpossible, id,
                  "task " + std::to_string(t.id) + ": none of its engines is left: " + text, {}, out);
         }
@@ -360,7 +363,9 @@ void Scheduler::remove_engine(std::int64_t id, std::string_view reason, Outbox& 
 
 void Scheduler::handle_submit(const std::string& client, Message&& msg, Outbox& out) {
   const Header& h = msg.header;
-  const std::int64_t retries = std::max<std::int64_t>(0, h.opts.retries);
+  // More retries than this are as many as unlimited, and fit the Task's field.
+  const auto retries = static_cast<std::int32_t>(
+      std::clamp<std::int64_t>(h.opts.retries, 0, std::numeric_limits<std::int32_t>::max()));
   if (shutting_down_) {
     const std::size_t k = h.targets.empty() ? 1 : h.targets.size();
     for (std::size_t i = 0; i < k; ++i) reject(client, h.id + i, -1, "the broker is shutting down", out);
@@ -378,9 +383,9 @@ void Scheduler::handle_submit(const std::string& client, Message&& msg, Outbox& 
       reject(client, h.id, -1, "task id " + std::to_string(h.id) + " is already pending", out);
       return;
     }
-    Task& t = tasks_[h.id];
+    Task& t = new_task(h.id);
     t.id = h.id;
-    t.client = client;
+    t.client = &client;
     t.payload = std::move(msg.payload);
     t.retries = retries;
     t.balanced = true;
@@ -405,9 +410,9 @@ void Scheduler::handle_submit(const std::string& client, Message&& msg, Outbox& 
       reject(client, tid, target, "task id " + std::to_string(tid) + " is already pending", out);
     } else {
       // Reserve the id now so a repeated id inside this Submit is refused too.
-      Task& t = tasks_[tid];
+      Task& t = new_task(tid);
       t.id = tid;
-      t.client = client;
+      t.client = &client;
       t.engine = target;
       t.pin = target;
       accepted.push_back(i);
@@ -468,7 +473,13 @@ void Scheduler::refile(Engine& e) {
   }
   const LoadKey key{free, static_cast<std::int64_t>(e.inflight.size()), e.id, &e};
   if (!e.filed) {
-    by_load_.insert(key);
+    if (e.spare.empty()) {
+      by_load_.insert(key);
+    } else {
+      e.spare.value() = key;
+      by_load_.insert(std::move(e.spare));
+      e.spare = {};
+    }
     e.filed = true;
   } else if (!(e.load_key == key)) {
     auto node = by_load_.extract(e.load_key);  // reuses the node: no allocation
@@ -484,7 +495,7 @@ void Scheduler::refile(Engine& e) {
 
 void Scheduler::unfile(Engine& e) {
   if (e.filed) {
-    by_load_.erase(e.load_key);
+    e.spare = by_load_.extract(e.load_key);
     e.filed = false;
   }
   if (e.in_work) {
@@ -563,9 +574,21 @@ void Scheduler::finish(std::uint64_t task_id, ResultStatus status, std::int64_t 
   auto node = tasks_.extract(task_id);
   if (node.empty()) return;
   retire(node.mapped(), status);
-  send_result(node.mapped().client, task_id, static_cast<std::uint32_t>(status), aux, std::move(text),
+  send_result(*node.mapped().client, task_id, static_cast<std::uint32_t>(status), aux, std::move(text),
               std::move(payload), out);
-  notify_watchers(task_id, node.mapped().client, out);
+  notify_watchers(task_id, *node.mapped().client, out);
+  if (spare_tasks_.size() < kSpareTasks) {
+    node.mapped() = Task{};  // frees what the task held (payload, extras)
+    spare_tasks_.push_back(std::move(node));
+  }
+}
+
+Scheduler::Task& Scheduler::new_task(std::uint64_t id) {
+  if (spare_tasks_.empty()) return tasks_[id];
+  auto node = std::move(spare_tasks_.back());
+  spare_tasks_.pop_back();
+  node.key() = id;
+  return tasks_.insert(std::move(node)).position->second;
 }
 
 void Scheduler::reject(const std::string& client, std::uint64_t task_id, std::int64_t aux, std::string text,

@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <string_view>
@@ -31,6 +32,7 @@
 #include <vector>
 
 #include "fair_queue.hpp"
+#include "finished_record.hpp"
 #include "io_thread.hpp"  // Frames
 #include "protocol.hpp"
 #include "result_store.hpp"
@@ -72,8 +74,8 @@ struct SchedulerOptions {
   // restart.  Empty: random hex made at construction (tests may set one).
   std::string incarnation;
   // Finished tasks remembered (id -> status, engine) so opts.after and
-  // opts.follow may name tasks that already ended.  About 70 bytes each
-  // (a hash node and an entry of the eviction order).
+  // opts.follow may name tasks that already ended.  About 32 bytes each
+  // (finished_record.hpp).
   std::size_t finished_record = 1000000;
 };
 
@@ -165,25 +167,38 @@ class Scheduler {
   // one or more engines (targeted, follow, or restricted to a set of engines).
   enum class State : std::uint8_t { kBlocked, kShared, kEngineQueued, kRunning };
 
+  // What only tasks with options need (engines, timeout, dependencies), out
+  // of line so that a plain task stays small: a million queued tasks are a
+  // million Tasks.
+  struct TaskExtras {
+    std::vector<std::int64_t> allowed;  // opts.engines, registered ones only
+    std::int64_t timeout_ms = 0;
+    std::multimap<Clock::time_point, std::uint64_t>::iterator timer;  // valid while has_timer
+    std::uint32_t waiting = 0;          // dependencies not yet ended
+    std::int64_t follow_engine = -1;    // where its follow dependencies ran
+  };
+
   struct Task {
     std::uint64_t id = 0;
-    std::string client;       // session of the submitting client (results go to its identity)
-    Frames payload;           // kept while a retry may need it
-    std::int64_t retries = 0; // load-balanced only
-    bool balanced = false;
-    std::int64_t engine = -1; // engine queued at or running it; -1 in the shared queue
-    State state = State::kBlocked;
+    const std::string* client = nullptr;  // its session, interned (Sessions::session_of)
+    Frames payload;            // kept while a retry may need it
+    std::int64_t engine = -1;  // engine queued at or running it; -1 in the shared queue
     std::int64_t priority = 0;
     std::uint64_t seq = 0;     // order of becoming ready: FIFO within a priority
     std::uint64_t ticket = 0;  // names the current queue or waiter entries; 0 = none
     std::int64_t pin = -1;     // the one engine it may run on (target or follow); -1 any
-    std::vector<std::int64_t> allowed;  // opts.engines, registered ones only
-    bool restricted = false;            // opts.engines was given
-    std::int64_t timeout_ms = 0;
-    bool has_timer = false;
-    std::multimap<Clock::time_point, std::uint64_t>::iterator timer;
-    std::size_t waiting = 0;           // dependencies not yet ended
-    std::int64_t follow_engine = -1;   // where its follow dependencies ran
+    std::int32_t retries = 0;  // load-balanced only (opts.retries, clamped)
+    State state = State::kBlocked;
+    bool balanced = false;
+    bool restricted = false;   // opts.engines was given (extras->allowed holds them)
+    bool has_timer = false;    // extras->timer is set
+    std::unique_ptr<TaskExtras> extras;  // null for a task without such options
+
+    TaskExtras& ext() {
+      if (!extras) extras = std::make_unique<TaskExtras>();
+      return *extras;
+    }
+    std::int64_t follow_engine() const { return extras ? extras->follow_engine : -1; }
   };
 
   // An entry of a task queue (fair_queue.hpp).  Entries are not removed when
@@ -207,13 +222,6 @@ class Scheduler {
   };
   static constexpr std::uint8_t kAfterDep = 1;
   static constexpr std::uint8_t kFollowDep = 2;
-
-  // What the broker remembers of a finished task, for after/follow.
-  struct Finished {
-    std::uint32_t status;
-    std::int64_t engine;  // where it ran; -1 never ran
-    std::uint64_t stamp;
-  };
 
   struct Engine;
   // Where an engine with free credit stands for load-balanced work: most free
@@ -246,6 +254,10 @@ class Scheduler {
     // Its entry in by_load_ (filed: it has free credit) and in with_work_.
     bool filed = false;
     LoadKey load_key{};
+    // Its by_load_ node while it is not filed, kept so that refiling an
+    // engine whose credit came back (once per task when the credit is
+    // small) allocates nothing.
+    std::set<LoadKey, LoadOrder>::node_type spare;
     bool in_work = false;
     std::int64_t free_credit() const { return credit - static_cast<std::int64_t>(inflight.size()); }
   };
@@ -254,6 +266,7 @@ class Scheduler {
   void handle_register(const std::string& identity, const proto::Message& msg, Clock::time_point now,
                        Outbox& out);
   void handle_result(Engine& engine, proto::Message&& msg, Outbox& out);
+  // `client` is the interned session name (Sessions::session_of): tasks keep its address.
   void handle_submit(const std::string& client, proto::Message&& msg, Outbox& out);
   void handle_status(const std::string& client, const proto::Message& msg, Outbox& out);
   // Output from an engine: to the session of the task it runs (scheduler_output.cpp).
@@ -270,6 +283,10 @@ class Scheduler {
   // Removes an engine; its tasks are retried or end as EngineDied.
   void remove_engine(std::int64_t id, std::string_view reason, Outbox& out);
 
+  // A default Task filed under `id` (not in tasks_ yet), in a node of a
+  // finished task when one is spare: a task per message otherwise costs a
+  // node allocated and freed.
+  Task& new_task(std::uint64_t id);
   // Ends a task: one Result to its client, then forgets it.
   void finish(std::uint64_t task_id, proto::ResultStatus status, std::int64_t aux, std::string text,
               Frames payload, Outbox& out);
@@ -343,6 +360,13 @@ class Scheduler {
   std::map<std::int64_t, Engine*> with_work_;
   std::int64_t next_engine_id_ = 0;
   std::unordered_map<std::uint64_t, Task> tasks_;  // every task not yet finished
+  // Nodes of finished tasks kept for new_task().  A few suffice: tasks
+  // finish and arrive at about the same rate.
+  static constexpr std::size_t kSpareTasks = 64;
+  std::vector<std::unordered_map<std::uint64_t, Task>::node_type> spare_tasks_;
+  // The decoded message being handled: reused, so that the vectors and
+  // strings of its header keep their storage from one message to the next.
+  proto::Message scratch_;
   FairQueue shared_;                               // load-balanced work not yet sent, by client session
   std::size_t blocked_ = 0;                        // tasks waiting for dependencies
   std::uint64_t next_seq_ = 1;
@@ -356,9 +380,7 @@ class Scheduler {
   std::vector<Released> released_;                 // ended tasks that have waiters
   std::multimap<Clock::time_point, std::uint64_t> timers_;  // deadline -> task id
   std::unordered_map<std::uint64_t, std::int64_t> abandoned_;  // timed out, running: id -> engine
-  std::unordered_map<std::uint64_t, Finished> finished_;       // recent finished tasks
-  std::deque<std::pair<std::uint64_t, std::uint64_t>> finished_order_;  // (id, stamp), oldest first
-  std::uint64_t next_stamp_ = 1;
+  FinishedRecord finished_;  // recent finished tasks (options_.finished_record of them)
   Clock::time_point now_{};                        // time of the message being handled
   std::set<std::string> clients_;                  // identities seen on the client side
   Counters counters_;

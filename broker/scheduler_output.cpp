@@ -16,7 +16,7 @@ void Scheduler::handle_output(const Engine& engine, proto::Message&& msg, Outbox
     ++counters_.outputs_dropped;
     return;
   }
-  const std::string* identity = sessions_.identity_of(it->second.client);
+  const std::string* identity = sessions_.identity_of(*it->second.client);
   if (identity == nullptr) {
     ++counters_.outputs_dropped;
     return;

@@ -132,7 +132,7 @@ void Scheduler::unqueue(Task& t) {
       if (t.pin >= 0) {
         drop(t.pin);
       } else {
-        for (std::int64_t id : t.allowed) drop(id);
+        for (std::int64_t id : t.ext().allowed) drop(id);
       }
       break;
     }
@@ -147,8 +147,9 @@ void Scheduler::unqueue(Task& t) {
 void Scheduler::admit(Task& t, const proto::Options& opts, Clock::time_point now, Outbox& out) {
   t.priority = opts.priority;
   if (opts.timeout_ms > 0) {
-    t.timeout_ms = std::min(opts.timeout_ms, kMaxTimeoutMs);
-    t.timer = timers_.emplace(now + std::chrono::milliseconds(t.timeout_ms), t.id);
+    TaskExtras& x = t.ext();
+    x.timeout_ms = std::min(opts.timeout_ms, kMaxTimeoutMs);
+    x.timer = timers_.emplace(now + std::chrono::milliseconds(x.timeout_ms), t.id);
     t.has_timer = true;
   }
   t.state = State::kBlocked;
@@ -156,12 +157,13 @@ void Scheduler::admit(Task& t, const proto::Options& opts, Clock::time_point now
   ++blocked_;
   if (t.balanced && !opts.engines.empty()) {
     t.restricted = true;
+    auto& allowed = t.ext().allowed;
     for (std::int64_t id : opts.engines) {
-      if (engines_.count(id) != 0 && std::find(t.allowed.begin(), t.allowed.end(), id) == t.allowed.end()) {
-        t.allowed.push_back(id);
+      if (engines_.count(id) != 0 && std::find(allowed.begin(), allowed.end(), id) == allowed.end()) {
+        allowed.push_back(id);
       }
     }
-    if (t.allowed.empty()) {
+    if (allowed.empty()) {
       std::string list;
       for (std::size_t i = 0; i < opts.engines.size() && i < 16; ++i) {
         if (i != 0) list += ", ";
@@ -185,18 +187,18 @@ void Scheduler::admit(Task& t, const proto::Options& opts, Clock::time_point now
     }
     if (tasks_.count(dep) != 0) {
       waiters_[dep].push_back({t.id, t.ticket, flags});
-      ++t.waiting;
+      ++t.ext().waiting;
       continue;
     }
-    auto known = finished_.find(dep);
-    if (known == finished_.end()) continue;  // never heard of it: counts as ended Ok
-    std::string why = check_dependency(t, dep, flags, known->second.status, known->second.engine);
+    const FinishedRecord::Entry* known = finished_.find(dep);
+    if (known == nullptr) continue;  // never heard of it: counts as ended Ok
+    std::string why = check_dependency(t, dep, flags, known->status, known->engine);
     if (!why.empty()) {
       finish(t.id, ResultStatus::kImpossible, -1, std::move(why), {}, out);
       return;
     }
   }
-  if (t.waiting == 0) make_ready(t, /*front=*/false, out);
+  if (!t.extras || t.extras->waiting == 0) make_ready(t, /*front=*/false, out);
 }
 
 std::string Scheduler::check_dependency(Task& t, std::uint64_t dep, std::uint8_t flags, std::uint32_t status,
@@ -210,42 +212,47 @@ std::string Scheduler::check_dependency(Task& t, std::uint64_t dep, std::uint8_t
     if (engine < 0) {
       return who + " must follow " + what + ", which never ran on an engine (it ended " + status_name(status) + ")";
     }
-    if (t.follow_engine >= 0 && t.follow_engine != engine) {
-      return who + " must follow tasks that ran on different engines (" + std::to_string(t.follow_engine) + " and " +
+    const std::int64_t before = t.follow_engine();
+    if (before >= 0 && before != engine) {
+      return who + " must follow tasks that ran on different engines (" + std::to_string(before) + " and " +
              std::to_string(engine) + ")";
     }
-    t.follow_engine = engine;
+    t.ext().follow_engine = engine;
   }
   return {};
 }
 
 void Scheduler::make_ready(Task& t, bool front, Outbox& out) {
-  const std::string who = "task " + std::to_string(t.id);
-  if (t.follow_engine >= 0) {
-    const std::string where = std::to_string(t.follow_engine);
+  // The reasons below are spelled out only when a task cannot run: building
+  // them for every task would cost an allocation each.
+  auto who = [&] { return "task " + std::to_string(t.id); };
+  const std::int64_t follow = t.follow_engine();
+  if (follow >= 0) {
+    const std::string where = std::to_string(follow);
     std::string why;
-    if (!t.balanced && t.pin != t.follow_engine) {
-      why = who + " targets engine " + std::to_string(t.pin) + " but follows tasks that ran on engine " + where;
-    } else if (t.restricted && std::find(t.allowed.begin(), t.allowed.end(), t.follow_engine) == t.allowed.end()) {
-      why = who + " follows tasks that ran on engine " + where + ", which is not among its engines";
-    } else if (engines_.count(t.follow_engine) == 0) {
-      why = who + " follows tasks that ran on engine " + where + ", which is gone";
+    if (!t.balanced && t.pin != follow) {
+      why = who() + " targets engine " + std::to_string(t.pin) + " but follows tasks that ran on engine " + where;
+    } else if (t.restricted && std::find(t.extras->allowed.begin(), t.extras->allowed.end(), follow) ==
+                                   t.extras->allowed.end()) {
+      why = who() + " follows tasks that ran on engine " + where + ", which is not among its engines";
+    } else if (engines_.count(follow) == 0) {
+      why = who() + " follows tasks that ran on engine " + where + ", which is gone";
     }
     if (!why.empty()) {
       finish(t.id, ResultStatus::kImpossible, -1, std::move(why), {}, out);
       return;
     }
-    if (t.balanced) t.pin = t.follow_engine;
+    if (t.balanced) t.pin = follow;
   }
   if (!t.balanced && engines_.count(t.pin) == 0) {
     finish(t.id, ResultStatus::kEngineDied, t.pin,
-           who + ": engine " + std::to_string(t.pin) + " left while the task waited for its dependencies", {}, out);
+           who() + ": engine " + std::to_string(t.pin) + " left while the task waited for its dependencies", {}, out);
     return;
   }
   if (t.pin < 0 && t.restricted) {
-    std::erase_if(t.allowed, [&](std::int64_t id) { return engines_.count(id) == 0; });
-    if (t.allowed.empty()) {
-      finish(t.id, ResultStatus::kImpossible, -1, who + ": none of its engines is registered any more", {}, out);
+    std::erase_if(t.extras->allowed, [&](std::int64_t id) { return engines_.count(id) == 0; });
+    if (t.extras->allowed.empty()) {
+      finish(t.id, ResultStatus::kImpossible, -1, who() + ": none of its engines is registered any more", {}, out);
       return;
     }
   }
@@ -261,7 +268,7 @@ void Scheduler::make_ready(Task& t, bool front, Outbox& out) {
   } else if (t.restricted) {
     t.state = State::kEngineQueued;
     t.engine = -1;
-    for (std::int64_t id : t.allowed) {
+    for (std::int64_t id : t.extras->allowed) {
       Engine& e = engines_.at(id);
       enqueue(e.queue, t, front);
       refile(e);
@@ -276,7 +283,7 @@ void Scheduler::make_ready(Task& t, bool front, Outbox& out) {
 void Scheduler::retire(Task& t, ResultStatus status) {
   unqueue(t);
   if (t.has_timer) {
-    timers_.erase(t.timer);
+    timers_.erase(t.extras->timer);
     t.has_timer = false;
   }
   switch (status) {
@@ -292,16 +299,7 @@ void Scheduler::retire(Task& t, ResultStatus status) {
 }
 
 void Scheduler::remember(std::uint64_t id, std::uint32_t status, std::int64_t engine) {
-  if (options_.finished_record == 0) return;
-  const std::uint64_t stamp = next_stamp_++;
-  finished_[id] = Finished{status, engine, stamp};
-  finished_order_.emplace_back(id, stamp);
-  while (finished_order_.size() > options_.finished_record) {
-    const auto [old, old_stamp] = finished_order_.front();
-    finished_order_.pop_front();
-    auto it = finished_.find(old);
-    if (it != finished_.end() && it->second.stamp == old_stamp) finished_.erase(it);
-  }
+  finished_.record(id, status, engine);
 }
 
 void Scheduler::release_waiters(Outbox& out) {
@@ -318,7 +316,7 @@ void Scheduler::release_waiters(Outbox& out) {
       std::string why = check_dependency(t, r.id, w.flags, r.status, r.engine);
       if (!why.empty()) {
         finish(t.id, ResultStatus::kImpossible, -1, std::move(why), {}, out);
-      } else if (--t.waiting == 0) {
+      } else if (--t.ext().waiting == 0) {
         make_ready(t, /*front=*/false, out);
       }
     }
@@ -338,7 +336,8 @@ void Scheduler::expire(Clock::time_point now, Outbox& out) {
     timers_.erase(timers_.begin());
     Task& t = tasks_.at(id);  // retire() removes the timer of every task that ends
     t.has_timer = false;
-    std::string text = "task " + std::to_string(id) + " timed out after " + std::to_string(t.timeout_ms) + " ms";
+    std::string text =
+        "task " + std::to_string(id) + " timed out after " + std::to_string(t.extras->timeout_ms) + " ms";
     std::int64_t aux = -1;
     if (t.state == State::kRunning) {
       aux = t.engine;

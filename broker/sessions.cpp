@@ -6,33 +6,30 @@
 
 namespace zfarm::broker {
 
-std::string Sessions::session_of(const std::string& identity) {
+const std::string& Sessions::session_of(const std::string& identity) {
   auto it = session_by_identity_.find(identity);
-  if (it != session_by_identity_.end()) return it->second;
+  if (it != session_by_identity_.end()) return *it->second;
   bind(identity, identity);
-  return identity;
+  return *session_by_identity_.at(identity);
 }
 
 Sessions::Bind Sessions::bind(const std::string& session, const std::string& identity) {
   const std::string& name = session.empty() ? identity : session;
-  session_by_identity_[identity] = name;
-  auto it = identity_by_session_.find(name);
-  if (it == identity_by_session_.end()) {
-    identity_by_session_.emplace(name, identity);
-    return Bind::kNew;
-  }
+  auto [it, added] = identity_by_session_.try_emplace(name, identity);
+  session_by_identity_[identity] = &it->first;
+  if (added) return Bind::kNew;
   if (it->second == identity) return Bind::kSame;
   // The old identity no longer speaks for this session; if it talks again it
   // gets a session of its own.
   auto old = session_by_identity_.find(it->second);
-  if (old != session_by_identity_.end() && old->second == name) session_by_identity_.erase(old);
+  if (old != session_by_identity_.end() && old->second == &it->first) session_by_identity_.erase(old);
   it->second = identity;
   return Bind::kRebound;
 }
 
 const std::string* Sessions::find(const std::string& identity) const {
   auto it = session_by_identity_.find(identity);
-  return it == session_by_identity_.end() ? nullptr : &it->second;
+  return it == session_by_identity_.end() ? nullptr : it->second;
 }
 
 const std::string* Sessions::identity_of(const std::string& session) const {

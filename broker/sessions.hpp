@@ -25,8 +25,11 @@ class Sessions {
   static constexpr std::size_t kMaxName = 256;
 
   // The session `identity` speaks for; made (implicit, named after the
-  // identity) if the identity never said Hello.
-  std::string session_of(const std::string& identity);
+  // identity) if the identity never said Hello.  The name is interned: the
+  // same session always gives the same reference, valid for the life of
+  // Sessions, so the Scheduler keeps a pointer per task instead of a copy
+  // and compares sessions by address.
+  const std::string& session_of(const std::string& identity);
 
   enum class Bind {
     kNew,      // a session not seen before
@@ -37,7 +40,8 @@ class Sessions {
   // identity's implicit session.
   Bind bind(const std::string& session, const std::string& identity);
 
-  // The session `identity` speaks for, or nullptr if it has none yet.
+  // The session `identity` speaks for (interned, as session_of), or nullptr
+  // if it has none yet.
   const std::string* find(const std::string& identity) const;
 
   // The identity results of `session` go to, or nullptr if it is unknown.
@@ -49,8 +53,10 @@ class Sessions {
   std::size_t size() const { return identity_by_session_.size(); }
 
  private:
+  // By session name; its keys are the interned names (map nodes never move
+  // and are never erased).
   std::map<std::string, std::string> identity_by_session_;
-  std::unordered_map<std::string, std::string> session_by_identity_;
+  std::unordered_map<std::string, const std::string*> session_by_identity_;
 };
 
 // 32 random hex digits: names one run of the broker (Welcome text), so a

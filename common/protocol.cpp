@@ -172,15 +172,147 @@ Status decode_options(const msgpack::object& o, Options* out, const Limits& limi
   return Status{};
 }
 
+// The common header, read without building msgpack objects: a 6-item array
+// (no options) of plain integers, a short list of targets and a string, with
+// nothing after it.  decode_header() tries this first; anything else (options,
+// an unusual encoding, any error) returns false, and the general decoder
+// below reads the header again and makes the error message.  So this path
+// accepts only headers the general one accepts, with the same result.
+class FastReader {
+ public:
+  FastReader(const unsigned char* p, std::size_t n) : p_(p), end_(p + n) {}
+
+  bool done() const { return p_ == end_; }
+
+  bool byte(unsigned char* b) {
+    if (p_ == end_) return false;
+    *b = *p_++;
+    return true;
+  }
+
+  // Any msgpack integer: a non-negative one in *u (neg = false), a negative one in *i.
+  bool integer(bool* neg, std::uint64_t* u, std::int64_t* i) {
+    unsigned char b;
+    if (!byte(&b)) return false;
+    *neg = false;
+    if (b <= 0x7f) return *u = b, true;
+    if (b >= 0xe0) return *neg = true, *i = static_cast<std::int8_t>(b), true;
+    std::size_t n = 0;
+    bool is_signed = false;
+    switch (b) {
+      case 0xcc: n = 1; break;
+      case 0xcd: n = 2; break;
+      case 0xce: n = 4; break;
+      case 0xcf: n = 8; break;
+      case 0xd0: n = 1, is_signed = true; break;
+      case 0xd1: n = 2, is_signed = true; break;
+      case 0xd2: n = 4, is_signed = true; break;
+      case 0xd3: n = 8, is_signed = true; break;
+      default: return false;
+    }
+    std::uint64_t v = 0;
+    if (!big_endian(n, &v)) return false;
+    if (!is_signed) return *u = v, true;
+    const int shift = static_cast<int>(64 - 8 * n);  // sign-extend from n bytes
+    const auto s = static_cast<std::int64_t>(v << shift) >> shift;
+    if (s >= 0) return *u = static_cast<std::uint64_t>(s), true;
+    return *neg = true, *i = s, true;
+  }
+
+  bool unsigned_int(std::uint64_t* v) {
+    bool neg;
+    std::int64_t i;
+    return integer(&neg, v, &i) && !neg;
+  }
+
+  bool signed_int(std::int64_t* v) {
+    bool neg;
+    std::uint64_t u;
+    if (!integer(&neg, &u, v)) return false;
+    if (neg) return true;
+    if (u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) return false;
+    *v = static_cast<std::int64_t>(u);
+    return true;
+  }
+
+  bool str(std::size_t max, const char** data, std::size_t* size) {
+    unsigned char b;
+    if (!byte(&b)) return false;
+    std::uint64_t n = 0;
+    if (b >= 0xa0 && b <= 0xbf) {
+      n = b & 0x1f;
+    } else if (b == 0xd9 || b == 0xda || b == 0xdb) {
+      if (!big_endian(std::size_t{1} << (b - 0xd9), &n)) return false;
+    } else {
+      return false;
+    }
+    if (n > max || n > static_cast<std::uint64_t>(end_ - p_)) return false;
+    *data = reinterpret_cast<const char*>(p_);
+    *size = static_cast<std::size_t>(n);
+    p_ += n;
+    return true;
+  }
+
+ private:
+  bool big_endian(std::size_t n, std::uint64_t* v) {
+    if (static_cast<std::size_t>(end_ - p_) < n) return false;
+    std::uint64_t x = 0;
+    for (std::size_t k = 0; k < n; ++k) x = (x << 8) | p_[k];
+    p_ += n;
+    *v = x;
+    return true;
+  }
+
+  const unsigned char* p_;
+  const unsigned char* end_;
+};
+
+bool decode_plain_header(const void* data, std::size_t size, Header* out, const Limits& limits) {
+  FastReader r(static_cast<const unsigned char*>(data), size);
+  unsigned char b;
+  std::uint64_t type = 0, id = 0, status = 0;
+  if (!r.byte(&b) || b != 0x96) return false;  // fixarray of 6: no options
+  if (!r.unsigned_int(&type) || type == 0 || type > kMaxMsgType) return false;
+  if (!r.unsigned_int(&id)) return false;
+  if (!r.byte(&b) || (b & 0xf0) != 0x90) return false;  // fixarray: at most 15 targets
+  const std::size_t n = b & 0x0f;
+  if (n > limits.max_targets) return false;
+  std::int64_t targets[15];
+  for (std::size_t k = 0; k < n; ++k) {
+    if (!r.signed_int(&targets[k])) return false;
+  }
+  std::int64_t aux = 0;
+  if (!r.unsigned_int(&status) || status > std::numeric_limits<std::uint32_t>::max()) return false;
+  if (!r.signed_int(&aux)) return false;
+  const char* text = nullptr;
+  std::size_t text_size = 0;
+  if (!r.str(limits.max_text_bytes, &text, &text_size) || !r.done()) return false;
+  out->type = static_cast<MsgType>(type);
+  out->id = id;
+  out->targets.assign(targets, targets + n);
+  out->status = static_cast<std::uint32_t>(status);
+  out->aux = aux;
+  out->text.assign(text, text_size);
+  if (!out->opts.empty()) out->opts = Options{};
+  return true;
+}
+
 }  // namespace
 
-void encode_header(const Header& h, std::vector<zmq::message_t>& out) {
+namespace {
+
+// The signature and header frames of `h`.
+void encode_header_frames(const Header& h, zmq::message_t* sig_frame, zmq::message_t* header_frame) {
   char sig[kSignatureSize];
   std::memcpy(sig, kMagic, 4);
   sig[4] = static_cast<char>(kVersion);
-  out.emplace_back(sig, kSignatureSize);
+  sig_frame->rebuild(sig, kSignatureSize);
 
-  msgpack::sbuffer buf;
+  // One buffer per thread, emptied and reused: a fresh sbuffer allocates
+  // 8 KiB for every header (the frame below copies the bytes out).  It
+  // keeps its largest size, at most Limits::max_header_bytes in practice.
+  thread_local msgpack::sbuffer buf;
+  buf.clear();
   msgpack::packer<msgpack::sbuffer> pk(buf);
   const bool with_opts = !h.opts.empty();
   pk.pack_array(with_opts ? 7 : 6);
@@ -193,10 +325,28 @@ void encode_header(const Header& h, std::vector<zmq::message_t>& out) {
   pk.pack_str(static_cast<std::uint32_t>(h.text.size()));
   pk.pack_str_body(h.text.data(), static_cast<std::uint32_t>(h.text.size()));
   if (with_opts) pack_options(pk, h.opts);
-  out.emplace_back(buf.data(), buf.size());
+  header_frame->rebuild(buf.data(), buf.size());
+}
+
+}  // namespace
+
+void encode_header(const Header& h, std::vector<zmq::message_t>& out) {
+  out.emplace_back();
+  out.emplace_back();
+  encode_header_frames(h, &out[out.size() - 2], &out[out.size() - 1]);
 }
 
 std::vector<zmq::message_t> encode(const Header& h, std::vector<zmq::message_t> payload) {
+  if (payload.capacity() >= payload.size() + 2) {
+    // Room in the payload's own storage (decode leaves it in a Result's):
+    // the two frames go in front, no new vector.
+    const std::size_t n = payload.size();
+    payload.emplace_back();
+    payload.emplace_back();
+    std::move_backward(payload.begin(), payload.begin() + static_cast<std::ptrdiff_t>(n), payload.end());
+    encode_header_frames(h, &payload[0], &payload[1]);
+    return payload;
+  }
   std::vector<zmq::message_t> out;
   out.reserve(2 + payload.size());
   encode_header(h, out);
@@ -210,6 +360,7 @@ Status decode_header(const void* data, std::size_t size, Header* out, const Limi
                 "header of " + std::to_string(size) + " bytes exceeds limit of " +
                     std::to_string(limits.max_header_bytes));
   }
+  if (decode_plain_header(data, size, out, limits)) return Status{};
   // Explicit limits: without them a few bytes may announce a huge array and
   // make the unpacker allocate for it before noticing the input is short.
   const msgpack::unpack_limit ulimit(/*array=*/std::max(limits.max_targets, limits.max_ids), /*map=*/64,
@@ -297,7 +448,12 @@ Status decode(std::vector<zmq::message_t>& frames, std::size_t first, Message* o
   st = decode_header(hdr.data(), hdr.size(), &out->header, limits);
   if (!st.ok()) return st;
   out->payload.clear();
-  out->payload.reserve(frames.size() - first - 2);
+  // A Result's payload is forwarded at once by the broker: room for the
+  // signature and header that encode() then puts in front, so that needs no
+  // new vector.  Other payloads (a Submit's may wait in a queue for long)
+  // get no spare room.
+  const std::size_t room = out->header.type == MsgType::kResult ? 2 : 0;
+  out->payload.reserve(frames.size() - first - 2 + room);
   for (std::size_t i = first + 2; i < frames.size(); ++i) out->payload.push_back(std::move(frames[i]));
   if (out->header.type == MsgType::kOutput) return check_output(out->header, out->payload);
   return Status{};

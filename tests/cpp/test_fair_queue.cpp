@@ -18,12 +18,14 @@ namespace {
 
 // A queue and the set of ids that went stale, like the Scheduler's tickets.
 struct Fixture {
+  // The interned session names (as Sessions keeps them): one address each.
+  std::set<std::string> names;
   FairQueue q;
   std::set<std::uint64_t> stale;
   std::uint64_t seq = 1;
 
   void push(const std::string& client, std::uint64_t id, std::int64_t priority = 0, bool front = false) {
-    q.push(client, QueueEntry{id, id, seq++, priority}, front);
+    q.push(&*names.insert(client).first, QueueEntry{id, id, seq++, priority}, front);
   }
   void drop(std::uint64_t id) {
     stale.insert(id);

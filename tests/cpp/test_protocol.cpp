@@ -244,6 +244,113 @@ TEST_CASE("BadHeaderShape: wrong field types") {
         })) == DecodeError::kBadHeaderShape);
 }
 
+// decode_header reads the common 6-item header on a fast path and anything
+// else with the general msgpack decoder: both must give the same header.
+TEST_CASE("FastPath: every integer width msgpack allows gives the same header") {
+  const std::string h = packed([](auto& pk) {
+    pk.pack_array(6);
+    pk.pack_int8(6);                  // type Result as a signed byte
+    pk.pack_uint64(1099511627776ULL);  // id
+    pk.pack_array(4);
+    pk.pack_int16(-1), pk.pack_int64(std::int64_t{1} << 40), pk.pack_uint8(7), pk.pack_int32(-70000);
+    pk.pack_uint32(4000000000U);  // status
+    pk.pack_int64(-5);            // aux
+    pk.pack_str(3), pk.pack_str_body("abc", 3);
+  });
+  proto::Header out;
+  out.opts.priority = 9;  // left from an earlier message: reset
+  REQUIRE(proto::decode_header(h.data(), h.size(), &out, proto::Limits{}).ok());
+  CHECK(out.type == proto::MsgType::kResult);
+  CHECK(out.id == 1099511627776ULL);
+  CHECK(out.targets == std::vector<std::int64_t>{-1, std::int64_t{1} << 40, 7, -70000});
+  CHECK(out.status == 4000000000U);
+  CHECK(out.aux == -5);
+  CHECK(out.text == "abc");
+  CHECK(out.opts.empty());
+}
+
+TEST_CASE("FastPath: a text as str8, str16 and str32 reads the same") {
+  for (int width : {8, 16, 32}) {
+    CAPTURE(width);
+    std::string h = packed([](auto& pk) {
+      pk.pack_array(6);
+      pk.pack(3), pk.pack(0), pk.pack_array(0), pk.pack(0), pk.pack(0);
+    });
+    const std::string text = "hello";
+    if (width == 8) h += std::string("\xd9\x05", 2);
+    if (width == 16) h += std::string("\xda\x00\x05", 3);
+    if (width == 32) h += std::string("\xdb\x00\x00\x00\x05", 5);
+    h += text;
+    proto::Header out;
+    REQUIRE(proto::decode_header(h.data(), h.size(), &out, proto::Limits{}).ok());
+    CHECK(out.text == text);
+  }
+}
+
+TEST_CASE("FastPath: limits and errors are those of the general decoder") {
+  proto::Limits small;
+  small.max_targets = 2;
+  small.max_text_bytes = 4;
+  const std::string three_targets = packed([](auto& pk) {
+    pk.pack_array(6);
+    pk.pack(4), pk.pack(1), pk.pack_array(3), pk.pack(0), pk.pack(1), pk.pack(2), pk.pack(0), pk.pack(0),
+        pk.pack(std::string(""));
+  });
+  const std::string long_text = packed([](auto& pk) {
+    pk.pack_array(6);
+    pk.pack(4), pk.pack(1), pk.pack_array(0), pk.pack(0), pk.pack(0), pk.pack(std::string("12345"));
+  });
+  proto::Header out;
+  CHECK(proto::decode_header(three_targets.data(), three_targets.size(), &out, small).code ==
+        DecodeError::kBadHeaderShape);
+  CHECK(proto::decode_header(long_text.data(), long_text.size(), &out, small).code == DecodeError::kBadMsgpack);
+  // A target over the int64 range, a negative status: refused as before.
+  CHECK(decode_raw(packed([](auto& pk) {
+          pk.pack_array(6);
+          pk.pack(4), pk.pack(1), pk.pack_array(1), pk.pack_uint64(~std::uint64_t{0}), pk.pack(0), pk.pack(0),
+              pk.pack(std::string(""));
+        })) == DecodeError::kBadHeaderShape);
+  CHECK(decode_raw(packed([](auto& pk) {
+          pk.pack_array(6);
+          pk.pack(4), pk.pack(1), pk.pack_array(0), pk.pack(-1), pk.pack(0), pk.pack(std::string(""));
+        })) == DecodeError::kBadHeaderShape);
+  // Every truncation of a good header fails.
+  const std::string good = packed([](auto& pk) {
+    pk.pack_array(6);
+    pk.pack(4), pk.pack_uint64(1099511627776ULL), pk.pack_array(1), pk.pack(-1), pk.pack(0), pk.pack(0),
+        pk.pack(std::string("abc"));
+  });
+  for (std::size_t n = 0; n < good.size(); ++n) {
+    CAPTURE(n);
+    CHECK_FALSE(proto::decode_header(good.data(), n, &out, proto::Limits{}).ok());
+  }
+  CHECK(proto::decode_header(good.data(), good.size(), &out, proto::Limits{}).ok());
+}
+
+TEST_CASE("RoundTrip: a decoded Result's payload is encoded again in its own storage, in order") {
+  proto::Header h;
+  h.type = proto::MsgType::kResult;
+  h.id = 42;
+  std::vector<zmq::message_t> payload;
+  payload.emplace_back(std::string("one").data(), 3);
+  payload.emplace_back(std::string("two").data(), 3);
+  auto wire = proto::encode(h, std::move(payload));
+  proto::Message m;
+  REQUIRE(proto::decode(wire, 0, &m).ok());
+  REQUIRE(m.payload.capacity() >= m.payload.size() + 2);  // decode left room for forwarding
+  const zmq::message_t* storage = m.payload.data();
+  h.aux = 7;
+  auto again = proto::encode(h, std::move(m.payload));
+  CHECK(again.data() == storage);  // no new vector
+  proto::Message back;
+  REQUIRE(proto::decode(again, 0, &back).ok());
+  CHECK(back.header.id == 42);
+  CHECK(back.header.aux == 7);
+  REQUIRE(back.payload.size() == 2);
+  CHECK(back.payload[0].to_string() == "one");
+  CHECK(back.payload[1].to_string() == "two");
+}
+
 TEST_CASE("UnknownType: 0 and 200") {
   for (int t : {0, 200}) {
     CAPTURE(t);

@@ -1,15 +1,22 @@
-// ResultStore and Sessions on their own: what is kept, what is freed, what is
-// dropped over the bounds, and that nothing is copied byte by byte.
+// ResultStore, Sessions and FinishedRecord on their own: what is kept, what
+// is freed, what is dropped over the bounds, and that nothing is copied byte
+// by byte.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <string>
 #include <vector>
 
+#include <deque>
+#include <map>
+#include <utility>
+
+#include "finished_record.hpp"
 #include "result_store.hpp"
 #include "sessions.hpp"
 
 using namespace zfarm;
+using broker::FinishedRecord;
 using broker::ResultStore;
 using broker::Sessions;
 
@@ -186,6 +193,67 @@ TEST_CASE("store copies a small frame once on the way in, then shares that copy"
   CHECK((*s.find(1))[0].data() == kept);
 }
 
+TEST_CASE("store unacked after acks in any order: the rest, by task id, and none once all are acked") {
+  ResultStore s;
+  // Arrival order differs from id order; acks remove from the middle, the
+  // front and the back of the session's list.
+  for (std::uint64_t id : {5, 2, 9, 1, 7}) s.add("s", id, message(10, static_cast<char>('0' + id)));
+  s.add("t", 3, message(10, '3'));
+  s.ack("s", {9});
+  s.ack("s", {5});
+  auto rest = s.unacked("s");
+  REQUIRE(rest.size() == 3);
+  CHECK(tag_of(rest[0]) == '1');
+  CHECK(tag_of(rest[1]) == '2');
+  CHECK(tag_of(rest[2]) == '7');
+  s.ack("s", {1, 2, 7, 3});  // 3 is another session's: ignored
+  CHECK(s.unacked("s").empty());
+  CHECK(s.unacked("t").size() == 1);
+  CHECK(s.stats().stored_results == 1);
+  CHECK(s.stats().cached_results == 5);
+  // The session may have results again after all were acknowledged.
+  s.add("s", 11, message(10, 'b'));
+  REQUIRE(s.unacked("s").size() == 1);
+  CHECK(tag_of(s.unacked("s")[0]) == 'b');
+}
+
+TEST_CASE("store a second result for an unacknowledged task id replaces it in its session too") {
+  ResultStore s;
+  s.add("s", 5, message(100, 'a'));
+  s.add("t", 5, message(40, 'b'));
+  CHECK(s.unacked("s").empty());
+  REQUIRE(s.unacked("t").size() == 1);
+  CHECK(tag_of(s.unacked("t")[0]) == 'b');
+  CHECK(s.stats().stored_results == 1);
+  CHECK(s.stats().stored_bytes == cost(40));
+  s.ack("s", {5});  // no longer the owner
+  CHECK(s.stats().stored_results == 1);
+  s.ack("t", {5});
+  CHECK(s.stats().cached_bytes == cost(40));
+}
+
+TEST_CASE("store unacknowledged bound drops the oldest by arrival, not by task id") {
+  ResultStore s(limits(1 << 20, 3 * cost(10)));
+  s.add("s", 30, message(10, 'a'));
+  s.add("s", 10, message(10, 'b'));
+  s.add("t", 20, message(10, 'c'));
+  s.add("t", 5, message(10, 'd'));  // over the bound: task 30 goes
+  CHECK_FALSE(s.contains(30));
+  CHECK(s.contains(10));
+  CHECK(s.stats().evicted == 1);
+  CHECK(s.unacked("s").size() == 1);
+  CHECK(s.unacked("t").size() == 2);
+}
+
+TEST_CASE("store a frame held inside the zmq message (a few bytes) is kept as it is") {
+  ResultStore s;
+  Frames original = message(8, 'z');
+  Frames now = s.add("s", 1, std::move(original));
+  REQUIRE(now[0].size() == 8);
+  CHECK(tag_of(now) == 'z');
+  CHECK(tag_of(*s.find(1)) == 'z');
+}
+
 TEST_CASE("store watchers are returned once each, then forgotten") {
   ResultStore s;
   s.watch(9, "a");
@@ -226,6 +294,22 @@ TEST_CASE("sessions: hello binds, a repeated hello is the same, a new identity r
   CHECK(*s.find("id2") == "sess");
 }
 
+TEST_CASE("sessions: one session's name is one interned string, whichever identity asks") {
+  Sessions s;
+  const std::string* implicit = &s.session_of("id1");
+  CHECK(&s.session_of("id1") == implicit);
+  s.bind("work", "id2");
+  const std::string* work = &s.session_of("id2");
+  CHECK(*work == "work");
+  s.bind("work", "id3");  // the client reconnected: same session, same name
+  CHECK(&s.session_of("id3") == work);
+  CHECK(s.find("id3") == work);
+  CHECK(s.find("nobody") == nullptr);
+  // The old identity now has a session of its own.
+  CHECK(s.session_of("id2") == "id2");
+  CHECK(&s.session_of("id3") == work);
+}
+
 TEST_CASE("sessions: hello with no session name binds the implicit session") {
   Sessions s;
   CHECK(s.bind("", "id1") == Sessions::Bind::kNew);
@@ -238,4 +322,88 @@ TEST_CASE("incarnations are 32 hex digits and differ") {
   CHECK(a.size() == 32);
   CHECK(a.find_first_not_of("0123456789abcdef") == std::string::npos);
   CHECK(a != b);
+}
+
+TEST_CASE("finished record: finds what it recorded, nothing else") {
+  FinishedRecord r(10);
+  CHECK(r.find(1) == nullptr);
+  r.record(1, 0, 3);
+  r.record(2, 7, -1);
+  REQUIRE(r.find(1) != nullptr);
+  CHECK(r.find(1)->status == 0);
+  CHECK(r.find(1)->engine == 3);
+  REQUIRE(r.find(2) != nullptr);
+  CHECK(r.find(2)->status == 7);
+  CHECK(r.find(2)->engine == -1);
+  CHECK(r.find(3) == nullptr);
+  CHECK(r.size() == 2);
+}
+
+TEST_CASE("finished record: beyond its capacity the oldest are forgotten first") {
+  FinishedRecord r(3);
+  for (std::uint64_t id = 1; id <= 5; ++id) r.record(id, 0, static_cast<std::int64_t>(id));
+  CHECK(r.size() == 3);
+  CHECK(r.find(1) == nullptr);
+  CHECK(r.find(2) == nullptr);
+  for (std::uint64_t id = 3; id <= 5; ++id) {
+    REQUIRE(r.find(id) != nullptr);
+    CHECK(r.find(id)->engine == static_cast<std::int64_t>(id));
+  }
+}
+
+TEST_CASE("finished record: an id recorded again keeps its newest entry, also when the old one is overwritten") {
+  FinishedRecord r(3);
+  r.record(1, 1, 10);
+  r.record(2, 0, 20);
+  r.record(1, 0, 11);  // task id 1 reused and ended again
+  CHECK(r.size() == 2);
+  CHECK(r.find(1)->engine == 11);
+  r.record(3, 0, 30);  // overwrites the dead first entry of 1
+  r.record(4, 0, 40);  // overwrites 2
+  REQUIRE(r.find(1) != nullptr);
+  CHECK(r.find(1)->engine == 11);
+  CHECK(r.find(2) == nullptr);
+  CHECK(r.size() == 3);
+}
+
+TEST_CASE("finished record: capacity 0 remembers nothing") {
+  FinishedRecord r(0);
+  r.record(1, 0, 0);
+  CHECK(r.find(1) == nullptr);
+  CHECK(r.size() == 0);
+}
+
+TEST_CASE("finished record: agrees with a map and a FIFO over many records, reused ids and wraps") {
+  // The reference is the structure it replaced: id -> (entry, stamp) and the
+  // order of recording; an old order entry only removes its own stamp.
+  constexpr std::size_t kCapacity = 1000;
+  FinishedRecord r(kCapacity);
+  std::map<std::uint64_t, std::pair<std::int64_t, std::uint64_t>> model;
+  std::deque<std::pair<std::uint64_t, std::uint64_t>> order;
+  std::uint64_t x = 12345, stamp = 0;
+  for (int i = 0; i < 50000; ++i) {
+    x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+    // Mostly new consecutive ids, some reused ones, some far apart.
+    const std::uint64_t id = (x >> 60) == 0 ? (x >> 40) % 3000 : (x >> 62) == 1 ? x : static_cast<std::uint64_t>(i);
+    const auto engine = static_cast<std::int64_t>(i);
+    r.record(id, 0, engine);
+    model[id] = {engine, ++stamp};
+    order.emplace_back(id, stamp);
+    if (order.size() > kCapacity) {
+      const auto [old, old_stamp] = order.front();
+      order.pop_front();
+      auto it = model.find(old);
+      if (it != model.end() && it->second.second == old_stamp) model.erase(it);
+    }
+    if (i % 97 == 0 || i > 49000) {
+      CAPTURE(i);
+      REQUIRE(r.size() == model.size());
+      for (const auto& [mid, entry] : model) {
+        const FinishedRecord::Entry* e = r.find(mid);
+        REQUIRE(e != nullptr);
+        CHECK(e->engine == entry.first);
+      }
+      CHECK(r.find(~std::uint64_t{0} - static_cast<std::uint64_t>(i)) == nullptr);
+    }
+  }
 }

@@ -1409,3 +1409,52 @@ TEST_CASE("fair: many aborted tasks of one client are compacted away, the other 
   CHECK(run_all(h, "a", 1) == std::vector<std::uint64_t>{9001});
   CHECK(h.s.pending() == 0);
 }
+
+TEST_CASE("tasks in reused nodes start clean: options, payload and session of the task before are gone") {
+  // Finished tasks leave their nodes for the next ones (new_task): each new
+  // task must behave as if freshly made.
+  Harness h;
+  const std::int64_t e = h.add_engine("e0", 1);
+  proto::Options opts;
+  opts.timeout_ms = 60000;
+  opts.priority = 5;
+  opts.engines = {e};
+  auto t = of_type(h.submit_opts("alice", 1, kBalanced, opts, payload_of("first")), MsgType::kTask);
+  REQUIRE(t.size() == 1);
+  h.result("e0", 1, ResultStatus::kOk, payload_of("r1"));
+  for (std::uint64_t id = 2; id <= 200; ++id) {
+    CAPTURE(id);
+    const std::string client = id % 2 == 0 ? "bob" : "carol";
+    auto task = of_type(h.submit(client, id, kBalanced, 0, payload_of("job" + std::to_string(id))), MsgType::kTask);
+    REQUIRE(task.size() == 1);
+    REQUIRE(task[0].payload.size() == 1);
+    CHECK(task[0].payload[0].to_string() == "job" + std::to_string(id));
+    auto got = h.result("e0", id, ResultStatus::kOk, payload_of("r" + std::to_string(id)));
+    REQUIRE(got.size() == 1);
+    CHECK(got[0].identity == client);
+    CHECK(got[0].header.id == id);
+    REQUIRE(got[0].payload.size() == 1);
+    CHECK(got[0].payload[0].to_string() == "r" + std::to_string(id));
+  }
+  // No timer of the first task lives on in a reused node.
+  CHECK(h.s.next_deadline() == Clock::time_point::max());
+  h.now += milliseconds(120000);
+  CHECK(of_type(h.tick(), MsgType::kResult).empty());  // (the engine is dropped: no heartbeats)
+  CHECK(h.s.counters().timed_out == 0);
+  CHECK(h.s.pending() == 0);
+}
+
+TEST_CASE("a message after one with options and payload is read on its own (the decoded message is reused)") {
+  Harness h;
+  h.add_engine("e0", 2);
+  proto::Options opts;
+  opts.priority = 9;
+  opts.retries = 3;
+  h.submit_opts("alice", 1, kBalanced, opts, payload_of("a"));
+  // A plain Submit next: no priority or retries carried over from the first.
+  auto t = of_type(h.submit("alice", 2, kBalanced), MsgType::kTask);
+  REQUIRE(t.size() == 1);
+  CHECK(t[0].payload.empty());
+  h.from_engine("e0", header(MsgType::kShutdown));  // both tasks die with it
+  CHECK(h.s.counters().retried == 1);                // only the first had retries
+}

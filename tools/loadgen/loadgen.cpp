@@ -5,7 +5,9 @@
 //       N simulated engines (DEALER sockets served by a few threads) answer
 //       every Task at once with a Result echoing its payload frames; K client
 //       sockets submit M load-balanced tasks keeping at most --window
-//       outstanding each.  Prints tasks/s and the round-trip latency.
+//       outstanding each, acknowledging results in batches as the Python
+//       client does.  Prints tasks/s, the round-trip latency and the CPU
+//       time per task of the broker (from /proc/<pid>/stat) and the loadgen.
 //
 //   zfarm-loadgen --connection-file F --queue-memory 1000000
 //       No engines: submits Q tasks, waits until the broker has read them all
@@ -18,6 +20,7 @@
 //       broker of this design can reach on this machine.
 //
 // Every wait is bounded by --timeout; the program never blocks forever.
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -59,6 +62,7 @@ struct Options {
   int payload_bytes = 16;
   int window = 1000;
   int clients = 1;
+  int ack_batch = 256;
   long queue_memory = 0;
   bool floor = false;
   double timeout_s = 120.0;
@@ -194,63 +198,107 @@ struct SimEngine {
 };
 
 // Serves `count` engines on one thread until `stop` is set.
+//
+// The thread waits with epoll on each socket's ZMQ_FD instead of zmq::poll
+// over all of them: zmq::poll asks every socket for its fd and events on
+// every call, which with 1,000 engines cost the loadgen more than the broker
+// it measures.  ZMQ_FD only says "look at this socket"; a socket is read until
+// it would block, and checked again (ZMQ_EVENTS) after anything is sent on it,
+// since a send may consume the fd's signal for messages already queued.
 void engine_thread(zmq::context_t& ctx, const std::string& endpoint, int count, int credit,
                    std::atomic<bool>& stop, EngineStats& stats) {
   std::vector<SimEngine> engines(count);
-  std::vector<zmq::pollitem_t> items(count);
   const std::string host = "loadgen:" + std::to_string(::getpid());
+  const int ep = ::epoll_create1(EPOLL_CLOEXEC);
+  if (ep < 0) {
+    std::fprintf(stderr, "zfarm-loadgen: epoll_create1 failed\n");
+    stats.errors.fetch_add(1);
+    return;
+  }
+  // Sockets to read now; `queued` keeps each in it once.
+  std::vector<int> ready;
+  std::vector<char> queued(static_cast<std::size_t>(count), 1);
   for (int i = 0; i < count; ++i) {
     engines[i].socket = make_dealer(ctx, endpoint);
     Frames reg = make_msg(MsgType::kRegister, 0, {}, 0, credit, host);
     zfarm::send_frames(engines[i].socket, reg, true);
-    items[i] = {engines[i].socket.handle(), 0, ZMQ_POLLIN, 0};
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u32 = static_cast<std::uint32_t>(i);
+    ::epoll_ctl(ep, EPOLL_CTL_ADD, engines[i].socket.get(zmq::sockopt::fd), &ev);
+    ready.push_back(i);
   }
+  auto has_input = [&](int i) { return (engines[i].socket.get(zmq::sockopt::events) & ZMQ_POLLIN) != 0; };
+  auto mark = [&](int i) {
+    if (!queued[static_cast<std::size_t>(i)]) {
+      queued[static_cast<std::size_t>(i)] = 1;
+      ready.push_back(i);
+    }
+  };
   Frames frames;
   Message msg;
+  std::vector<int> serving;
+  std::vector<epoll_event> events(256);
+  auto next_heartbeat_scan = Clock::now();
   while (!stop.load(std::memory_order_relaxed)) {
-    zmq::poll(items.data(), items.size(), std::chrono::milliseconds(20));
+    const int n = ::epoll_wait(ep, events.data(), static_cast<int>(events.size()), ready.empty() ? 20 : 0);
+    for (int k = 0; k < n; ++k) mark(static_cast<int>(events[static_cast<std::size_t>(k)].data.u32));
+    serving.swap(ready);
+    ready.clear();
+    for (int i : serving) queued[static_cast<std::size_t>(i)] = 0;
     const auto now = Clock::now();
-    for (int i = 0; i < count; ++i) {
+    for (int i : serving) {
       SimEngine& e = engines[i];
-      if (items[i].revents & ZMQ_POLLIN) {
-        for (int n = 0; n < 256 && zfarm::recv_frames(e.socket, frames); ++n) {
-          if (!zfarm::proto::decode(frames, 0, &msg).ok()) {
+      int got = 0;
+      for (; got < 256 && zfarm::recv_frames(e.socket, frames); ++got) {
+        if (!zfarm::proto::decode(frames, 0, &msg).ok()) {
+          stats.errors.fetch_add(1, std::memory_order_relaxed);
+          continue;
+        }
+        switch (msg.header.type) {
+          case MsgType::kTask: {
+            Frames out = zfarm::proto::encode(Header{MsgType::kResult, msg.header.id, {}, 0, e.id, {}, {}},
+                                              std::move(msg.payload));
+            zfarm::send_frames(e.socket, out, true);
+            stats.tasks.fetch_add(1, std::memory_order_relaxed);
+            break;
+          }
+          case MsgType::kRegisterReply:
+            if (e.id < 0) stats.registered.fetch_add(1);
+            e.id = msg.header.aux;
+            if (msg.header.status > 0) e.heartbeat = std::chrono::milliseconds(msg.header.status);
+            e.next_heartbeat = now + e.heartbeat;
+            break;
+          case MsgType::kError: {
             stats.errors.fetch_add(1, std::memory_order_relaxed);
-            continue;
+            // "unknown engine: register again"
+            Frames reg = make_msg(MsgType::kRegister, 0, {}, 0, credit, host);
+            zfarm::send_frames(e.socket, reg, true);
+            break;
           }
-          switch (msg.header.type) {
-            case MsgType::kTask: {
-              Frames out = zfarm::proto::encode(
-                  Header{MsgType::kResult, msg.header.id, {}, 0, e.id, {}, {}}, std::move(msg.payload));
-              zfarm::send_frames(e.socket, out, true);
-              stats.tasks.fetch_add(1, std::memory_order_relaxed);
-              break;
-            }
-            case MsgType::kRegisterReply:
-              if (e.id < 0) stats.registered.fetch_add(1);
-              e.id = msg.header.aux;
-              if (msg.header.status > 0) e.heartbeat = std::chrono::milliseconds(msg.header.status);
-              e.next_heartbeat = now + e.heartbeat;
-              break;
-            case MsgType::kError: {
-              stats.errors.fetch_add(1, std::memory_order_relaxed);
-              // "unknown engine: register again"
-              Frames reg = make_msg(MsgType::kRegister, 0, {}, 0, credit, host);
-              zfarm::send_frames(e.socket, reg, true);
-              break;
-            }
-            default:  // Heartbeat answers, Shutdown
-              break;
-          }
+          default:  // Heartbeat answers, Shutdown
+            break;
         }
       }
-      if (e.id >= 0 && now >= e.next_heartbeat) {
+      // Stopped at the batch limit: more is waiting.  Otherwise the last
+      // read found nothing, but a send after it may have hidden new input.
+      if (got == 256 || has_input(i)) mark(i);
+    }
+    // Heartbeats are due once a second: a scan of every engine every 50 ms
+    // is enough and costs nothing per message.
+    if (now >= next_heartbeat_scan) {
+      next_heartbeat_scan = now + std::chrono::milliseconds(50);
+      for (int i = 0; i < count; ++i) {
+        SimEngine& e = engines[i];
+        if (e.id < 0 || now < e.next_heartbeat) continue;
         Frames hb = make_msg(MsgType::kHeartbeat, 0, {}, 0, e.id);
         zfarm::send_frames(e.socket, hb, true);
         e.next_heartbeat = now + e.heartbeat;
+        if (has_input(i)) mark(i);
       }
     }
   }
+  ::close(ep);
   // Leave cleanly, so a broker reused for another run does not keep us.
   for (SimEngine& e : engines) {
     if (e.id < 0) continue;
@@ -268,8 +316,12 @@ struct ClientResult {
   bool timed_out = false;
 };
 
+// Acknowledges results as the Python client does (batches of `ack_batch`;
+// 0: never), so the broker's result store does the work it does in real use:
+// unacknowledged results move to the cache and leave it again.
 void client_thread(zmq::context_t& ctx, const std::string& endpoint, int index, long tasks, int window,
-                   int payload_bytes, Clock::time_point deadline, std::atomic<bool>& go, ClientResult& r) {
+                   int payload_bytes, int ack_batch, Clock::time_point deadline, std::atomic<bool>& go,
+                   ClientResult& r) {
   zmq::socket_t s = make_dealer(ctx, endpoint);
   s.set(zmq::sockopt::sndtimeo, 1000);
   const std::uint64_t base = (static_cast<std::uint64_t>(index) + 1) << 40;
@@ -281,6 +333,13 @@ void client_thread(zmq::context_t& ctx, const std::string& endpoint, int index, 
   Frames frames;
   Message msg;
   zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+  Header ack;
+  ack.type = MsgType::kAck;
+  auto send_acks = [&] {
+    Frames m = zfarm::proto::encode(ack);
+    send_blocking(s, m);
+    ack.opts.ids.clear();
+  };
   while (r.done < tasks) {
     while (next < tasks && outstanding < window) {
       Frames m = make_msg(MsgType::kSubmit, base + static_cast<std::uint64_t>(next), {zfarm::proto::kLoadBalanced});
@@ -304,8 +363,13 @@ void client_thread(zmq::context_t& ctx, const std::string& endpoint, int index, 
       ++r.done;
       --outstanding;
       if (msg.header.status != 0) ++r.failed;
+      if (ack_batch > 0) {
+        ack.opts.ids.push_back(msg.header.id);
+        if (ack.opts.ids.size() >= static_cast<std::size_t>(ack_batch)) send_acks();
+      }
     }
   }
+  if (!ack.opts.ids.empty()) send_acks();
 }
 
 void print_latency(const char* what, std::vector<double>& lat, bool json_style) {
@@ -342,6 +406,8 @@ int run_throughput(const Options& o, const Connection& c) {
   double elapsed = 0;
   double broker_cpu_pct = -1;  // share of one core the broker used during the run
   double self_cpu_pct = -1;    // ... and this load generator (all its threads)
+  double broker_cpu_s = -1;    // CPU seconds the broker used during the run
+  double self_cpu_s = -1;
   if (stats.registered.load() < o.engines) {
     std::fprintf(stderr, "zfarm-loadgen: only %d of %d engines registered before the timeout\n",
                  stats.registered.load(), o.engines);
@@ -350,8 +416,8 @@ int run_throughput(const Options& o, const Connection& c) {
     std::vector<std::thread> cthreads;
     for (int k = 0; k < o.clients; ++k) {
       const long share = o.tasks / o.clients + (k < o.tasks % o.clients ? 1 : 0);
-      cthreads.emplace_back(client_thread, std::ref(ctx), c.client, k, share, o.window, o.payload_bytes, deadline,
-                            std::ref(go), std::ref(results[static_cast<std::size_t>(k)]));
+      cthreads.emplace_back(client_thread, std::ref(ctx), c.client, k, share, o.window, o.payload_bytes, o.ack_batch,
+                            deadline, std::ref(go), std::ref(results[static_cast<std::size_t>(k)]));
     }
     // Let the client sockets connect before the clock starts.
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -362,8 +428,10 @@ int run_throughput(const Options& o, const Connection& c) {
     for (auto& t : cthreads) t.join();
     elapsed = seconds_since(t0);
     const double cpu1 = cpu_seconds(c.pid);
-    if (cpu0 >= 0 && cpu1 >= 0 && elapsed > 0) broker_cpu_pct = 100.0 * (cpu1 - cpu0) / elapsed;
-    if (elapsed > 0) self_cpu_pct = 100.0 * (self_cpu_seconds() - self0) / elapsed;
+    if (cpu0 >= 0 && cpu1 >= 0) broker_cpu_s = cpu1 - cpu0;
+    self_cpu_s = self_cpu_seconds() - self0;
+    if (broker_cpu_s >= 0 && elapsed > 0) broker_cpu_pct = 100.0 * broker_cpu_s / elapsed;
+    if (elapsed > 0) self_cpu_pct = 100.0 * self_cpu_s / elapsed;
   }
   stop_engines.store(true);
   for (auto& t : ethreads) t.join();
@@ -379,12 +447,19 @@ int run_throughput(const Options& o, const Connection& c) {
   }
   if (timed_out) rc = 1;
   const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
+  // CPU per task: what a broker core can carry (1e6 / broker_cpu_us_per_task
+  // tasks/s) whatever the loadgen and the rest of the machine take.
+  // /proc counts in clock ticks (10 ms): a run of a few seconds at least.
+  const double broker_us = done > 0 && broker_cpu_s >= 0 ? 1e6 * broker_cpu_s / static_cast<double>(done) : -1;
+  const double self_us = done > 0 && self_cpu_s >= 0 ? 1e6 * self_cpu_s / static_cast<double>(done) : -1;
   if (o.json) {
     std::printf("{\"mode\": \"throughput\", \"engines\": %d, \"clients\": %d, \"window\": %d, \"payload_bytes\": %d, "
                 "\"tasks\": %ld, \"done\": %ld, \"failed\": %ld, \"timed_out\": %s, \"seconds\": %.4f, "
-                "\"tasks_per_s\": %.1f, \"register_s\": %.3f, \"broker_cpu_pct\": %.1f, \"loadgen_cpu_pct\": %.1f, \"credit\": %d, ",
+                "\"tasks_per_s\": %.1f, \"register_s\": %.3f, \"broker_cpu_pct\": %.1f, \"loadgen_cpu_pct\": %.1f, "
+                "\"broker_cpu_us_per_task\": %.2f, \"loadgen_cpu_us_per_task\": %.2f, \"ack_batch\": %d, "
+                "\"credit\": %d, ",
                 o.engines, o.clients, o.window, o.payload_bytes, o.tasks, done, failed, timed_out ? "true" : "false",
-                elapsed, rate, register_s, broker_cpu_pct, self_cpu_pct, o.credit);
+                elapsed, rate, register_s, broker_cpu_pct, self_cpu_pct, broker_us, self_us, o.ack_batch, o.credit);
     print_latency("latency", lat, true);
     std::printf("}\n");
   } else {
@@ -393,6 +468,8 @@ int run_throughput(const Options& o, const Connection& c) {
     std::printf("%ld of %ld tasks done (%ld failed)%s in %.3f s: %.0f tasks/s; broker used %.0f%% of a core, "
                 "loadgen %.0f%%\n",
                 done, o.tasks, failed, timed_out ? ", TIMED OUT" : "", elapsed, rate, broker_cpu_pct, self_cpu_pct);
+    std::printf("CPU per task: broker %.2f us (%.0f tasks/s per broker core), loadgen %.2f us\n", broker_us,
+                broker_us > 0 ? 1e6 / broker_us : 0.0, self_us);
     print_latency("round-trip", lat, false);
   }
   if (failed > 0) rc = 1;
@@ -627,6 +704,9 @@ int main(int argc, char** argv) {
   app.add_option("--window", o.window, "tasks each client keeps outstanding at most")
       ->capture_default_str()
       ->check(CLI::Range(1, 10000000));
+  app.add_option("--ack-batch", o.ack_batch, "results acknowledged per Ack, as the client does (0: never)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 16));
   app.add_option("--clients", o.clients, "client sockets (one thread each)")->capture_default_str()->check(
       CLI::Range(1, 256));
   app.add_option("--queue-memory", o.queue_memory,
