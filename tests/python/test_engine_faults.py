@@ -272,6 +272,50 @@ def test_interrupts_racing_the_end_of_tasks_never_kill_the_engine(endpoint):
         fb.close()
 
 
+def test_a_burst_of_mixed_tasks_each_ends_with_its_own_result_and_output(endpoint):
+    # The engine reuses the output captures of a task that printed nothing
+    # and sends canned pickles for small results: neither may leak one
+    # task's stream or value into another.
+    fb = FakeBroker(endpoint)
+    engine = start_engine(endpoint, prefetch=8)
+    tasks = [
+        ("apply", int, (), {}),
+        ("apply", print, ("one",), {}),
+        ("apply", int, (), {}),
+        ("execute", "import sys\nkept = sys.stdout"),  # prints nothing, keeps its stream
+        ("execute", "kept.write('late')"),               # into task 4's stream, not its own
+        ("apply", lambda: 1 / 0, (), {}),
+        ("apply", lambda: 5, (), {}),
+        ("apply", lambda: 300, (), {}),
+        ("apply", lambda: True, (), {}),
+        ("apply", lambda: 0.0, (), {}),
+        ("execute", "same = kept is sys.stdout"),
+        ("execute", "import sys\nsys.stderr.write('err')"),
+        ("apply", int, (), {}),
+    ]
+    try:
+        eng = fb.wait_engine()
+        for i, op in enumerate(tasks, 1):
+            fb.task(eng, i, op)
+        outcomes = [fb.result(i) for i in range(1, len(tasks) + 1)]
+        assert [r[0] for r in fb.results] == list(range(1, len(tasks) + 1))  # one each, in order
+        assert [st for st, _, _ in outcomes] == [OK] * 5 + [REMOTE_ERROR] + [OK] * 7
+        kinds_values = [(o[0], o[1]) for _, _, o in outcomes]
+        assert kinds_values[:5] == [("ok", 0), ("ok", None), ("ok", 0), ("ok", None), ("ok", None)]
+        assert kinds_values[5][0] == "error" and kinds_values[5][1]["ename"] == "ZeroDivisionError"
+        assert "in <lambda>" in kinds_values[5][1]["traceback"]
+        assert kinds_values[6:] == [("ok", 5), ("ok", 300), ("ok", True), ("ok", 0.0), ("ok", None),
+                                    ("ok", None), ("ok", 0)]
+        assert type(kinds_values[8][1]) is bool and type(kinds_values[9][1]) is float
+        assert [(o[2], o[3]) for _, _, o in outcomes] == (
+            [("", ""), ("one\n", "")] + [("", "")] * 9 + [("", "err"), ("", "")])
+        fb.task(eng, 100, ("pull", "same"))
+        assert value_of(fb, 100) is False  # task 11 had a stream of its own
+    finally:
+        stop(engine)
+        fb.close()
+
+
 # How the engine can tell the new broker from the old: its incarnation in
 # RegisterReply, or (a broker that names none) another engine id.  An old
 # broker's "unknown engine" reply is the third way, covered by the units
