@@ -14,6 +14,8 @@
 //                          tasks back: the reply to its Register may still
 //                          start a new epoch that drops them
 //   main     take          wait for the next task and mark it running
+//   main     try_take      the same without waiting (the main thread waits
+//                          in EngineIo::serve, which fills the board)
 //   main     finish        the running task ended: was it interrupted, is it
 //                          from an earlier epoch?
 //
@@ -70,6 +72,10 @@ class TaskBoard {
   // to be paused); the one returned is marked running until finish().
   // nullopt on timeout or wake().
   std::optional<proto::Message> take(std::chrono::milliseconds timeout);
+  // As take, without waiting: nullopt when nothing is ready.
+  std::optional<proto::Message> try_take();
+  // A task is queued and the board is not paused (try_take would get it).
+  bool ready() const;
   Finished finish();
 
   // Makes a thread blocked in take() return (shutdown).
@@ -84,6 +90,9 @@ class TaskBoard {
     proto::Message msg;
     std::uint64_t epoch;
   };
+
+  // Requires mu_ and a task ready.
+  proto::Message take_locked();
 
   TripFn trip_;
   mutable std::mutex mu_;
