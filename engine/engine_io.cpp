@@ -122,6 +122,12 @@ void EngineIo::send_now(Frames& frames) {
   if (!send_frames(socket_, frames, /*dontwait=*/true)) ++dropped_sends_;
 }
 
+bool EngineIo::long_task() const {
+  if (!in_task_.load()) return false;
+  const auto started = Clock::time_point(Clock::duration(task_started_ns_.load(std::memory_order_relaxed)));
+  return Clock::now() - started >= kTakeoverAfter;
+}
+
 void EngineIo::watch() {
   while (!stopping_) {
     {
@@ -129,11 +135,11 @@ void EngineIo::watch() {
       watch_cv_.wait_for(lock, tick_, [&] { return stopping_.load(); });
     }
     if (stopping_) break;
-    if (!in_task_.load()) continue;  // the main thread serves the socket itself
-    const auto started = Clock::time_point(Clock::duration(task_started_ns_.load(std::memory_order_relaxed)));
-    if (Clock::now() - started < kTakeoverAfter) continue;
+    if (!long_task()) continue;  // the main thread serves the socket itself
     std::lock_guard lock(mu_);
-    if (!in_task_.load() || stopping_) continue;
+    // Waiting for mu_ may have taken a while: the task seen may have ended
+    // and a new, short one begun.
+    if (!long_task() || stopping_) continue;
     t_owner = this;
     ++takeovers_;
     serve_locked(Clock::time_point::max(), [&] { return !in_task_.load() || stopping_.load(); });

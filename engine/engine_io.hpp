@@ -82,6 +82,8 @@ class EngineIo {
 
  private:
   void watch();
+  // The main thread has been in one task for kTakeoverAfter or longer.
+  bool long_task() const;
   // Require mu_ (and the calling thread to be the owner).
   void serve_locked(Clock::time_point deadline, const std::function<bool()>& done);
   void drain_incoming_locked();

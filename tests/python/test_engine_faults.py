@@ -70,6 +70,7 @@ class FakeBroker:
         self.first_id = first_id
         self.results: List[Tuple[int, int, str, List[bytes]]] = []
         self.registers = 0
+        self.heartbeats = 0
 
     def close(self) -> None:
         """Vanishes like a killed broker: no goodbye, nothing flushed."""
@@ -95,6 +96,7 @@ class FakeBroker:
                 if mtype in (HEARTBEAT, RESULT):
                     self.send(identity, header(ERROR, h[1], [], 0, 0, "unknown engine: register again"))
             elif mtype == HEARTBEAT:
+                self.heartbeats += 1
                 self.send(identity, header(HEARTBEAT))
             elif mtype == RESULT:
                 self.results.append((h[1], h[3], h[5], payload))
@@ -267,6 +269,25 @@ def test_interrupts_racing_the_end_of_tasks_never_kill_the_engine(endpoint):
         assert ok <= value_of(fb, 100) <= ok + interrupted
         assert engine.poll() is None
         assert len({r[0] for r in fb.results}) == len(fb.results)
+    finally:
+        stop(engine)
+        fb.close()
+
+
+def test_heartbeats_go_on_while_a_task_computes_holding_the_gil(endpoint):
+    # The main thread serves the socket only between tasks; during a long
+    # one the watch thread must take it over (it needs no GIL).
+    fb = FakeBroker(endpoint)
+    engine = start_engine(endpoint)
+    try:
+        eng = fb.wait_engine()
+        fb.task(eng, 1, ("execute", "import time\nend = time.monotonic() + 1.5\n"
+                                    "while time.monotonic() < end: pass"))
+        before = fb.heartbeats
+        assert fb.result(1)[0] == OK
+        assert fb.heartbeats - before >= 3  # one every 200 ms: about 7
+        assert fb.registers == 1  # the engine never took the broker for gone
+        assert engine.poll() is None
     finally:
         stop(engine)
         fb.close()
