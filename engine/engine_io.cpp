@@ -76,6 +76,13 @@ void EngineIo::service() {
 void EngineIo::task_started() {
   task_started_ns_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
   in_task_.store(true);
+  if (dozing_.load()) {
+    {
+      std::lock_guard lock(watch_mu_);
+      ++kicks_;
+    }
+    watch_cv_.notify_one();
+  }
   t_owner = nullptr;
   mu_.unlock();
 }
@@ -129,10 +136,20 @@ bool EngineIo::long_task() const {
 }
 
 void EngineIo::watch() {
+  std::uint64_t seen = 0;
   while (!stopping_) {
     {
+      // Busy (a task started within the last tick): look often, so a long
+      // task is taken over within a few milliseconds.  Idle: look every
+      // tick, and let the next task_started() wake us (one wake-up per
+      // burst of tasks, not one per task).
       std::unique_lock lock(watch_mu_);
-      watch_cv_.wait_for(lock, tick_, [&] { return stopping_.load(); });
+      const auto last = Clock::time_point(Clock::duration(task_started_ns_.load(std::memory_order_relaxed)));
+      const bool busy = in_task_.load() || Clock::now() - last < tick_;
+      dozing_ = !busy;
+      watch_cv_.wait_for(lock, busy ? kLookWhileBusy : tick_, [&] { return stopping_.load() || kicks_ != seen; });
+      seen = kicks_;
+      dozing_ = false;
     }
     if (stopping_) break;
     if (!long_task()) continue;  // the main thread serves the socket itself

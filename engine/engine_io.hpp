@@ -3,11 +3,13 @@
 //
 //   main thread            socket   what happens
 //   --------------------   ------   -------------------------------------------
-//   waiting for a task     main     serve(): zmq::poll, on_incoming, on_tick
+//   waiting for a task     main     serve(): poll(2), on_incoming, on_tick
 //   between two tasks      main     service(): what arrived meanwhile, ticks due
 //   running a task         nobody   for its first kTakeoverAfter; then the
-//                                   watch thread takes the socket (heartbeats,
-//                                   Interrupts, Output) until the task ends
+//                                   watch thread (which looks every
+//                                   kLookWhileBusy) takes the socket
+//                                   (heartbeats, Interrupts, Output) until
+//                                   the task ends
 //   task ended             main     task_ended() takes it back (waking the watch
 //                                   thread if it holds it); the Result leaves
 //                                   at once
@@ -44,9 +46,13 @@ class EngineIo {
   using TickFn = std::function<void()>;
 
   // A task running this long is long enough for its socket to go to the
-  // watch thread (which looks every tick): two wake-ups are nothing beside
-  // it, and the Interrupt of a short task waits at most this plus a tick.
+  // watch thread: two wake-ups are nothing beside it.
   static constexpr std::chrono::milliseconds kTakeoverAfter{1};
+  // How often the watch thread looks while tasks run (a task started within
+  // the last tick); idle, it looks every tick and the first task wakes it.
+  // So a long task's Interrupt or heartbeat waits at most about this plus
+  // kTakeoverAfter.
+  static constexpr std::chrono::milliseconds kLookWhileBusy{2};
   // How soon a message the socket would not take (no peer connected yet) is
   // tried again.
   static constexpr std::chrono::milliseconds kRetryBlocked{10};
@@ -111,6 +117,8 @@ class EngineIo {
   std::atomic<bool> stopping_{false};
   std::mutex watch_mu_;
   std::condition_variable watch_cv_;
+  std::atomic<bool> dozing_{false};  // the watch thread sleeps a whole tick
+  std::uint64_t kicks_ = 0;          // task_started() woke it (watch_mu_)
   std::atomic<std::uint64_t> dropped_sends_{0};
   std::atomic<std::uint64_t> takeovers_{0};
 };
