@@ -207,14 +207,15 @@ def _error_info(exc: BaseException) -> Dict[str, Any]:
     return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": "".join(lines)}
 
 
-# sys.getrefcount of a capture held only by run_task's local, _reusable's
+# sys.getrefcount of a capture held only by run_task's local, _untouched's
 # parameter and the getrefcount call itself.
 _ONLY_OURS = 3
 
 
-def _reusable(c: Any) -> bool:
-    # Nothing written or moved, no attribute set, not closed, held by no one else.
-    return (sys.getrefcount(c) == _ONLY_OURS and not c.__dict__ and not c.closed and c.tell() == 0)
+def _untouched(c: Any) -> bool:
+    # write() was never called (it sets _room on the instance), nothing was
+    # written past it (position 0), not closed, and held by no one else.
+    return (not c.__dict__ and sys.getrefcount(c) == _ONLY_OURS and not c.closed and c.tell() == 0)
 
 
 def _loads(frames: List[Any]) -> Any:
@@ -271,10 +272,9 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
     finally:
         sys.stdout, sys.stderr = saved
         state.current = ()
-    # Plain getvalue() unless a limit was reached: no Python-level call per task.
-    stdout = out.text() if out._dropped else out.getvalue()
-    stderr = err.text() if err._dropped else err.getvalue()
-    if not stdout and not stderr and _reusable(out) and _reusable(err):
+    if _untouched(out) and _untouched(err):
+        # Nothing printed, and nobody else holds the captures: keep them.
+        stdout = stderr = ""
         state.spare = (out, err)
         # Exact types only: hashing anything else could run user code.
         kind_of = type(value)
@@ -282,6 +282,10 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
             small = _SMALL_RESULTS.get((kind_of, value))
             if small is not None:
                 return status, [small]
+    else:
+        # Plain getvalue() unless a limit was reached: no Python-level call per task.
+        stdout = out.text() if out._dropped else out.getvalue()
+        stderr = err.text() if err._dropped else err.getvalue()
     del out, err
     try:
         result = _dumps_result((kind, value, stdout, stderr))
