@@ -11,7 +11,8 @@
 // the engine look dead.  The Session is only touched by the socket's owner.
 //
 // The tasks the engine holds live on a TaskBoard shared by both threads.
-// An Interrupt from the broker is handled on the I/O thread: for the running
+// An Interrupt from the broker is handled by the socket's owner (the watch
+// thread, since a task is running): for the running
 // task it raises KeyboardInterrupt in the main thread as Ctrl-C would
 // (PyErr_SetInterruptEx) and sends the main thread a no-op SIGURG so a
 // blocking call (time.sleep, a socket read) returns EINTR and Python notices

@@ -1,16 +1,19 @@
 // TaskBoard: the tasks an engine holds (prefetched, and the one running),
 // shared by its two threads under one lock.
 //
+// "owner" is whichever thread holds the socket (EngineIo): the main thread
+// between tasks, the watch thread during a long one.
+//
 //   thread   call          what it does
 //   ------   -----------   ----------------------------------------------------
-//   I/O      add           a Task arrived: queue it, tagged with the epoch
-//   I/O      interrupt     Interrupt(id) arrived: running -> trip (raise
+//   owner    add           a Task arrived: queue it, tagged with the epoch
+//   owner    interrupt     Interrupt(id) arrived: running -> trip (raise
 //                          KeyboardInterrupt in it); queued -> drop it (the
 //                          caller answers Aborted); otherwise nothing
-//   I/O      new_epoch     the broker no longer knows our tasks (it restarted
+//   owner    new_epoch     the broker no longer knows our tasks (it restarted
 //                          or declared us dead): drop the queue, and mark the
 //                          running task so its result is not sent
-//   I/O      set_paused    while the engine is not registered, hold queued
+//   owner    set_paused    while the engine is not registered, hold queued
 //                          tasks back: the reply to its Register may still
 //                          start a new epoch that drops them
 //   main     take          wait for the next task and mark it running
@@ -42,7 +45,7 @@ namespace zfarm::engine {
 
 class TaskBoard {
  public:
-  // Called under the board's lock, on the I/O thread, while the task to
+  // Called under the board's lock, by the socket's owner, while the task to
   // interrupt is marked running.  Must not block (the engine's trips raise
   // KeyboardInterrupt asynchronously).
   using TripFn = std::function<void()>;
@@ -61,7 +64,7 @@ class TaskBoard {
 
   explicit TaskBoard(TripFn trip);
 
-  // I/O thread.
+  // The socket's owner.
   void add(proto::Message task);
   Interrupted interrupt(std::uint64_t id);
   // Returns how many queued tasks were dropped.
