@@ -2,10 +2,12 @@
 //
 //     zfarm._worker.run_task(task_id: int, frames: list) -> (status, frames)
 //
-// Task payload frames reach Python without a copy: each zmq message is
-// wrapped in a _zfarm_engine.Frame, which owns the message and exposes it
-// through the (read-only) buffer protocol, so whatever Python builds on it
-// (a numpy array unpickled from an out-of-band buffer) keeps it alive.
+// Out-of-band payload frames reach Python without a copy: each zmq message
+// is wrapped in a _zfarm_engine.Frame, which owns the message and exposes it
+// through the buffer protocol, so whatever Python builds on it (a numpy
+// array unpickled from an out-of-band buffer) keeps it alive.  The first
+// frame, the pickle itself, comes as bytes when it is small (unpickling
+// copies it anyway; a bytes object is cheaper to make than a Frame).
 //
 // Every method requires the calling thread to hold the GIL.
 #pragma once

@@ -1,15 +1,18 @@
 // zfarm-engine: connects to a broker, registers, and runs the tasks it is
 // given in an embedded Python interpreter.
 //
-// Two threads.  The I/O thread (IoThread) owns the DEALER socket and runs the
-// Session state machine: registration and heartbeats happen there in plain
-// C++, never needing the GIL, so a task computing in Python for an hour does
-// not make the engine look dead.  The main thread holds the interpreter: it
-// waits for Task messages with the GIL released, then runs them one at a
-// time, in arrival order, and queues each Result for the I/O thread.
+// Two threads share the DEALER socket (EngineIo).  The main thread holds the
+// interpreter: with the GIL released it serves the socket itself while it
+// waits for a Task (and between tasks), then runs the tasks one at a time, in
+// arrival order, and sends each Result at once.  A task that runs longer than
+// a moment hands the socket to the watch thread, which keeps the Session
+// (registration, heartbeats) and Interrupts going in plain C++, never
+// needing the GIL, so a task computing in Python for an hour does not make
+// the engine look dead.  The Session is only touched by the socket's owner.
 //
 // The tasks the engine holds live on a TaskBoard shared by both threads.
-// An Interrupt from the broker is handled on the I/O thread: for the running
+// An Interrupt from the broker is handled by the socket's owner (the watch
+// thread, since a task is running): for the running
 // task it raises KeyboardInterrupt in the main thread as Ctrl-C would
 // (PyErr_SetInterruptEx) and sends the main thread a no-op SIGURG so a
 // blocking call (time.sleep, a socket read) returns EINTR and Python notices
@@ -30,8 +33,8 @@
 #include <pybind11/pybind11.h>
 
 #include "connection_file.hpp"
+#include "engine_io.hpp"
 #include "executor.hpp"
-#include "io_thread.hpp"
 #include "log.hpp"
 #include "output_pipe.hpp"
 #include "protocol.hpp"
@@ -52,7 +55,7 @@ constexpr int kIdleWaitMs = 100;
 // How long to wait for the broker's connection file to appear, for an engine
 // started together with its broker.
 constexpr auto kConnectionFileWait = std::chrono::seconds(10);
-// Linger-free close would lose a final Result or our Shutdown; IoThread
+// Linger-free close would lose a final Result or our Shutdown; EngineIo
 // closes with a 1 s linger.
 
 // Result text is a protocol field with a size limit; keep the end of a long
@@ -231,9 +234,9 @@ int main(int argc, char** argv) {
     std::atomic<bool> gave_up{false};
     std::atomic<std::uint64_t> stale_tasks{0};
     std::atomic<std::uint64_t> aborted_queued{0};
-    IoThread* io_ptr = nullptr;
-    // Runs on the I/O thread, under the board's lock, while the task to
-    // interrupt is running.  Both calls are async-signal-safe and need no GIL.
+    EngineIo* io_ptr = nullptr;
+    // Runs on the watch thread (the socket's owner while a task runs), under
+    // the board's lock, while the task to interrupt is running.  Both calls are async-signal-safe and need no GIL.
     TaskBoard board([main_thread] {
       PyErr_SetInterruptEx(SIGINT);
       pthread_kill(main_thread, SIGURG);
@@ -242,7 +245,7 @@ int main(int argc, char** argv) {
     // before the first task runs).
     OutputPipe output([&](Frames frames) { io_ptr->send(std::move(frames)); });
 
-    // Both callbacks run on the I/O thread, the only one touching session.
+    // Both callbacks run on the socket's owner, the only one touching session.
     auto send_headers = [&](std::vector<proto::Header>& headers) {
       for (auto& h : headers) {
         Frames frames = proto::encode(h);
@@ -260,12 +263,12 @@ int main(int argc, char** argv) {
         log_info("%s; registering again", reason);
       }
     };
-    auto on_incoming = [&](Frames& frames) -> bool {
+    auto on_incoming = [&](Frames& frames) {
       proto::Message msg;
       const proto::Status st = proto::decode(frames, 0, &msg);
       if (!st.ok()) {
         bad.note(st.detail);
-        return true;
+        return;
       }
       std::vector<proto::Header> replies;
       const Session::State before = session.state();
@@ -290,10 +293,10 @@ int main(int argc, char** argv) {
             // Sent to an earlier registration of this engine: the broker has
             // already given that task to another engine or ended it.
             ++stale_tasks;
-            return true;
+            return;
           }
           board.add(std::move(msg));
-          return true;
+          return;
         case Session::Verdict::kInterrupt:
           if (board.interrupt(msg.header.id) == TaskBoard::Interrupted::kQueued) {
             ++aborted_queued;
@@ -306,22 +309,22 @@ int main(int argc, char** argv) {
             Frames out = proto::encode(h);
             io_ptr->send_now(out);
           }
-          return true;
+          return;
         case Session::Verdict::kShutdown:
           log_info("the broker asked this engine to shut down");
           shutdown_requested = true;
           board.wake();
-          return true;
+          return;
         case Session::Verdict::kUnexpected:
           bad.note(std::string("unexpected ") + proto::to_string(msg.header.type) + " message");
-          return true;
+          return;
         case Session::Verdict::kDone:
           if (msg.header.type == proto::MsgType::kError && msg.header.text.rfind("unknown engine", 0) != 0) {
             log_error("the broker reports an error: %s", msg.header.text.c_str());
           }
-          return true;
+          return;
       }
-      return true;
+      return;
     };
     auto on_tick = [&] {
       std::vector<proto::Header> out;
@@ -339,10 +342,10 @@ int main(int argc, char** argv) {
     };
 
     const int tick_ms = std::clamp(heartbeat_ms / 4, 10, 100);
-    IoThread io(std::move(socket), tick_ms, on_incoming, on_tick);
+    EngineIo io(std::move(socket), std::chrono::milliseconds(tick_ms), on_incoming, on_tick);
     io_ptr = &io;
     set_output_pipe(&output);
-    // Signals go to the main thread: block them while the I/O thread is
+    // Signals go to the main thread: block them while the watch thread is
     // created so it inherits the blocked mask.
     sigset_t block, old;
     sigemptyset(&block);
@@ -366,7 +369,16 @@ int main(int argc, char** argv) {
       std::optional<proto::Message> task;
       {
         py::gil_scoped_release nogil;
-        task = board.take(std::chrono::milliseconds(kIdleWaitMs));
+        task = board.try_take();
+        if (task) {
+          // Prefetched: still read what came meanwhile (Interrupts, more
+          // tasks) and keep heartbeats going between tasks.
+          io.service();
+        } else {
+          io.serve(std::chrono::milliseconds(kIdleWaitMs),
+                   [&] { return board.ready() || shutdown_requested || gave_up || g_signal != 0; });
+          task = board.try_take();
+        }
       }
       if (!task) {
         // Idle: run Python-level signal handlers; Ctrl-C stops the engine.
@@ -392,7 +404,9 @@ int main(int argc, char** argv) {
       }
       g_in_task = true;
       output.begin(task->header.id, task->header.aux);
+      io.task_started();
       Outcome outcome = executor.run(task->header.id, std::move(task->payload));
+      io.task_ended();
       output.end();  // before the Result: no Output of this task follows it
       g_in_task = false;
       const TaskBoard::Finished fin = board.finish();

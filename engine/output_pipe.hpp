@@ -6,13 +6,13 @@
 //   main           begin       a task starts: offsets to 0, nothing pending
 //   any (GIL)      write       the task printed: keep the text; send at once
 //                              when kSendAtBytes are pending
-//   I/O            on_tick     send what has waited flush_after or longer
+//   owner          on_tick     send what has waited flush_after or longer
 //   main           end         the task ended: drop what was not sent (its
 //                              Result carries the whole output)
-//   I/O            set_enabled the broker announced (or not) that it forwards
+//   owner          set_enabled the broker announced (or not) that it forwards
 //                              Output
 //
-// Sends happen under the pipe's lock and go through one FIFO (IoThread::send),
+// Sends happen under the pipe's lock and go through one FIFO (EngineIo::send),
 // so chunks leave in the order they were taken, and none of a task leaves
 // after end() (the main thread sends the task's Result after end()).
 //
@@ -49,7 +49,8 @@ class OutputPipe {
 
   explicit OutputPipe(SendFn send, std::chrono::milliseconds flush_after = kFlushAfter);
 
-  // I/O thread.
+  // The socket's owner (EngineIo: the main thread between tasks, the watch
+  // thread during a long one).
   void set_enabled(bool enabled) { enabled_.store(enabled, std::memory_order_relaxed); }
   void on_tick(Clock::time_point now);
 

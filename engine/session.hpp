@@ -1,5 +1,5 @@
 // Session: the engine's side of the conversation with the broker, as an
-// explicit state machine with no socket in it (the I/O thread feeds it
+// explicit state machine with no socket in it (the socket's owner feeds it
 // messages and clock ticks and sends what it returns).
 //
 //   state        event                          action

@@ -43,6 +43,21 @@ std::optional<proto::Message> TaskBoard::take(std::chrono::milliseconds timeout)
   const std::uint64_t generation = wake_generation_;
   cv_.wait_for(lock, timeout, [&] { return (!queue_.empty() && !paused_) || wake_generation_ != generation; });
   if (queue_.empty() || paused_) return std::nullopt;
+  return take_locked();
+}
+
+std::optional<proto::Message> TaskBoard::try_take() {
+  std::lock_guard lock(mu_);
+  if (queue_.empty() || paused_) return std::nullopt;
+  return take_locked();
+}
+
+bool TaskBoard::ready() const {
+  std::lock_guard lock(mu_);
+  return !queue_.empty() && !paused_;
+}
+
+proto::Message TaskBoard::take_locked() {
   Held held = std::move(queue_.front());
   queue_.pop_front();
   running_ = true;

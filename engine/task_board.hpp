@@ -1,19 +1,24 @@
 // TaskBoard: the tasks an engine holds (prefetched, and the one running),
 // shared by its two threads under one lock.
 //
+// "owner" is whichever thread holds the socket (EngineIo): the main thread
+// between tasks, the watch thread during a long one.
+//
 //   thread   call          what it does
 //   ------   -----------   ----------------------------------------------------
-//   I/O      add           a Task arrived: queue it, tagged with the epoch
-//   I/O      interrupt     Interrupt(id) arrived: running -> trip (raise
+//   owner    add           a Task arrived: queue it, tagged with the epoch
+//   owner    interrupt     Interrupt(id) arrived: running -> trip (raise
 //                          KeyboardInterrupt in it); queued -> drop it (the
 //                          caller answers Aborted); otherwise nothing
-//   I/O      new_epoch     the broker no longer knows our tasks (it restarted
+//   owner    new_epoch     the broker no longer knows our tasks (it restarted
 //                          or declared us dead): drop the queue, and mark the
 //                          running task so its result is not sent
-//   I/O      set_paused    while the engine is not registered, hold queued
+//   owner    set_paused    while the engine is not registered, hold queued
 //                          tasks back: the reply to its Register may still
 //                          start a new epoch that drops them
 //   main     take          wait for the next task and mark it running
+//   main     try_take      the same without waiting (the main thread waits
+//                          in EngineIo::serve, which fills the board)
 //   main     finish        the running task ended: was it interrupted, is it
 //                          from an earlier epoch?
 //
@@ -40,7 +45,7 @@ namespace zfarm::engine {
 
 class TaskBoard {
  public:
-  // Called under the board's lock, on the I/O thread, while the task to
+  // Called under the board's lock, by the socket's owner, while the task to
   // interrupt is marked running.  Must not block (the engine's trips raise
   // KeyboardInterrupt asynchronously).
   using TripFn = std::function<void()>;
@@ -59,7 +64,7 @@ class TaskBoard {
 
   explicit TaskBoard(TripFn trip);
 
-  // I/O thread.
+  // The socket's owner.
   void add(proto::Message task);
   Interrupted interrupt(std::uint64_t id);
   // Returns how many queued tasks were dropped.
@@ -70,6 +75,10 @@ class TaskBoard {
   // to be paused); the one returned is marked running until finish().
   // nullopt on timeout or wake().
   std::optional<proto::Message> take(std::chrono::milliseconds timeout);
+  // As take, without waiting: nullopt when nothing is ready.
+  std::optional<proto::Message> try_take();
+  // A task is queued and the board is not paused (try_take would get it).
+  bool ready() const;
   Finished finish();
 
   // Makes a thread blocked in take() return (shutdown).
@@ -84,6 +93,9 @@ class TaskBoard {
     proto::Message msg;
     std::uint64_t epoch;
   };
+
+  // Requires mu_ and a task ready.
+  proto::Message take_locked();
 
   TripFn trip_;
   mutable std::mutex mu_;

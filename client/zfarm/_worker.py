@@ -65,10 +65,31 @@ namespace: Dict[str, Any] = {"__name__": "__zfarm__"}
 # engine reads it to tell an interrupted task (KeyboardInterrupt) apart.
 last_error: Optional[Dict[str, Any]] = None
 _fn_cache: Dict[bytes, Any] = {}
-# The captures of the running task.  Only they stream: something that kept
-# an earlier task's stream (a logging handler made in it) must not stream
-# into a later task's output.  A module global, so no per-task attribute.
-_current: Tuple[Any, ...] = ()
+
+
+class _TaskState:
+    """What run_task changes per task, as attributes of one object rather
+    than module globals: storing a module global makes every global lookup
+    of this module miss CPython's cache until the next specialisation.
+
+    ``current``: the captures of the running task.  Only they stream:
+    something that kept an earlier task's stream (a logging handler made in
+    it) must not stream into a later task's output.
+    ``spare``: a pair of captures (stdout, stderr) a task left untouched and
+    unreferenced, kept for the next task: making and finalising two StringIO
+    objects is a good part of a no-op task's cost.  Only a pair nobody else
+    holds is kept, so a stream an earlier task kept is never the stream of a
+    later one.
+    """
+
+    __slots__ = ("current", "spare")
+
+    def __init__(self) -> None:
+        self.current: Tuple[Any, ...] = ()
+        self.spare: Optional[Tuple[Any, Any]] = None
+
+
+_state = _TaskState()
 
 
 class _Capture(io.StringIO):
@@ -101,7 +122,7 @@ class _Capture(io.StringIO):
         if n <= self._room:
             self._room -= n
             super().write(s)
-            if self._sink is not None and n and self in _current:
+            if self._sink is not None and n and self in _state.current:
                 self._sink(self._stream, s, False)
             return n
         kept = s[:self._room]
@@ -110,7 +131,7 @@ class _Capture(io.StringIO):
         self._room = 0
         if kept:
             super().write(kept)
-        if self._sink is not None and (kept or first_drop) and self in _current:
+        if self._sink is not None and (kept or first_drop) and self in _state.current:
             self._sink(self._stream, kept, True)
         return n
 
@@ -186,36 +207,92 @@ def _error_info(exc: BaseException) -> Dict[str, Any]:
     return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": "".join(lines)}
 
 
+# sys.getrefcount of a capture held only by run_task's local, _untouched's
+# parameter and the getrefcount call itself.
+_ONLY_OURS = 3
+
+
+def _untouched(c: Any) -> bool:
+    # write() was never called (it sets _room on the instance), nothing was
+    # written past it (position 0), not closed, and held by no one else.
+    return (not c.__dict__ and sys.getrefcount(c) == _ONLY_OURS and not c.closed and c.tell() == 0)
+
+
+def _loads(frames: List[Any]) -> Any:
+    if len(frames) == 1:
+        return pickle.loads(frames[0])
+    return _serialize.loads(frames)
+
+
+def _dumps_result(result: Tuple[str, Any, str, str]) -> List[Any]:
+    # A number, a string or None is plain: skip the general check (and
+    # shared memory, which only large out-of-band buffers use).
+    if type(result[1]) in _PLAIN_VALUE:
+        return [pickle.dumps(result, protocol=_serialize.PROTOCOL)]
+    return _shm.export_result(_serialize.dumps(result))
+
+
+_PLAIN_VALUE = frozenset({int, float, str, bool, type(None)})
+# The pickled results of the commonest values with no output: None (execute,
+# push, most functions called for their effect), booleans and small ints.
+# Keyed by (type, value): 0, 0.0 and False are equal keys otherwise.
+_SMALL_RESULTS: Dict[Tuple[type, Any], bytes] = {
+    (type(v), v): pickle.dumps(("ok", v, "", ""), protocol=_serialize.PROTOCOL)
+    for v in [None, True, False, *range(-8, 257)]
+}
+
+
 def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
     """Run one task; never raises.  Returns (status, result frames)."""
-    global last_error, _current
-    last_error = None
-    out, err = _Capture(), _CaptureErr()
-    _current = (out, err)
+    global last_error
+    if last_error is not None:
+        last_error = None
+    state = _state
+    if state.spare is not None:
+        out, err = state.spare
+        state.spare = None
+    else:
+        out, err = _Capture(), _CaptureErr()
+    state.current = (out, err)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
     try:
         try:
-            task = _serialize.loads(frames)
+            task = _loads(frames)
             if not isinstance(task, tuple) or not task or not isinstance(task[0], str):
                 raise TypeError("a zfarm task must be a tuple (op, *args)")
-            value = _run(task[0], task[1:])
+            if task[0] == "apply" and len(task) == 4:
+                value = _resolve_fn(task[1])(*task[2], **task[3])
+            else:
+                value = _run(task[0], task[1:])
             kind, status = "ok", STATUS_OK
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
             value, kind, status = _error_info(exc), "error", STATUS_REMOTE_ERROR
             last_error = value
     finally:
         sys.stdout, sys.stderr = saved
-        _current = ()
-    # Plain getvalue() unless a limit was reached: no Python-level call per task.
-    stdout = out.text() if out._dropped else out.getvalue()
-    stderr = err.text() if err._dropped else err.getvalue()
+        state.current = ()
+    if _untouched(out) and _untouched(err):
+        # Nothing printed, and nobody else holds the captures: keep them.
+        stdout = stderr = ""
+        state.spare = (out, err)
+        # Exact types only: hashing anything else could run user code.
+        kind_of = type(value)
+        if status == STATUS_OK and (value is None or kind_of is int or kind_of is bool):
+            small = _SMALL_RESULTS.get((kind_of, value))
+            if small is not None:
+                return status, [small]
+    else:
+        # Plain getvalue() unless a limit was reached: no Python-level call per task.
+        stdout = out.text() if out._dropped else out.getvalue()
+        stderr = err.text() if err._dropped else err.getvalue()
+    del out, err
     try:
-        result = _serialize.dumps((kind, value, stdout, stderr))
+        result = _dumps_result((kind, value, stdout, stderr))
     except BaseException as exc:  # the value could not be pickled
         info = _error_info(exc)
         info["evalue"] = f"result of task {task_id} could not be serialised: {info['evalue']}"
-        result = _serialize.dumps(("error", info, stdout, stderr))
+        result = _shm.export_result(_serialize.dumps(("error", info, stdout, stderr)))
         status = STATUS_REMOTE_ERROR
         last_error = info
-    return status, _shm.export_result(result)
+    return status, result

@@ -70,6 +70,7 @@ class FakeBroker:
         self.first_id = first_id
         self.results: List[Tuple[int, int, str, List[bytes]]] = []
         self.registers = 0
+        self.heartbeats = 0
 
     def close(self) -> None:
         """Vanishes like a killed broker: no goodbye, nothing flushed."""
@@ -95,6 +96,7 @@ class FakeBroker:
                 if mtype in (HEARTBEAT, RESULT):
                     self.send(identity, header(ERROR, h[1], [], 0, 0, "unknown engine: register again"))
             elif mtype == HEARTBEAT:
+                self.heartbeats += 1
                 self.send(identity, header(HEARTBEAT))
             elif mtype == RESULT:
                 self.results.append((h[1], h[3], h[5], payload))
@@ -267,6 +269,69 @@ def test_interrupts_racing_the_end_of_tasks_never_kill_the_engine(endpoint):
         assert ok <= value_of(fb, 100) <= ok + interrupted
         assert engine.poll() is None
         assert len({r[0] for r in fb.results}) == len(fb.results)
+    finally:
+        stop(engine)
+        fb.close()
+
+
+def test_heartbeats_go_on_while_a_task_computes_holding_the_gil(endpoint):
+    # The main thread serves the socket only between tasks; during a long
+    # one the watch thread must take it over (it needs no GIL).
+    fb = FakeBroker(endpoint)
+    engine = start_engine(endpoint)
+    try:
+        eng = fb.wait_engine()
+        fb.task(eng, 1, ("execute", "import time\nend = time.monotonic() + 1.5\n"
+                                    "while time.monotonic() < end: pass"))
+        before = fb.heartbeats
+        assert fb.result(1)[0] == OK
+        assert fb.heartbeats - before >= 3  # one every 200 ms: about 7
+        assert fb.registers == 1  # the engine never took the broker for gone
+        assert engine.poll() is None
+    finally:
+        stop(engine)
+        fb.close()
+
+
+def test_a_burst_of_mixed_tasks_each_ends_with_its_own_result_and_output(endpoint):
+    # The engine reuses the output captures of a task that printed nothing
+    # and sends canned pickles for small results: neither may leak one
+    # task's stream or value into another.
+    fb = FakeBroker(endpoint)
+    engine = start_engine(endpoint, prefetch=8)
+    tasks = [
+        ("apply", int, (), {}),
+        ("apply", print, ("one",), {}),
+        ("apply", int, (), {}),
+        ("execute", "import sys\nkept = sys.stdout"),  # prints nothing, keeps its stream
+        ("execute", "kept.write('late')"),               # into task 4's stream, not its own
+        ("apply", lambda: 1 / 0, (), {}),
+        ("apply", lambda: 5, (), {}),
+        ("apply", lambda: 300, (), {}),
+        ("apply", lambda: True, (), {}),
+        ("apply", lambda: 0.0, (), {}),
+        ("execute", "same = kept is sys.stdout"),
+        ("execute", "import sys\nsys.stderr.write('err')"),
+        ("apply", int, (), {}),
+    ]
+    try:
+        eng = fb.wait_engine()
+        for i, op in enumerate(tasks, 1):
+            fb.task(eng, i, op)
+        outcomes = [fb.result(i) for i in range(1, len(tasks) + 1)]
+        assert [r[0] for r in fb.results] == list(range(1, len(tasks) + 1))  # one each, in order
+        assert [st for st, _, _ in outcomes] == [OK] * 5 + [REMOTE_ERROR] + [OK] * 7
+        kinds_values = [(o[0], o[1]) for _, _, o in outcomes]
+        assert kinds_values[:5] == [("ok", 0), ("ok", None), ("ok", 0), ("ok", None), ("ok", None)]
+        assert kinds_values[5][0] == "error" and kinds_values[5][1]["ename"] == "ZeroDivisionError"
+        assert "in <lambda>" in kinds_values[5][1]["traceback"]
+        assert kinds_values[6:] == [("ok", 5), ("ok", 300), ("ok", True), ("ok", 0.0), ("ok", None),
+                                    ("ok", None), ("ok", 0)]
+        assert type(kinds_values[8][1]) is bool and type(kinds_values[9][1]) is float
+        assert [(o[2], o[3]) for _, _, o in outcomes] == (
+            [("", ""), ("one\n", "")] + [("", "")] * 9 + [("", "err"), ("", "")])
+        fb.task(eng, 100, ("pull", "same"))
+        assert value_of(fb, 100) is False  # task 11 had a stream of its own
     finally:
         stop(engine)
         fb.close()
