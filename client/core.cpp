@@ -1,8 +1,9 @@
 // zfarm._core: the client's transport, in C++.
 //
-// A Core owns one DEALER socket through an IoThread: Python queues messages
-// (encoded here with the shared codec) and collects incoming ones in batches,
-// with the GIL released while it waits.  Incoming payload frames reach Python
+// A Core owns one DEALER socket (a SharedSocket): the calling thread sends
+// itself (messages encoded here with the shared codec), and the receiver
+// thread collects incoming messages in batches, with the GIL released while
+// it waits.  Incoming payload frames reach Python
 // as Frame objects that own their zmq message and expose the buffer protocol,
 // so unpickled numpy arrays point into them without a copy.
 #include <pybind11/pybind11.h>
@@ -15,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "io_thread.hpp"
 #include "protocol.hpp"
+#include "shared_socket.hpp"
 
 namespace py = pybind11;
 using namespace zfarm;
@@ -193,8 +194,7 @@ class Core {
       sock.set(zmq::sockopt::curve_secretkey, curve_key(keys, "client_secret"));
     }
     sock.connect(endpoint);
-    io_ = std::make_shared<IoThread>(std::move(sock), /*tick_ms=*/1000, nullptr, nullptr);
-    io_->start();
+    io_ = std::make_shared<SharedSocket>(std::move(sock));
   }
 
   ~Core() { close(); }
@@ -241,7 +241,7 @@ class Core {
       py::gil_scoped_release nogil;
       for (const auto& o : batch) wire.push_back(build_frames(o));
     }
-    io->send_many(std::move(wire));
+    io->send_many(wire);
   }
 
   // Sends frames exactly as given, without a signature or header: for tests
@@ -259,17 +259,18 @@ class Core {
   // Returns a list of (type, id, status, aux, text, [Frame, ...], targets,
   // opts-dict-or-None); messages
   // that do not decode are counted in bad_messages and skipped.
-  py::list recv(int timeout_ms, std::size_t max_batch) {
+  // spin_us: see SharedSocket::recv.
+  py::list recv(int timeout_ms, std::size_t max_batch, int spin_us) {
     py::list out;
     // A copy of the pointer, taken under the GIL: close() on another thread
-    // may drop Core's reference meanwhile, and the IoThread must outlive
-    // this wait (stop() wakes it).
-    std::shared_ptr<IoThread> io = io_;
+    // may drop Core's reference meanwhile, and the socket must outlive this
+    // wait (close() wakes it).
+    std::shared_ptr<SharedSocket> io = io_;
     if (!io) return out;
     std::vector<Frames> got;
     {
       py::gil_scoped_release nogil;
-      io->recv(got, timeout_ms, max_batch);
+      io->recv(got, timeout_ms, max_batch, spin_us);
     }
     for (auto& frames : got) {
       proto::Message msg;
@@ -287,14 +288,14 @@ class Core {
     return out;
   }
 
-  // io_ is only read or written with the GIL held; the stop itself runs
+  // io_ is only read or written with the GIL held; the close itself runs
   // without it so the receiver thread can finish its wait.
   void close() {
-    std::shared_ptr<IoThread> io = std::move(io_);
+    std::shared_ptr<SharedSocket> io = std::move(io_);
     io_.reset();
     if (!io) return;
     py::gil_scoped_release nogil;
-    io->stop();
+    io->close();
   }
 
   bool closed() const { return !io_; }
@@ -317,13 +318,13 @@ class Core {
     }
   }
 
-  std::shared_ptr<IoThread> open_io() const {
+  std::shared_ptr<SharedSocket> open_io() const {
     if (!io_) throw std::runtime_error("the connection is closed");
     return io_;
   }
 
   zmq::context_t ctx_;
-  std::shared_ptr<IoThread> io_;
+  std::shared_ptr<SharedSocket> io_;
   std::uint64_t bad_messages_ = 0;
   std::int64_t max_message_bytes_ = -1;  // -1: no check
 };
@@ -362,7 +363,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("text"), py::arg("frames"), py::arg("opts") = py::none())
       .def("send_many", &Core::send_many, py::arg("messages"))
       .def("send_raw", &Core::send_raw, py::arg("frames"))
-      .def("recv", &Core::recv, py::arg("timeout_ms"), py::arg("max_batch") = 4096)
+      .def("recv", &Core::recv, py::arg("timeout_ms"), py::arg("max_batch") = 4096, py::arg("spin_us") = 0)
       .def("close", &Core::close)
       .def_property_readonly("closed", &Core::closed)
       .def_property_readonly("bad_messages", &Core::bad_messages)
