@@ -11,11 +11,14 @@ offers ``get``, ``wait``, ``ready``, ``engine_id`` and ``stdout``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import sys
 import threading
 import time
 import warnings
+from _thread import RLock
+from concurrent.futures._base import PENDING
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import _serialize
@@ -92,6 +95,33 @@ def decode_outcome(task_id: int, status: int, engine_id: int, text: str, frames:
                     engine_id if engine_id >= 0 else None)
 
 
+class _Condition(threading.Condition):
+    """threading.Condition(RLock()) without the five bound methods the
+    standard one stores per instance: an AsyncResult is made per task, and
+    those objects were a third of what the garbage collector had to scan for
+    each (5 of 15 tracked objects; 4-6 us less CPU per submit with 20,000
+    results outstanding).  Same behaviour, through the lock's own methods."""
+
+    def __init__(self) -> None:  # noqa: PLW0231 - see the class doc
+        self._lock = RLock()
+        self._waiters = collections.deque()
+
+    def acquire(self, *args: Any) -> bool:
+        return self._lock.acquire(*args)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def _release_save(self) -> Any:
+        return self._lock._release_save()  # type: ignore[attr-defined]
+
+    def _acquire_restore(self, state: Any) -> None:
+        self._lock._acquire_restore(state)  # type: ignore[attr-defined]
+
+    def _is_owned(self) -> bool:
+        return self._lock._is_owned()  # type: ignore[attr-defined]
+
+
 class AsyncResult(concurrent.futures.Future):
     """The pending result of one call, made of one or more tasks.
 
@@ -109,7 +139,13 @@ class AsyncResult(concurrent.futures.Future):
 
     def __init__(self, client: Any, n_tasks: int, *, combine: Optional[Callable[[List[Any]], Any]] = None,
                  single: bool = False, ordered: bool = True, flatten: bool = False, label: str = "tasks"):
-        super().__init__()
+        # Future.__init__, with the lighter condition.
+        self._condition = _Condition()
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: List[Any] = []
+        self._done_callbacks: List[Callable[[Any], None]] = []
         self._client = client
         self._n = n_tasks
         self._outcomes: List[Optional[_Outcome]] = [None] * n_tasks
@@ -137,7 +173,7 @@ class AsyncResult(concurrent.futures.Future):
             with self._condition:
                 cond = self._progress
                 if cond is None:
-                    cond = self._progress = threading.Condition(self._condition._lock)  # type: ignore[attr-defined]
+                    cond = self._progress = threading.Condition(self._condition._lock)
         return cond
 
     # -- fed by the client's receiver thread --------------------------------

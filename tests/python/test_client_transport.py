@@ -103,3 +103,25 @@ def test_a_batch_of_results_is_handled_in_order_each_to_its_task(bare):
     assert bare.outstanding == 0
     # Acknowledged in arrival order, the second copy too.
     assert bare._to_ack == [idb, stray, ida, idb, idc]
+
+
+def test_a_pending_result_is_a_future_to_wait_on_from_other_threads(bare):
+    import concurrent.futures
+
+    ar = bare.load_balanced_view().apply_async(abs, -1)
+    with pytest.raises(zfarm.TimeoutError):
+        ar.get(timeout=0.01)
+    done, not_done = concurrent.futures.wait([ar], timeout=0.01)
+    assert not done and not_done == {ar}
+    got = []
+    waiters = [threading.Thread(target=lambda: got.append(ar.result(timeout=WAIT))) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    with ar._cond:  # the progress condition shares the future's lock
+        assert not ar.done()
+    bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(1))])
+    for t in waiters:
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert got == [1, 1, 1]
+    assert concurrent.futures.wait([ar], timeout=WAIT).done == {ar}
