@@ -259,8 +259,7 @@ class Core {
   // Returns a list of (type, id, status, aux, text, [Frame, ...], targets,
   // opts-dict-or-None); messages
   // that do not decode are counted in bad_messages and skipped.
-  // spin_us: see SharedSocket::recv.
-  py::list recv(int timeout_ms, std::size_t max_batch, int spin_us) {
+  py::list recv(int timeout_ms, std::size_t max_batch) {
     py::list out;
     // A copy of the pointer, taken under the GIL: close() on another thread
     // may drop Core's reference meanwhile, and the socket must outlive this
@@ -270,7 +269,7 @@ class Core {
     std::vector<Frames> got;
     {
       py::gil_scoped_release nogil;
-      io->recv(got, timeout_ms, max_batch, spin_us);
+      io->recv(got, timeout_ms, max_batch);
     }
     for (auto& frames : got) {
       proto::Message msg;
@@ -363,7 +362,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("text"), py::arg("frames"), py::arg("opts") = py::none())
       .def("send_many", &Core::send_many, py::arg("messages"))
       .def("send_raw", &Core::send_raw, py::arg("frames"))
-      .def("recv", &Core::recv, py::arg("timeout_ms"), py::arg("max_batch") = 4096, py::arg("spin_us") = 0)
+      .def("recv", &Core::recv, py::arg("timeout_ms"), py::arg("max_batch") = 4096)
       .def("close", &Core::close)
       .def_property_readonly("closed", &Core::closed)
       .def_property_readonly("bad_messages", &Core::bad_messages)

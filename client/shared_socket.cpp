@@ -85,12 +85,11 @@ void SharedSocket::send_many(std::vector<Frames>& batch) {
   after_send();
 }
 
-std::size_t SharedSocket::recv(std::vector<Frames>& out, int timeout_ms, std::size_t max_batch, int spin_us) {
+std::size_t SharedSocket::recv(std::vector<Frames>& out, int timeout_ms, std::size_t max_batch) {
   using clock = std::chrono::steady_clock;
   std::lock_guard receiving(recv_mu_);
   const auto start = clock::now();
   const std::uint64_t generation = wake_generation_.load();
-  bool spun = spin_us <= 0;
   std::size_t n = 0;
   Frames frames;
   while (true) {
@@ -119,16 +118,7 @@ std::size_t SharedSocket::recv(std::vector<Frames>& out, int timeout_ms, std::si
       wait_ms = static_cast<int>(timeout_ms - spent);
     }
     pollfd fds[2] = {{zmq_fd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
-    int ready = 0;
-    if (!spun) {
-      // A reply that comes within spin_us is seen without this thread
-      // going to sleep (and its vCPU idle, slow to wake in a VM).
-      spun = true;
-      const auto until = clock::now() + std::chrono::microseconds(spin_us);
-      while ((ready = ::poll(fds, 2, 0)) == 0 && clock::now() < until) {
-      }
-    }
-    if (ready == 0) ready = ::poll(fds, 2, wait_ms);
+    const int ready = ::poll(fds, 2, wait_ms);
     if (ready > 0 && (fds[1].revents & POLLIN)) {
       std::uint64_t v;
       [[maybe_unused]] auto r = ::read(wake_fd_, &v, sizeof v);

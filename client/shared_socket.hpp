@@ -43,11 +43,10 @@ class SharedSocket {
   void send_many(std::vector<Frames>& batch);
 
   // Waits up to timeout_ms (negative: forever) for incoming messages and
-  // moves up to max_batch of them into out; returns how many.  Before
-  // sleeping it polls for up to spin_us (0: no spinning), so a reply that
-  // comes right away needs no wake-up.  One receiver at a time (another
-  // waits for the first).  Returns 0 at once after close().
-  std::size_t recv(std::vector<Frames>& out, int timeout_ms, std::size_t max_batch, int spin_us = 0);
+  // moves up to max_batch of them into out; returns how many.  One receiver
+  // at a time (another waits for the first).  Returns 0 at once after
+  // close().
+  std::size_t recv(std::vector<Frames>& out, int timeout_ms, std::size_t max_batch);
   // Makes a thread blocked in recv() return (0 messages).
   void wake_receivers();
 
