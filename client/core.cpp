@@ -1,8 +1,9 @@
 // zfarm._core: the client's transport, in C++.
 //
-// A Core owns one DEALER socket through an IoThread: Python queues messages
-// (encoded here with the shared codec) and collects incoming ones in batches,
-// with the GIL released while it waits.  Incoming payload frames reach Python
+// A Core owns one DEALER socket (a SharedSocket): the calling thread sends
+// itself (messages encoded here with the shared codec), and the receiver
+// thread collects incoming messages in batches, with the GIL released while
+// it waits.  Incoming payload frames reach Python
 // as Frame objects that own their zmq message and expose the buffer protocol,
 // so unpickled numpy arrays point into them without a copy.
 #include <pybind11/pybind11.h>
@@ -15,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "io_thread.hpp"
 #include "protocol.hpp"
+#include "shared_socket.hpp"
 
 namespace py = pybind11;
 using namespace zfarm;
@@ -193,8 +194,7 @@ class Core {
       sock.set(zmq::sockopt::curve_secretkey, curve_key(keys, "client_secret"));
     }
     sock.connect(endpoint);
-    io_ = std::make_shared<IoThread>(std::move(sock), /*tick_ms=*/1000, nullptr, nullptr);
-    io_->start();
+    io_ = std::make_shared<SharedSocket>(std::move(sock));
   }
 
   ~Core() { close(); }
@@ -241,7 +241,7 @@ class Core {
       py::gil_scoped_release nogil;
       for (const auto& o : batch) wire.push_back(build_frames(o));
     }
-    io->send_many(std::move(wire));
+    io->send_many(wire);
   }
 
   // Sends frames exactly as given, without a signature or header: for tests
@@ -262,9 +262,9 @@ class Core {
   py::list recv(int timeout_ms, std::size_t max_batch) {
     py::list out;
     // A copy of the pointer, taken under the GIL: close() on another thread
-    // may drop Core's reference meanwhile, and the IoThread must outlive
-    // this wait (stop() wakes it).
-    std::shared_ptr<IoThread> io = io_;
+    // may drop Core's reference meanwhile, and the socket must outlive this
+    // wait (close() wakes it).
+    std::shared_ptr<SharedSocket> io = io_;
     if (!io) return out;
     std::vector<Frames> got;
     {
@@ -287,14 +287,14 @@ class Core {
     return out;
   }
 
-  // io_ is only read or written with the GIL held; the stop itself runs
+  // io_ is only read or written with the GIL held; the close itself runs
   // without it so the receiver thread can finish its wait.
   void close() {
-    std::shared_ptr<IoThread> io = std::move(io_);
+    std::shared_ptr<SharedSocket> io = std::move(io_);
     io_.reset();
     if (!io) return;
     py::gil_scoped_release nogil;
-    io->stop();
+    io->close();
   }
 
   bool closed() const { return !io_; }
@@ -317,13 +317,13 @@ class Core {
     }
   }
 
-  std::shared_ptr<IoThread> open_io() const {
+  std::shared_ptr<SharedSocket> open_io() const {
     if (!io_) throw std::runtime_error("the connection is closed");
     return io_;
   }
 
   zmq::context_t ctx_;
-  std::shared_ptr<IoThread> io_;
+  std::shared_ptr<SharedSocket> io_;
   std::uint64_t bad_messages_ = 0;
   std::int64_t max_message_bytes_ = -1;  // -1: no check
 };

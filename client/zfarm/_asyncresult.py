@@ -11,11 +11,14 @@ offers ``get``, ``wait``, ``ready``, ``engine_id`` and ``stdout``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import sys
 import threading
 import time
 import warnings
+from _thread import RLock
+from concurrent.futures._base import PENDING
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import _serialize
@@ -92,6 +95,33 @@ def decode_outcome(task_id: int, status: int, engine_id: int, text: str, frames:
                     engine_id if engine_id >= 0 else None)
 
 
+class _Condition(threading.Condition):
+    """threading.Condition(RLock()) without the five bound methods the
+    standard one stores per instance: an AsyncResult is made per task, and
+    those objects were a third of what the garbage collector had to scan for
+    each (5 of 15 tracked objects; 4-6 us less CPU per submit with 20,000
+    results outstanding).  Same behaviour, through the lock's own methods."""
+
+    def __init__(self) -> None:  # noqa: PLW0231 - see the class doc
+        self._lock = RLock()
+        self._waiters = collections.deque()
+
+    def acquire(self, *args: Any) -> bool:
+        return self._lock.acquire(*args)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def _release_save(self) -> Any:
+        return self._lock._release_save()  # type: ignore[attr-defined]
+
+    def _acquire_restore(self, state: Any) -> None:
+        self._lock._acquire_restore(state)  # type: ignore[attr-defined]
+
+    def _is_owned(self) -> bool:
+        return self._lock._is_owned()  # type: ignore[attr-defined]
+
+
 class AsyncResult(concurrent.futures.Future):
     """The pending result of one call, made of one or more tasks.
 
@@ -99,9 +129,23 @@ class AsyncResult(concurrent.futures.Future):
     completion order when ``ordered`` is false) into the call's result.
     """
 
+    # What most calls never use: class-wide defaults, replaced per instance
+    # on first use (a call made one task at a time creates many of these).
+    _progress: Optional[threading.Condition] = None
+    _live: Optional[Dict[int, _Live]] = None  # task index -> output streamed so far
+    _output_callbacks: Sequence[OutputCallback] = ()
+    _on_ended: Sequence[Callable[[], None]] = ()  # see _when_ended
+    _cancelling = False
+
     def __init__(self, client: Any, n_tasks: int, *, combine: Optional[Callable[[List[Any]], Any]] = None,
                  single: bool = False, ordered: bool = True, flatten: bool = False, label: str = "tasks"):
-        super().__init__()
+        # Future.__init__, with the lighter condition.
+        self._condition = _Condition()
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: List[Any] = []
+        self._done_callbacks: List[Callable[[Any], None]] = []
         self._client = client
         self._n = n_tasks
         self._outcomes: List[Optional[_Outcome]] = [None] * n_tasks
@@ -111,25 +155,31 @@ class AsyncResult(concurrent.futures.Future):
         self._ordered = ordered
         self._flatten = flatten
         self._label = label
-        # A condition of our own, not the Future's: Future.result() takes any
-        # notification on its condition for the end, and partial progress
-        # (a task of several, streamed output) is notified here.
-        self._cond = threading.Condition()
         self.task_ids: List[int] = []
         self.submitted = time.monotonic()
-        self._on_ended: List[Callable[[], None]] = []  # see _when_ended
-        self._cancelling = False
-        # Output streamed by running tasks (task index -> _Live), made on the
-        # first chunk; a task's entry goes when its outcome arrives.
-        self._live: Optional[Dict[int, _Live]] = None
-        self._output_callbacks: List[OutputCallback] = []
         if n_tasks == 0:
             self._finish()
+
+    @property
+    def _cond(self) -> threading.Condition:
+        """Notified on each task's outcome and each piece of streamed output.
+
+        It shares the Future's lock but not its notifications: Future.result()
+        takes any notification on its own condition for the end.  Made on
+        first use: most results are only ever waited for as a whole.
+        """
+        cond = self._progress
+        if cond is None:
+            with self._condition:
+                cond = self._progress
+                if cond is None:
+                    cond = self._progress = threading.Condition(self._condition._lock)
+        return cond
 
     # -- fed by the client's receiver thread --------------------------------
     def _deliver(self, index: int, outcome: _Outcome) -> None:
         rest: Sequence[Tuple[int, str]] = ()
-        with self._cond:
+        with self._condition:
             if self._outcomes[index] is not None:
                 return  # exactly one outcome per task
             live = self._live.pop(index, None) if self._live else None
@@ -139,7 +189,8 @@ class AsyncResult(concurrent.futures.Future):
             self._completion.append(index)
             finished = len(self._completion) == self._n
             callbacks = self._output_callbacks
-            self._cond.notify_all()
+            if self._progress is not None:
+                self._progress.notify_all()
         if callbacks:
             if live is None:  # nothing was streamed: the whole output is the rest
                 rest = [(s, t) for s, t in ((0, outcome.stdout), (1, outcome.stderr)) if t]
@@ -170,7 +221,7 @@ class AsyncResult(concurrent.futures.Future):
                 offsets: Sequence[int], flags: int) -> None:
         """An Output message for task ``index``: appends its text."""
         new = []
-        with self._cond:
+        with self._condition:
             if self._outcomes[index] is not None:
                 return  # late: the outcome carries the whole output
             if self._live is None:
@@ -187,7 +238,8 @@ class AsyncResult(concurrent.futures.Future):
                 new.append((stream, text))
             live.flags |= flags
             callbacks = self._output_callbacks
-            self._cond.notify_all()
+            if self._progress is not None:
+                self._progress.notify_all()
         if callbacks and new:
             self._call_output(callbacks, index, engine_id, new)
 
@@ -203,15 +255,15 @@ class AsyncResult(concurrent.futures.Future):
     def _when_ended(self, fn: Callable[[], None]) -> None:
         """Calls ``fn()`` once every task has its outcome (unlike a done
         callback, not earlier on cancel()); at once if that is already so."""
-        with self._cond:
+        with self._condition:
             if len(self._completion) < self._n:
-                self._on_ended.append(fn)
+                self._on_ended = [*self._on_ended, fn]
                 return
         fn()
 
     def _run_ended(self) -> None:
-        with self._cond:
-            fns, self._on_ended = self._on_ended, []
+        with self._condition:
+            fns, self._on_ended = self._on_ended, ()
         for fn in fns:
             try:
                 fn()
@@ -260,7 +312,7 @@ class AsyncResult(concurrent.futures.Future):
 
     # -- control ---------------------------------------------------------------
     def _unfinished(self) -> List[int]:
-        with self._cond:
+        with self._condition:
             return [t for t, o in zip(self.task_ids, self._outcomes) if o is None]
 
     def abort(self) -> None:
@@ -278,7 +330,7 @@ class AsyncResult(concurrent.futures.Future):
         Returns True if the call will end cancelled (it then raises
         TaskAborted), False if it had already ended.
         """
-        with self._cond:
+        with self._condition:
             if self.done() or self._client is None:
                 return False
             ids = [t for t, o in zip(self.task_ids, self._outcomes) if o is None]
@@ -339,7 +391,7 @@ class AsyncResult(concurrent.futures.Future):
         return values[0] if self._single else values
 
     def _output(self, stream: int) -> Any:
-        with self._cond:
+        with self._condition:
             live = self._live or {}
             values = []
             for i, o in enumerate(self._outcomes):
@@ -384,7 +436,7 @@ class AsyncResult(concurrent.futures.Future):
         >>> ar = rc[:].apply_async(work)                             # doctest: +SKIP
         >>> ar.on_output(lambda i, e, s, t: print(f"[{s}:{e}] {t}", end=""))  # doctest: +SKIP
         """
-        with self._cond:
+        with self._condition:
             self._output_callbacks = [*self._output_callbacks, fn]
 
     @property
@@ -488,7 +540,7 @@ class OutputFollower:
 
     def show(self, ended: bool = False) -> None:
         ar = self._ar
-        with ar._cond:
+        with ar._condition:
             running = [(i, e.engine_id, e.text(0), e.text(1)) for i, e in (ar._live or {}).items()]
             just_ended = ar._completion[self._ended_seen:] if ended else []
             self._ended_seen += len(just_ended)

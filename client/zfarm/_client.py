@@ -312,27 +312,41 @@ class Client:
                 del self.errors[:50]
 
     def _on_result(self, mid: int, status: int, aux: int, text: str, frames: List[Any]) -> None:
+        self._on_results([(MSG_RESULT, mid, status, aux, text, frames)])
+
+    def _on_results(self, batch: Sequence[Tuple[Any, ...]]) -> None:
+        """Result messages (type, id, status, aux, text, frames, ...): the
+        bookkeeping of the whole batch under one lock, then each delivery."""
+        mine = []
         with self._lock:
-            if self._welcomed.is_set():
-                if not self._to_ack:
-                    self._ack_since = time.monotonic()
-                self._to_ack.append(mid)
-            entry = self._pending.pop(mid, None)
-            self._fetched.discard(mid)
-            if entry is None:
-                if mid in self._recent or mid in self._unclaimed:
-                    _shm.discard(frames)
-                    return  # a second copy (a resend racing a Fetch)
-                outcome = decode_outcome(mid, status, aux, text, frames)
-                self._unclaimed[mid] = outcome
-                while len(self._unclaimed) > MAX_UNCLAIMED:
-                    self._unclaimed.popitem(last=False)
-                return
-            self._recent[mid] = None
-            while len(self._recent) > RECENT_IDS:
-                self._recent.popitem(last=False)
-        ar, index = entry
-        ar._deliver(index, decode_outcome(mid, status, aux, text, frames))
+            ack = self._welcomed.is_set()
+            pending, fetched, recent, unclaimed = self._pending, self._fetched, self._recent, self._unclaimed
+            for m in batch:
+                mid = m[1]
+                if ack:
+                    if not self._to_ack:
+                        self._ack_since = time.monotonic()
+                    self._to_ack.append(mid)
+                entry = pending.pop(mid, None)
+                if fetched:
+                    fetched.discard(mid)
+                if entry is None:
+                    if mid in recent or mid in unclaimed:
+                        _shm.discard(m[5])
+                        continue  # a second copy (a resend racing a Fetch)
+                    unclaimed[mid] = decode_outcome(mid, m[2], m[3], m[4], m[5])
+                    while len(unclaimed) > MAX_UNCLAIMED:
+                        unclaimed.popitem(last=False)
+                    continue
+                recent[mid] = None
+                mine.append((entry, m))
+            while len(recent) > RECENT_IDS:
+                recent.popitem(last=False)
+        for (ar, index), m in mine:
+            try:
+                ar._deliver(index, decode_outcome(m[1], m[2], m[3], m[4], m[5]))
+            except Exception as exc:  # noqa: BLE001 - never let one bad result stop delivery
+                warnings.warn(f"zfarm: could not deliver a result: {exc!r}", RuntimeWarning, stacklevel=1)
 
     def _on_output(self, mid: int, flags: int, engine_id: int, frames: List[Any], offsets: List[int]) -> None:
         # Best effort: a chunk for a task no longer awaited here is dropped.
@@ -672,16 +686,32 @@ def _receive_loop(client_ref: "weakref.ref[Client]", core: Any) -> None:
         client = client_ref()
         if client is None:
             return
+        results = []  # a run of Results, handled together (in order with the rest)
         for m in messages:
+            if m[0] == MSG_RESULT:
+                results.append(m)
+                continue
+            if results:
+                _handle_results(client, results)
+                results = []
             try:
                 client._on_message(*m)
-            except Exception as exc:  # noqa: BLE001 - never let one bad result stop delivery
+            except Exception as exc:  # noqa: BLE001 - never let one bad message stop delivery
                 warnings.warn(f"zfarm: could not handle a message: {exc!r}", RuntimeWarning, stacklevel=1)
+        if results:
+            _handle_results(client, results)
         try:
             client._housekeeping()
         except Exception:  # noqa: BLE001 - the socket was closed meanwhile
             pass
         del client
+
+
+def _handle_results(client: Client, results: List[Tuple[Any, ...]]) -> None:
+    try:
+        client._on_results(results)
+    except Exception as exc:  # noqa: BLE001 - never let one bad batch stop delivery
+        warnings.warn(f"zfarm: could not handle results: {exc!r}", RuntimeWarning, stacklevel=1)
 
 
 def _close_core(core: Any, receiver: threading.Thread, cluster: Optional[Cluster]) -> None:

@@ -1,0 +1,127 @@
+"""The client's transport: a socket shared by the submitting threads and the
+receiver thread, results handled in batches."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import zfarm
+from zfarm import _client, _serialize
+from zfarm._errors import STATUS_ABORTED, STATUS_REMOTE_ERROR
+from conftest import WAIT, Gate, gated
+from test_client_session import bare, ok_frames  # noqa: F401 - the fixture
+
+
+def test_a_burst_of_results_each_reach_their_own_task(rc):
+    lv = rc.load_balanced_view()
+
+    def fn(i):  # a closure: sent by value
+        if i % 7 == 3:
+            raise ValueError(f"task {i} fails")
+        return i * 10
+
+    ars = [lv.apply_async(fn, i) for i in range(3000)]
+    for i, ar in enumerate(ars):
+        if i % 7 == 3:
+            with pytest.raises(zfarm.RemoteError, match=f"task {i} fails"):
+                ar.get(timeout=WAIT)
+        else:
+            assert ar.get(timeout=WAIT) == i * 10
+    assert rc.outstanding == 0
+
+
+def test_threads_submitting_at_once_each_get_their_own_results(rc):
+    lv = rc.load_balanced_view()
+    got = {}
+
+    def work(k):
+        ars = [lv.apply_async(lambda a, b: (a, b), k, j) for j in range(300)]
+        got[k] = [ar.get(timeout=WAIT) for ar in ars]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert got == {k: [(k, j) for j in range(300)] for k in range(4)}
+
+
+def test_round_trips_one_after_another(rc):
+    # Each reply must wake the receiver, however the send before it
+    # interleaved with the receiver going to sleep.
+    lv = rc.load_balanced_view()
+    for i in range(300):
+        assert lv.apply_async(abs, -i).get(timeout=WAIT) == i
+
+
+def test_close_while_get_waits_ends_the_wait_with_an_error(cluster, tmp_path):
+    gate = Gate(tmp_path)
+    rc = cluster.connect(timeout=WAIT)
+    ar = rc.load_balanced_view().apply_async(gated, 2, gate.path)
+    outcome = []
+
+    def waiter():
+        try:
+            outcome.append(ar.get(timeout=WAIT))
+        except BaseException as exc:  # noqa: BLE001 - what the test looks at
+            outcome.append(exc)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    try:
+        rc.close()
+        t.join(WAIT)
+        assert not t.is_alive(), "get() still waits after close()"
+        assert len(outcome) == 1 and isinstance(outcome[0], zfarm.TaskAborted)
+    finally:
+        gate.open()
+        t.join(WAIT)
+
+
+def test_a_batch_of_results_is_handled_in_order_each_to_its_task(bare):
+    lv = bare.load_balanced_view()
+    a, b, c = (lv.apply_async(abs, i) for i in range(3))
+    ida, idb, idc = a.task_ids[0], b.task_ids[0], c.task_ids[0]
+    bare._on_welcome("inc-1", [0, 1], 1000)
+    stray = idc + 100
+    bare._on_results([
+        (_client.MSG_RESULT, idb, 0, 1, "", ok_frames("b")),
+        (_client.MSG_RESULT, stray, 0, 0, "", ok_frames("nobody's")),
+        (_client.MSG_RESULT, ida, STATUS_ABORTED, -1, "gone", []),
+        (_client.MSG_RESULT, idb, 0, 1, "", ok_frames("b again")),  # a second copy: ignored
+        (_client.MSG_RESULT, idc, STATUS_REMOTE_ERROR, 0, "",
+         _serialize.dumps(("error", {"ename": "KeyError", "evalue": "k"}, "", ""))),
+    ])
+    assert b.get(timeout=WAIT) == "b" and b.engine_id == 1
+    with pytest.raises(zfarm.TaskAborted, match="gone"):
+        a.get(timeout=WAIT)
+    with pytest.raises(zfarm.RemoteError, match="KeyError"):
+        c.get(timeout=WAIT)
+    assert bare.unclaimed == [stray]
+    assert bare.outstanding == 0
+    # Acknowledged in arrival order, the second copy too.
+    assert bare._to_ack == [idb, stray, ida, idb, idc]
+
+
+def test_a_pending_result_is_a_future_to_wait_on_from_other_threads(bare):
+    import concurrent.futures
+
+    ar = bare.load_balanced_view().apply_async(abs, -1)
+    with pytest.raises(zfarm.TimeoutError):
+        ar.get(timeout=0.01)
+    done, not_done = concurrent.futures.wait([ar], timeout=0.01)
+    assert not done and not_done == {ar}
+    got = []
+    waiters = [threading.Thread(target=lambda: got.append(ar.result(timeout=WAIT))) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    with ar._cond:  # the progress condition shares the future's lock
+        assert not ar.done()
+    bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(1))])
+    for t in waiters:
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert got == [1, 1, 1]
+    assert concurrent.futures.wait([ar], timeout=WAIT).done == {ar}
