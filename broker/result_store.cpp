@@ -69,16 +69,7 @@ Frames ResultStore::add(const std::string& session, std::uint64_t task_id, Frame
   Frames now = share_frames(message);
   auto [it, added] = entries_.try_emplace(task_id);
   Entry& e = it->second;
-  if (!added) {  // an older result for the same id: replaced in place
-    if (e.owner != nullptr) {
-      unlink_owner(&e);
-      unacked_.remove(&e);
-      unacked_bytes_ -= e.bytes;
-    } else {
-      cache_.remove(&e);
-      cached_bytes_ -= e.bytes;
-    }
-  }
+  if (!added) detach(&e);  // an older result for the same id: replaced in place
   e.id = task_id;
   e.bytes = size_of(message) + kEntryOverhead;
   e.message = std::move(message);
@@ -165,16 +156,19 @@ void ResultStore::unlink_owner(Entry* e) {
 void ResultStore::erase(Entry* e) { erase(entries_.find(e->id)); }
 
 void ResultStore::erase(std::unordered_map<std::uint64_t, Entry>::iterator it) {
-  Entry& e = it->second;
-  if (e.owner != nullptr) {
-    unlink_owner(&e);
-    unacked_.remove(&e);
-    unacked_bytes_ -= e.bytes;
-  } else {
-    cache_.remove(&e);
-    cached_bytes_ -= e.bytes;
-  }
+  detach(&it->second);
   entries_.erase(it);
+}
+
+void ResultStore::detach(Entry* e) {
+  if (e->owner != nullptr) {
+    unlink_owner(e);
+    unacked_.remove(e);
+    unacked_bytes_ -= e->bytes;
+  } else {
+    cache_.remove(e);
+    cached_bytes_ -= e->bytes;
+  }
 }
 
 void ResultStore::to_cache(Entry* e) {

@@ -138,6 +138,8 @@ class ResultStore {
   void erase(Entry* e);
   // Takes an unacknowledged entry out of its session's list.
   void unlink_owner(Entry* e);
+  // Takes e out of its list (unacknowledged or cache) and its byte total.
+  void detach(Entry* e);
   void to_cache(Entry* e);
   void trim_unacked();
   void trim_cache();

@@ -16,6 +16,22 @@ bool send_frames(zmq::socket_t& socket, Frames& frames, bool dontwait) {
   return true;
 }
 
+bool try_send_frames(zmq::socket_t& socket, Frames& frames, std::atomic<std::uint64_t>* dropped) {
+  if (frames.empty()) return true;
+  try {
+    if (!socket.send(frames[0], frames.size() > 1 ? zmq::send_flags::sndmore | zmq::send_flags::dontwait
+                                                  : zmq::send_flags::dontwait)) {
+      return false;
+    }
+    for (std::size_t i = 1; i < frames.size(); ++i) {
+      socket.send(frames[i], i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    }
+  } catch (const zmq::error_t&) {
+    ++*dropped;
+  }
+  return true;
+}
+
 bool recv_frames(zmq::socket_t& socket, Frames& out) {
   out.clear();
   try {

@@ -226,18 +226,7 @@ bool EngineIo::flush_locked() {
       blocked_.pop_front();
       continue;
     }
-    try {
-      if (!socket_.send(frames[0], frames.size() > 1 ? zmq::send_flags::sndmore | zmq::send_flags::dontwait
-                                                     : zmq::send_flags::dontwait)) {
-        return false;  // EAGAIN: nothing of this message went out
-      }
-      // The first part went: libzmq takes the rest of a multipart message.
-      for (std::size_t i = 1; i < frames.size(); ++i) {
-        socket_.send(frames[i], i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
-      }
-    } catch (const zmq::error_t&) {
-      ++dropped_sends_;  // the context is closing
-    }
+    if (!try_send_frames(socket_, frames, &dropped_sends_)) return false;  // EAGAIN: it waits
     blocked_.pop_front();
   }
   return true;
