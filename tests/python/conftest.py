@@ -80,6 +80,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def end_process(proc, timeout: float = WAIT) -> None:
+    """SIGTERM if still running, then waits; SIGKILL if it does not leave in time."""
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
 def wait_until(condition, timeout: float = WAIT, interval: float = 0.01, what: str = "condition"):
     """Polls ``condition()`` until it is true (returns its value) or fails the test."""
     import time

@@ -22,6 +22,7 @@ import time
 import pytest
 
 import zfarm
+from conftest import end_process, wait_until
 from zfarm import _launchers, _profiles
 
 WAIT = 60.0
@@ -415,12 +416,7 @@ def sshd(tmp_path):
                f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
         yield {"ssh": ssh, "home": home, "log": d / "sshd.log"}
     finally:
-        server.terminate()
-        try:
-            server.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(WAIT)
+        end_process(server)
 
 
 def test_ssh_launcher_through_a_real_sshd_with_curve(env, sshd, stop_at_end):
@@ -516,16 +512,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for(check, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
 # Runs a command as its child and reaps every orphan under it.  slurmd's job
 # steps (slurmstepd) and their tasks are reparented to the nearest subreaper;
 # without this that is the test process, which would leave them zombies until
@@ -610,7 +596,7 @@ def slurm(tmp_path):
         start([sbin("munged"), "-F", "-f", "-S", str(sock), f"--key-file={d / 'munge' / 'key'}",
                f"--log-file={d / 'munged.log'}", f"--pid-file={d / 'munged.pid'}",
                f"--seed-file={d / 'munge' / 'seed'}"], "munged.err")
-        wait_for(lambda: sock.exists(), "munged did not create its socket")
+        wait_until(lambda: sock.exists(), interval=0.1, what="munged's socket")
         start([sbin("slurmctld"), "-D", "-c", "-i"], "slurmctld.log")
         start([sys.executable, "-c", REAPER, sbin("slurmd"), "-D"], "slurmd.log")
 
@@ -621,7 +607,7 @@ def slurm(tmp_path):
                                timeout=WAIT, stdin=subprocess.DEVNULL)
             return r.returncode == 0 and r.stdout.strip() == "idle"
 
-        wait_for(idle, "the Slurm node did not become idle")
+        wait_until(idle, interval=0.1, what="the Slurm node idle")
         yield {"env": env, "dir": d}
     finally:
         subprocess.run(["scontrol", "shutdown"], env=env, capture_output=True, timeout=WAIT,
@@ -629,14 +615,10 @@ def slurm(tmp_path):
         for p in reversed(daemons):  # slurmd and slurmctld first, munged last
             if p.poll() is None:
                 try:
-                    p.wait(10)
+                    p.wait(10)  # after scontrol shutdown
                 except subprocess.TimeoutExpired:
-                    p.terminate()
-            try:
-                p.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(WAIT)
+                    pass
+            end_process(p)
 
 
 def test_slurm_launcher_on_a_real_slurm(env, slurm, stop_at_end):
@@ -663,5 +645,5 @@ def test_slurm_launcher_on_a_real_slurm(env, slurm, stop_at_end):
     assert sorted(engine_pids(status)) == sorted(p for _, _, _, p in seen)
     ok(zfarm_cmd(env, "cluster", "stop", "--profile", "s"))
     # scancel ended the job, and with it the engines.
-    wait_for(lambda: squeue() == [], "the job is still in the queue after stop")
+    wait_until(lambda: squeue() == [], interval=0.1, what="the job gone from the queue after stop")
     assert gone(engine_pids(status))

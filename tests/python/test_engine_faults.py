@@ -25,7 +25,7 @@ import zfarm  # noqa: E402
 from zfarm import _core, _serialize  # noqa: E402
 from zfarm._cluster import find_binary  # noqa: E402
 
-from conftest import WAIT  # noqa: E402
+from conftest import WAIT, end_process  # noqa: E402
 
 SIG = b"ZFRM\x01"
 REGISTER, REGISTER_REPLY, HEARTBEAT, TASK, RESULT, SHUTDOWN, ERROR, INTERRUPT = 1, 2, 3, 5, 6, 9, 10, 13
@@ -159,13 +159,7 @@ def engine_log(proc: subprocess.Popen) -> str:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(WAIT)
+    end_process(proc)
     log = getattr(proc, "log", None)
     if log is not None:
         log.close()
