@@ -50,6 +50,7 @@ def test_small_benchmark_runs_every_framework_and_the_loadgen(tmp_path):
         assert all(r["tasks_per_s"] > 0 for r in lg["capacity"])
         assert lg["memory"]["bytes_per_task"] > 0
         assert lg["floor"]["msgs_per_s"] > 0
+        assert lg["floor_ipc"]["transport"] == "ipc" and lg["floor_ipc"]["latency_p50_us"] > 0
     # The table names every framework.
     for name in ("zfarm", "processpool"):
         assert name in proc.stdout

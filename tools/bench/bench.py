@@ -493,12 +493,15 @@ def run_loadgen(size: dict) -> dict:
         out["notes"].append(f"queue memory: {err}")
     else:
         out["memory"] = r
-    r, err = _run_json([loadgen, "--floor", "--tasks", str(size["floor_tasks"]), "--window", str(window),
-                        "--payload-bytes", "16", "--timeout", "60", "--json"], timeout=90)
-    if err:
-        out["notes"].append(f"libzmq floor: {err}")
-    else:
-        out["floor"] = r
+    # The floor over tcp goes beside the broker's capacity (the loadgen talks
+    # tcp to it); over ipc beside the Python round trip (a Cluster uses ipc).
+    for key, extra in (("floor", []), ("floor_ipc", ["--floor-ipc"])):
+        r, err = _run_json([loadgen, "--floor", *extra, "--tasks", str(size["floor_tasks"]), "--window",
+                            str(window), "--payload-bytes", "16", "--timeout", "60", "--json"], timeout=90)
+        if err:
+            out["notes"].append(f"libzmq {key.replace('_', ' ')}: {err}")
+        else:
+            out[key] = r
     return out
 
 
@@ -585,10 +588,17 @@ def print_table(results: dict, lg: dict, engines: int, size_name: str) -> str:
         lines.append(f"broker capacity, {r['engines']:5d} simulated engines: {r['tasks_per_s']:>10,.0f} tasks/s, "
                      f"round trip p50 {r['latency_p50_us'] / 1000:.1f} ms with window {r['window']}, "
                      f"broker at {r.get('broker_cpu_pct', -1):.0f}% of a core{extra}")
-    if floor:
-        lines.append(f"libzmq floor (DEALER->ROUTER proxy->DEALER echo, tcp): {floor['msgs_per_s']:>10,.0f} msgs/s "
-                     f"with window {floor['window']}, one-at-a-time round trip p50 {floor['latency_p50_us']:.0f} us, "
-                     f"p99 {floor['latency_p99_us']:.0f} us")
+    for key, transport in (("floor", "tcp"), ("floor_ipc", "ipc")):
+        f = lg.get(key)
+        if f:
+            lines.append(f"libzmq floor (DEALER->ROUTER proxy->DEALER echo, {transport}): {f['msgs_per_s']:>10,.0f} "
+                         f"msgs/s with window {f['window']}, one-at-a-time round trip p50 "
+                         f"{f['latency_p50_us']:.0f} us, p99 {f['latency_p99_us']:.0f} us")
+    f = lg.get("floor_ipc")
+    rt = results.get("zfarm", {}).get("apply_p50_ms")
+    if f and rt:
+        lines.append(f"zfarm apply+get median is {rt * 1000 / f['latency_p50_us']:.1f}x the ipc floor's round trip "
+                     f"(the same four hops between three processes' libzmq contexts)")
     m = lg.get("memory")
     if m:
         lines.append(f"broker memory per queued task: {m['bytes_per_task']:.0f} bytes "

@@ -16,8 +16,10 @@
 //
 //   zfarm-loadgen --floor
 //       No broker: the same shape with bare libzmq, client DEALER -> ROUTER
-//       proxy -> DEALER echo and back over tcp loopback; the floor any
-//       broker of this design can reach on this machine.
+//       proxy -> DEALER echo and back over tcp loopback (--floor-ipc: ipc, as
+//       a local Cluster uses); the floor any broker of this design can reach
+//       on this machine.  Each of the three has its own libzmq context, so
+//       its own I/O thread, as the three processes of a real round trip do.
 //
 // Every wait is bounded by --timeout; the program never blocks forever.
 #include <sys/epoll.h>
@@ -65,6 +67,7 @@ struct Options {
   int ack_batch = 256;
   long queue_memory = 0;
   bool floor = false;
+  bool floor_ipc = false;
   double timeout_s = 120.0;
   bool json = false;
   bool shutdown_broker = false;
@@ -563,16 +566,30 @@ int run_queue_memory(const Options& o, const Connection& c) {
 
 // --- libzmq floor ------------------------------------------------------------------
 
-// client DEALER -> [ROUTER proxy ROUTER] -> echo DEALER, and back, over tcp.
+// client DEALER -> [ROUTER proxy ROUTER] -> echo DEALER, and back, over tcp
+// (or ipc).  One context each: a message between two of them crosses
+// libzmq's I/O threads as it does between the client, broker and engine
+// processes (a shared context would let one I/O thread serve all three and
+// give a floor no real cluster can reach).
 int run_floor(const Options& o) {
-  zmq::context_t ctx(1);
-  zmq::socket_t front(ctx, zmq::socket_type::router), back(ctx, zmq::socket_type::router);
+  zmq::context_t proxy_ctx(1), echo_ctx(1), client_ctx(1);
+  std::string ipc_dir;
+  if (o.floor_ipc) {
+    char tmpl[] = "/tmp/zfarm-floor-XXXXXX";
+    if (::mkdtemp(tmpl) == nullptr) {
+      std::fprintf(stderr, "zfarm-loadgen: cannot create a folder for the ipc endpoints\n");
+      return 2;
+    }
+    ipc_dir = tmpl;
+  }
+  zmq::socket_t front(proxy_ctx, zmq::socket_type::router), back(proxy_ctx, zmq::socket_type::router);
   for (auto* s : {&front, &back}) {
     s->set(zmq::sockopt::sndhwm, 0);
     s->set(zmq::sockopt::rcvhwm, 0);
     s->set(zmq::sockopt::linger, 0);
     s->set(zmq::sockopt::router_mandatory, 1);
-    s->bind("tcp://127.0.0.1:*");
+    s->bind(ipc_dir.empty() ? std::string("tcp://127.0.0.1:*")
+                            : "ipc://" + ipc_dir + (s == &front ? "/front" : "/back"));
   }
   const std::string front_ep = front.get(zmq::sockopt::last_endpoint);
   const std::string back_ep = back.get(zmq::sockopt::last_endpoint);
@@ -602,7 +619,7 @@ int run_floor(const Options& o) {
     }
   });
   std::thread echo([&] {
-    zmq::socket_t s(ctx, zmq::socket_type::dealer);
+    zmq::socket_t s(echo_ctx, zmq::socket_type::dealer);
     s.set(zmq::sockopt::routing_id, echo_id);
     s.set(zmq::sockopt::sndhwm, 0);
     s.set(zmq::sockopt::rcvhwm, 0);
@@ -616,7 +633,7 @@ int run_floor(const Options& o) {
     }
   });
 
-  zmq::socket_t c = make_dealer(ctx, front_ep);
+  zmq::socket_t c = make_dealer(client_ctx, front_ep);
   c.set(zmq::sockopt::linger, 0);
   c.set(zmq::sockopt::sndtimeo, 1000);
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
@@ -668,15 +685,23 @@ int run_floor(const Options& o) {
   stop.store(true);
   proxy.join();
   echo.join();
+  if (!ipc_dir.empty()) {
+    front.close();
+    back.close();
+    ::unlink((ipc_dir + "/front").c_str());
+    ::unlink((ipc_dir + "/back").c_str());
+    ::rmdir(ipc_dir.c_str());
+  }
   const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
   if (o.json) {
-    std::printf("{\"mode\": \"floor\", \"messages\": %ld, \"window\": %d, \"payload_bytes\": %zu, \"seconds\": %.4f, "
-                "\"msgs_per_s\": %.1f, ",
-                done, o.window, payload.size(), elapsed, rate);
+    std::printf("{\"mode\": \"floor\", \"transport\": \"%s\", \"messages\": %ld, \"window\": %d, "
+                "\"payload_bytes\": %zu, \"seconds\": %.4f, \"msgs_per_s\": %.1f, ",
+                ipc_dir.empty() ? "tcp" : "ipc", done, o.window, payload.size(), elapsed, rate);
     print_latency("latency", lat, true);
     std::printf("}\n");
   } else {
-    std::printf("libzmq floor (DEALER -> ROUTER proxy -> DEALER echo, tcp loopback), payload %zu B\n", payload.size());
+    std::printf("libzmq floor (DEALER -> ROUTER proxy -> DEALER echo, %s, a context each), payload %zu B\n",
+                ipc_dir.empty() ? "tcp loopback" : "ipc", payload.size());
     print_latency("round-trip", lat, false);
     std::printf("%ld round trips with window %d in %.3f s: %.0f msgs/s\n", done, o.window, elapsed, rate);
   }
@@ -713,6 +738,7 @@ int main(int argc, char** argv) {
                  "queue this many tasks with no engines and report the broker's VmRSS per queued task")
       ->check(CLI::Range(1L, 100000000L));
   app.add_flag("--floor", o.floor, "measure the bare libzmq two-hop round trip instead (no broker)");
+  app.add_flag("--floor-ipc", o.floor_ipc, "the floor over ipc:// endpoints instead of tcp loopback");
   app.add_option("--timeout", o.timeout_s, "give up after this many seconds")->capture_default_str()->check(
       CLI::Range(0.1, 86400.0));
   app.add_flag("--json", o.json, "print one JSON object");
