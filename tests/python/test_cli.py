@@ -612,10 +612,10 @@ def slurm(tmp_path):
     finally:
         subprocess.run(["scontrol", "shutdown"], env=env, capture_output=True, timeout=WAIT,
                        stdin=subprocess.DEVNULL)
-        for p in reversed(daemons):  # slurmd and slurmctld first, munged last
-            if p.poll() is None:
+        for i, p in reversed(list(enumerate(daemons))):  # slurmd and slurmctld first, munged last
+            if i > 0 and p.poll() is None:  # scontrol shutdown stops these two, not munged
                 try:
-                    p.wait(10)  # after scontrol shutdown
+                    p.wait(10)
                 except subprocess.TimeoutExpired:
                     pass
             end_process(p)
