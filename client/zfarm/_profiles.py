@@ -339,7 +339,11 @@ def stop_cluster(profile: str, grace: float = STOP_GRACE) -> Dict[str, Any]:
     conn = profile_path(profile)
     if os.path.exists(conn) and same_process(broker.get("pid", 0), broker.get("start")):
         _send_shutdown(conn, broker, grace)
-    alive = wait_gone(local, grace)
+        alive = wait_gone(local, grace)
+    else:
+        # No broker to pass Shutdown on: nothing will make the engines leave
+        # by themselves, so waiting the grace period first would only delay.
+        alive = wait_gone(local, 0)
     launcher = launcher_for_state(state)
     launcher.stop(state, grace)  # remote engines, batch jobs
     leftover = end_processes(wait_gone(local, 0), grace)
