@@ -95,6 +95,26 @@ class _View:
     def _finish(self, ar: AsyncResult, block: Optional[bool]) -> Any:
         return ar.get() if (self.block if block is None else block) else ar
 
+    # -- decorators and waiting (see _decorators.py) ---------------------------------
+    def remote(self, block: Optional[bool] = None) -> Callable[[Callable], Any]:
+        """Decorator: calling the function runs it on this view."""
+        from ._decorators import RemoteFunction
+
+        return lambda f: RemoteFunction(self, f, block)
+
+    def parallel(self, block: Optional[bool] = None) -> Callable[[Callable], Any]:
+        """Decorator: the function runs on blocks of its sequence arguments,
+        in parallel, and the returned sequences are joined; ``.map`` runs it
+        per item."""
+        from ._decorators import ParallelFunction
+
+        return lambda f: ParallelFunction(self, f, block)
+
+    def wait(self, jobs: Optional[Iterable[AsyncResult]] = None, timeout: Optional[float] = None) -> bool:
+        """Waits for ``jobs`` (default: everything this client has outstanding).
+        True if all ended."""
+        return self.client.wait(jobs, timeout)
+
 
 class DirectView(_View):
     """Work on chosen engines, in order per engine (the multiengine interface).
@@ -127,6 +147,18 @@ class DirectView(_View):
         ar = AsyncResult(self.client, len(self._ids), combine=combine, flatten=flatten, label=label)
         self.client._submit([([t], _serialize.dumps(op), None) for t, op in zip(self._ids, ops)], ar)
         return self._finish(ar, block)
+
+    def sync_imports(self, local: bool = True, quiet: bool = False):
+        """Context manager: the imports written in the ``with`` block also
+        run on these engines (``local=False``: only there).
+
+        >>> with dv.sync_imports():                      # doctest: +SKIP
+        ...     import numpy
+        importing numpy on engine(s)
+        """
+        from ._decorators import sync_imports
+
+        return sync_imports(self, local, quiet)
 
     def activate(self, suffix: str = "") -> None:
         """Binds the IPython magics (%px, ...) to this view's engines."""
