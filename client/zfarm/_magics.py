@@ -6,10 +6,14 @@
 ``%%px``                the same for a whole cell
 ``%autopx``             toggles running every following cell with ``%%px``
 ``%pxresult``           shows the output of the last ``--noblock`` call
+``%pxconfig``           sets the default targets and blocking of the others
 
 ``%px`` and ``%%px`` take ``--targets T`` (``all``, ``0``, ``0,2`` or a
 slice such as ``1:3`` or ``::2``) and ``--noblock`` (return the
-AsyncResult at once; ``%pxresult`` shows its output later).
+AsyncResult at once; ``%pxresult`` shows its output later); ``%%px
+--local`` also runs the cell here, after sending it to the engines.
+``%pxconfig --targets T --noblock`` (or ``--block``) makes those the
+defaults; the options of one call still win.
 
 Output is grouped per engine, in engine order::
 
@@ -182,12 +186,14 @@ def parse_targets(spec: str, ids: Sequence[int]) -> List[int]:
 _OPTION_WORDS = ("--targets", "-t", "--noblock", "--block")
 
 
-def _parser(name: str) -> argparse.ArgumentParser:
+def _parser(name: str, local: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"%{name}", add_help=False, exit_on_error=False)
     p.add_argument("--targets", "-t", default=None)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--noblock", dest="block", action="store_false", default=None)
     g.add_argument("--block", dest="block", action="store_true")
+    if local:
+        p.add_argument("--local", action="store_true")
     return p
 
 
@@ -211,11 +217,11 @@ def split_options(line: str) -> "tuple[List[str], str]":
             rest = rest.lstrip()
 
 
-def _parse_options(name: str, words: List[str]) -> argparse.Namespace:
+def _parse_options(name: str, words: List[str], local: bool = False) -> argparse.Namespace:
     from IPython.core.error import UsageError
 
     try:
-        args, extra = _parser(name).parse_known_args(words)
+        args, extra = _parser(name, local).parse_known_args(words)
     except (argparse.ArgumentError, SystemExit) as exc:
         raise UsageError(f"%{name}: {exc}") from None
     if extra:
@@ -274,8 +280,31 @@ class PxMagics:
         return self.run(code, args.targets, args.block)
 
     def px_cell(self, line: str, cell: str) -> Any:
-        args = _parse_options("px", shlex.split(line))
-        return self.run(cell, args.targets, args.block)
+        args = _parse_options("px", shlex.split(line), local=True)
+        result = self.run(cell, args.targets, args.block)
+        if args.local:
+            # Here too, after the engines got it (so they run meanwhile);
+            # a local failure shows as the cell's error, as usual.
+            self.shell.run_cell(cell)
+        return result
+
+    def pxconfig(self, line: str = "") -> None:
+        args = _parse_options("pxconfig", shlex.split(line))
+        if args.targets is not None:
+            spec = args.targets.strip()
+            try:
+                if spec == "all":
+                    self.targets = "all"
+                elif ":" in spec:  # a slice of the engines registered now
+                    self.targets = parse_targets(spec, self._target_ids(None))
+                else:
+                    self.targets = parse_targets(spec, [])
+            except ValueError as exc:
+                from IPython.core.error import UsageError
+
+                raise UsageError(f"%pxconfig: bad targets {spec!r}: {exc}") from None
+        if args.block is not None:
+            self.block = args.block
 
     def pxresult(self, line: str = "") -> None:
         if self.last_result is None:
@@ -312,7 +341,7 @@ _ACTIVE: "dict[int, dict[str, PxMagics]]" = {}
 
 
 def register(shell: Any, client: Any = None, targets: Any = "all", suffix: str = "") -> PxMagics:
-    """Adds %px{suffix}, %%px{suffix}, %autopx{suffix} and %pxresult{suffix}
+    """Adds %px{suffix}, %%px{suffix}, %autopx{suffix}, %pxresult{suffix} and %pxconfig{suffix}
     to ``shell``; with a ``client``, binds them to its engines ``targets``."""
     per_shell = _ACTIVE.setdefault(id(shell), {})
     magics = per_shell.get(suffix)
@@ -323,6 +352,7 @@ def register(shell: Any, client: Any = None, targets: Any = "all", suffix: str =
         shell.register_magic_function(magics.px_cell, "cell", f"px{suffix}")
         shell.register_magic_function(magics.autopx, "line", f"autopx{suffix}")
         shell.register_magic_function(magics.pxresult, "line", f"pxresult{suffix}")
+        shell.register_magic_function(magics.pxconfig, "line", f"pxconfig{suffix}")
     if client is not None:
         magics.client = client
         magics.targets = targets

@@ -128,6 +128,36 @@ def test_activate_with_suffix_and_targets_adds_a_second_set(shell, rc, capsys):
     assert f"Out[{ids[1]}" in out and f"Out[{ids[0]}" not in out
 
 
+def test_pxconfig_sets_default_targets_and_blocking(shell, rc, capsys):
+    ids = rc.ids
+    rc.activate()
+    assert run(shell, f"%pxconfig --targets {ids[1]}").success
+    assert run(shell, "%px import os; os.getpid()").success
+    out = capsys.readouterr().out
+    assert f"Out[{ids[1]}" in out and f"Out[{ids[0]}" not in out
+    # A call's own option still wins; a slice is resolved against the engines now.
+    assert run(shell, f"%px --targets {ids[0]} 'zero'").success
+    assert f"Out[{ids[0]}" in capsys.readouterr().out
+    assert run(shell, "%pxconfig --targets ::2 --noblock").success
+    result = run(shell, "ar = %px 5 * 5")
+    assert result.success
+    ar = shell.user_ns["ar"]
+    assert isinstance(ar, zfarm.AsyncResult) and ar.get(timeout=WAIT) == ["25"]
+    assert run(shell, "%pxconfig --targets all --block").success
+    assert run(shell, "%px 'both'").success
+    out = capsys.readouterr().out
+    assert f"Out[{ids[0]}" in out and f"Out[{ids[1]}" in out
+    assert not run(shell, "%pxconfig --targets x,y").success
+
+
+def test_px_cell_local_runs_here_and_on_the_engines(shell, rc, capsys):
+    rc.activate()
+    assert run(shell, "%%px --local\nimport os\nwhere = os.getpid()\n").success
+    assert shell.user_ns["where"] == os.getpid()
+    pids = rc[:].pull("where", block=True)
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+
+
 def test_load_ext_without_a_client_gives_a_clear_error(shell, capsys):
     assert run(shell, "%load_ext zfarm").success
     result = run(shell, "%px 1")
