@@ -171,6 +171,9 @@ def _run(op: str, args: Tuple[Any, ...]) -> Any:
         fn, items = args
         fn = _resolve_fn(fn)
         return [fn(*item) for item in items]
+    if op == "map1":  # one sequence: the items themselves, not 1-tuples
+        fn, items = args
+        return list(map(_resolve_fn(fn), items))
     if op == "execute":
         (code,) = args
         exec(compile(code, "<zfarm-execute>", "exec"), namespace)

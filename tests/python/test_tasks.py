@@ -36,6 +36,46 @@ def test_map_larger_than_the_engine_count(rc):
     assert len(ar) == len(range(0, 1000, 7))  # one task per chunk
 
 
+class _Squares:
+    """A sequence type the engines cannot import (defined in a test module)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [x * x for x in range(*i.indices(self.n))]
+        return i * i
+
+
+@pytest.mark.parametrize("view", ["direct", "balanced"])
+def test_map_of_one_sequence_gives_each_item_whole_whatever_its_type(rc, view):
+    import numpy as np
+
+    v = rc[:] if view == "direct" else rc.load_balanced_view()
+    kw = {} if view == "direct" else {"chunksize": 3}
+    cases = [
+        (range(10), list(range(10))),
+        ([(1, 2), (3, 4), (5, 6)], [(1, 2), (3, 4), (5, 6)]),  # tuples stay single arguments
+        ("abcde", list("abcde")),
+        (b"xyz", list(b"xyz")),
+        ((None, "a", 2.5), [None, "a", 2.5]),
+        (_Squares(7), [x * x for x in range(7)]),
+    ]
+    for seq, items in cases:
+        assert v.map(lambda x: x, seq, block=True, **kw) == items, seq
+    rows = np.arange(12).reshape(6, 2)
+    got = v.map(lambda r: (type(r).__name__, r.tolist()), rows, block=True, **kw)
+    assert got == [("ndarray", r) for r in rows.tolist()]
+    got = v.map(lambda x: type(x).__name__, np.arange(5), block=True, **kw)
+    assert got == ["int64"] * 5
+    assert v.map(lambda x: x, (i for i in range(4)), block=True, **kw) == [0, 1, 2, 3]  # any iterable
+    assert v.map(lambda a, b: a * b, range(5), "abc", block=True, **kw) == ["", "b", "cc"]  # zipped
+
+
 def test_map_with_default_chunks_uses_every_engine(rc):
     import time
 
