@@ -44,9 +44,12 @@ class ZfarmExecutor(concurrent.futures.Executor):
         The iterator raises ``concurrent.futures.TimeoutError`` if the
         results are not all there ``timeout`` seconds after this call.
         """
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
-        ar = self.view.map(fn, *iterables, chunksize=chunksize, block=False)
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            ar = self.view.map(fn, *iterables, chunksize=chunksize, block=False)
+            self._futures.add(ar)  # shutdown() waits for (or cancels) it too
+        ar.add_done_callback(self._forget)
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def results() -> Iterator[Any]:
@@ -62,7 +65,9 @@ class ZfarmExecutor(concurrent.futures.Executor):
             self._shutdown = True
             pending = list(self._futures)
         if cancel_futures:
+            # As concurrent.futures does: what has not started is dropped,
+            # what runs finishes (AsyncResult.cancel would interrupt it).
             for f in pending:
-                f.cancel()
+                f.abort()
         if wait:
             concurrent.futures.wait(pending)

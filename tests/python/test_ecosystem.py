@@ -85,6 +85,23 @@ def test_executor_context_manager_waits_for_submitted_work(rc):
     assert [f.result() for f in futures] == [0, 1, 4, 9]
 
 
+def test_executor_shutdown_waits_for_and_cancels_map_work(rc, tmp_path):
+    flag = str(tmp_path / "go")
+    ex = rc.executor()
+    mapped = ex.map(square, range(5))
+    ex.shutdown(wait=True)
+    assert rc.outstanding == 0  # the map ended before shutdown returned
+    assert list(mapped) == [0, 1, 4, 9, 16]
+    ex = rc.executor()
+    blocked = rc[:].apply_async(wait_for_flag, flag, WAIT)  # holds every engine
+    queued = ex.map(square, range(200), chunksize=1)
+    ex.shutdown(wait=False, cancel_futures=True)
+    open(flag, "w").close()
+    assert blocked.get(WAIT) == [True, True]
+    with pytest.raises(zfarm.TaskAborted):
+        list(queued)  # its queued tasks were aborted, not left to run
+
+
 # -- joblib ----------------------------------------------------------------------------
 joblib = pytest.importorskip("joblib")
 
