@@ -82,6 +82,10 @@ class ResultStore {
   // unknown, already acknowledged or of another session are ignored.
   void ack(const std::string& session, const std::vector<std::uint64_t>& ids);
 
+  // Frees every unacknowledged result of `session` (its session expired:
+  // nobody will acknowledge or be resent them); returns how many.
+  std::size_t forget_session(const std::string& session);
+
   // Shared copies of every unacknowledged result of `session`, in task-id order.
   std::vector<Frames> unacked(const std::string& session);
 
