@@ -1,0 +1,88 @@
+"""Client sessions that expire (--session-timeout), with real processes.
+
+A session whose client is gone (no heartbeat) for the timeout, with nothing
+pending, is forgotten with its unacknowledged results; a client that is
+connected heartbeats and keeps its session however idle it is.  The rule
+itself is checked message by message in tests/cpp/test_scheduler_sessions.cpp;
+here it is the whole path: broker option, sweep, status counters, and what a
+client that comes back gets.
+
+Every wait is bounded (conftest.wait_until); every process is reaped by the
+cluster fixture.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import cloudpickle
+import pytest
+
+import zfarm
+from conftest import WAIT, wait_until
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+# Short, so the test is quick; long enough that a client heartbeating every
+# 250 ms (the test clusters' interval) on a loaded machine never misses it.
+SESSION_TIMEOUT_S = 2.0
+
+
+def wait_for_file(path: str, timeout: float) -> str:
+    """Runs on an engine: ends once `path` exists (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.01)
+    return "done"
+
+
+@pytest.fixture()
+def expiring(own_cluster):
+    return own_cluster(1, broker_args=["--session-timeout", str(SESSION_TIMEOUT_S)])
+
+
+def status(client) -> dict:
+    return client.queue_status(timeout=WAIT)
+
+
+def test_departed_session_expires_with_its_unacked_result_and_an_idle_client_keeps_its_own(expiring, tmp_path):
+    conn = expiring.connection_file
+    with zfarm.Client(conn) as observer, zfarm.Client(conn) as idle:
+        observer.wait_for_engines(1, timeout=WAIT)
+        assert status(observer)["session_timeout_ms"] == int(SESSION_TIMEOUT_S * 1000)
+        # A client submits, then leaves before its task ends: the result is
+        # stored for its session, unacknowledged, with nobody to take it.
+        departed = zfarm.Client(conn, session="departed-session")
+        go = tmp_path / "go"
+        ar = departed.load_balanced_view().apply_async(wait_for_file, str(go), WAIT)
+        task_id = ar.task_ids[0]
+        wait_until(lambda: status(observer)["engines"][0]["inflight"] == 1, what="the task running")
+        departed.detach()
+        go.write_text("go")
+        # Stored, then freed with the session once it is silent for the timeout.
+        expired = wait_until(lambda: (lambda s: s if s["results_expired"] >= 1 else None)(status(observer)),
+                             what="the departed session's result freed")
+        assert expired["results_expired"] == 1
+        assert expired["stored_results"] == 0
+        assert expired["sessions_expired"] == 1  # the departed one alone: observer and idle heartbeat
+        assert expired["pending"] == 0
+
+        # The idle client says nothing but its heartbeats.  Several timeouts
+        # later (and several sweeps) no further session has expired: neither
+        # it nor the observer lost theirs.
+        since = time.monotonic()
+        wait_until(lambda: time.monotonic() - since > 3 * SESSION_TIMEOUT_S, what="three timeouts passing")
+        later = status(observer)
+        assert later["sessions_expired"] == expired["sessions_expired"]
+        assert later["sessions"] == expired["sessions"]
+        assert idle.load_balanced_view().apply_sync(lambda: "still here") == "still here"
+
+        # The departed client comes back under its session name: the broker
+        # no longer has the result and says so with a named failure.
+        with zfarm.Client(conn, session="departed-session") as back:
+            with pytest.raises(zfarm.TaskLost, match="no longer kept"):
+                back.get_result(task_id).get(timeout=WAIT)
+
