@@ -98,6 +98,11 @@ class ResultStore {
   // pending.  take_watchers() returns and forgets them (each session once).
   void watch(std::uint64_t task_id, const std::string& session);
   std::vector<std::string> take_watchers(std::uint64_t task_id);
+  // The sessions watching `task_id` without forgetting them, or nullptr.
+  const std::vector<std::string>* watchers(std::uint64_t task_id) const {
+    auto it = watchers_.find(task_id);
+    return it == watchers_.end() ? nullptr : &it->second;
+  }
   std::size_t watched_tasks() const { return watchers_.size(); }
 
   Stats stats() const;

@@ -8,7 +8,10 @@ namespace zfarm::broker {
 
 void Sessions::heard_from(const std::string& identity, Clock::time_point now) {
   if (now > latest_) latest_ = now;
-  Peer& p = peers_[identity];
+  // Messages come in runs from one client (a stream of Submits): the last
+  // peer is compared before the identity is hashed.
+  if (last_ == nullptr || last_->first != identity) last_ = &*peers_.try_emplace(identity).first;
+  Peer& p = last_->second;
   p.last_seen = now;
   if (p.session != nullptr) p.session->last_seen = now;
 }
@@ -85,6 +88,7 @@ void Sessions::forget(const std::string* name) {
 }
 
 std::size_t Sessions::forget_idle_peers(Clock::time_point now, Clock::duration timeout) {
+  last_ = nullptr;
   return std::erase_if(peers_, [&](const auto& kv) {
     return kv.second.session == nullptr && now - kv.second.last_seen >= timeout;
   });

@@ -96,6 +96,8 @@ class Sessions {
   // By session name; its keys are the interned names (map nodes never move).
   std::map<std::string, Session> by_name_;
   std::unordered_map<std::string, Peer> peers_;
+  // The peer heard_from() found last (nodes stay put until erased).
+  std::unordered_map<std::string, Peer>::value_type* last_ = nullptr;
   // The latest time heard_from() was told: a peer made without a message
   // (a test binding directly) counts as heard from then.
   Clock::time_point latest_{};

@@ -86,3 +86,33 @@ def test_departed_session_expires_with_its_unacked_result_and_an_idle_client_kee
             with pytest.raises(zfarm.TaskLost, match="no longer kept"):
                 back.get_result(task_id).get(timeout=WAIT)
 
+
+
+def print_between_gates(gate1: str, gate2: str, timeout: float) -> str:
+    """Runs on an engine: prints, waits for gate1, prints again, waits for gate2 (bounded)."""
+    print("first", flush=True)
+    wait_for_file(gate1, timeout)
+    print("second", flush=True)
+    wait_for_file(gate2, timeout)
+    return "done"
+
+
+def test_a_client_that_fetched_a_running_task_sees_its_output_stream(own_cluster, tmp_path):
+    c = own_cluster(1)
+    gate1, gate2 = str(tmp_path / "gate1"), str(tmp_path / "gate2")
+    with zfarm.Client(c.connection_file) as owner, zfarm.Client(c.connection_file) as other:
+        owner.wait_for_engines(1, timeout=WAIT)
+        ar = owner.load_balanced_view().apply_async(print_between_gates, gate1, gate2, WAIT)
+        wait_until(lambda: "first" in (ar.stdout or ""), what="the task running and printing")
+        fetched = other.get_result(ar.task_ids[0])
+        # A round trip on the same socket: the broker has taken the Fetch.
+        other.queue_status(timeout=WAIT)
+        open(gate1, "w").close()
+        # Printed after the fetch, while the task still runs: streamed to the fetcher too.
+        wait_until(lambda: "second" in (fetched.stdout or ""), what="the fetcher seeing the output")
+        assert not fetched.done()
+        open(gate2, "w").close()
+        assert fetched.get(timeout=WAIT) == "done"
+        assert ar.get(timeout=WAIT) == "done"
+        assert fetched.stdout == "first\nsecond\n"  # the result carries the whole output
+        assert ar.stdout == "first\nsecond\n"
