@@ -112,7 +112,9 @@ void Scheduler::expire_sessions(Clock::time_point now) {
   // A sweep costs a pass over the sessions (and over the pending tasks when
   // some session is idle), so it runs a few times per timeout, at most once
   // a tick and at least once a minute.
-  const Clock::duration every = std::clamp<Clock::duration>(timeout / 4, tick_interval(), std::chrono::minutes(1));
+  const Clock::duration tick = tick_interval();
+  const Clock::duration every =
+      std::clamp<Clock::duration>(timeout / 4, tick, std::max<Clock::duration>(tick, std::chrono::minutes(1)));
   next_session_sweep_ = now + every;
   std::vector<const std::string*> idle = sessions_.idle(now, timeout);
   if (!idle.empty()) {
