@@ -207,6 +207,15 @@ int main(int argc, char** argv) {
 
   options.heartbeat = std::chrono::milliseconds(heartbeat_ms);
   options.session_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(session_timeout_s * 1000.0));
+  // Clients heartbeat every second at most (more often with a shorter
+  // --heartbeat-ms); a timeout of a few intervals forgets slow clients too.
+  const auto client_beat = std::chrono::milliseconds(std::min(heartbeat_ms, 1000));
+  if (options.session_timeout.count() > 0 && options.session_timeout < 3 * client_beat) {
+    std::fprintf(stderr,
+                 "zfarm-broker: WARNING: --session-timeout %.3g s is under three client heartbeats (%lld ms each): "
+                 "connected clients may lose their sessions\n",
+                 session_timeout_s, static_cast<long long>(client_beat.count()));
+  }
   options.liveness = liveness;
   Scheduler scheduler(options);
 
