@@ -116,3 +116,34 @@ def test_a_client_that_fetched_a_running_task_sees_its_output_stream(own_cluster
         assert ar.get(timeout=WAIT) == "done"
         assert fetched.stdout == "first\nsecond\n"  # the result carries the whole output
         assert ar.stdout == "first\nsecond\n"
+
+
+def test_a_client_cut_off_longer_than_the_timeout_is_told_and_its_awaited_results_end_lost(expiring, tmp_path):
+    """The client's socket stays up but it says nothing (as if cut off): its
+    session is forgotten, and a result it waits for can no longer reach it.
+    Its next heartbeat's Welcome says so; it joins again and ends what it
+    waited for with TaskLost instead of waiting forever."""
+    conn = expiring.connection_file
+    gate = tmp_path / "gate"
+    with zfarm.Client(conn) as owner, zfarm.Client(conn) as cut_off:
+        owner.wait_for_engines(1, timeout=WAIT)
+        ar = owner.load_balanced_view().apply_async(wait_for_file, str(gate), WAIT)
+        wait_until(lambda: status(owner)["engines"][0]["inflight"] == 1, what="the task running")
+        awaited = cut_off.get_result(ar.task_ids[0])  # waits in the broker for the owner's task
+        cut_off.queue_status(timeout=WAIT)  # a round trip: the Fetch was taken
+        sessions = status(owner)["sessions"]
+        cut_off._housekeeping = lambda: None  # no heartbeats (nor acks) from now on
+        try:
+            wait_until(lambda: status(owner)["sessions_expired"] >= 1, what="the silent session forgotten")
+            assert status(owner)["sessions"] == sessions - 1
+            gate.write_text("go")
+            assert ar.get(timeout=WAIT) == "done"  # the owner has it; the forgotten watcher gets nothing
+            assert not awaited.done()
+        finally:
+            del cut_off._housekeeping  # heartbeats again
+        with pytest.raises(zfarm.TaskLost, match="forgot this client's session"):
+            awaited.get(timeout=WAIT)
+        # Joined again: a session of its own that works as before.
+        wait_until(lambda: status(owner)["sessions"] == sessions, what="the session made again")
+        assert cut_off.load_balanced_view().apply_sync(lambda: "back") == "back"
+        assert cut_off.get_result(ar.task_ids[0]).get(timeout=WAIT) == "done"  # fetched from the cache
