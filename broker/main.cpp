@@ -170,6 +170,12 @@ int main(int argc, char** argv) {
   app.add_option("--max-unacked-bytes", options.max_unacked_bytes,
                  "results sent but not yet acknowledged kept for resending, in bytes (oldest dropped beyond it)")
       ->capture_default_str();
+  double session_timeout_s = std::chrono::duration<double>(options.session_timeout).count();
+  app.add_option("--session-timeout", session_timeout_s,
+                 "seconds a client session may stay silent (no client heartbeat) before it is forgotten with its "
+                 "unacknowledged results, once none of its tasks is pending; 0: never")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1e9));
   app.add_option("--max-frames", options.limits.max_frames,
                  "most frames in one message; more is answered with an Error")
       ->capture_default_str()
@@ -200,6 +206,16 @@ int main(int argc, char** argv) {
   }
 
   options.heartbeat = std::chrono::milliseconds(heartbeat_ms);
+  options.session_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(session_timeout_s * 1000.0));
+  // Clients heartbeat every second at most (more often with a shorter
+  // --heartbeat-ms); a timeout of a few intervals forgets slow clients too.
+  const auto client_beat = std::chrono::milliseconds(std::min(heartbeat_ms, 1000));
+  if (options.session_timeout.count() > 0 && options.session_timeout < 3 * client_beat) {
+    std::fprintf(stderr,
+                 "zfarm-broker: WARNING: --session-timeout %.3g s is under three client heartbeats (%lld ms each): "
+                 "connected clients may lose their sessions\n",
+                 session_timeout_s, static_cast<long long>(client_beat.count()));
+  }
   options.liveness = liveness;
   Scheduler scheduler(options);
 
@@ -213,6 +229,15 @@ int main(int argc, char** argv) {
   if (plan.curve) {
     zfarm::broker::make_curve_server(clients, plan, zfarm::broker::kClientDomain);
     zfarm::broker::make_curve_server(engines, plan, zfarm::broker::kEngineDomain);
+  }
+  // Failed handshakes reach no socket; only a monitor sees them.
+  std::optional<zfarm::broker::HandshakeMonitor> client_monitor, engine_monitor;
+  try {
+    client_monitor.emplace(ctx, clients, "client");
+    engine_monitor.emplace(ctx, engines, "engine");
+  } catch (const zmq::error_t& e) {
+    std::fprintf(stderr, "zfarm-broker: cannot monitor handshakes: %s\n", e.what());
+    return 2;
   }
   std::string client_actual, engine_actual;
   if (!bind_endpoint(clients, client_endpoint, "client", &client_actual) ||
@@ -253,9 +278,21 @@ int main(int argc, char** argv) {
   // a read finds it empty; and since a send may process the commands that
   // would have woken us, a socket sent on is asked (ZMQ_EVENTS) afterwards.
   // Only when no socket is pending does the loop wait.
+  //
+  // The handshake monitors' fds are polled too (they are readable only
+  // after a handshake failed), and read at every tick as well, so a busy
+  // loop that never waits still counts them.
   pollfd fds[] = {
       {engines.get(zmq::sockopt::fd), POLLIN, 0},
       {clients.get(zmq::sockopt::fd), POLLIN, 0},
+      {client_monitor->fd(), POLLIN, 0},
+      {engine_monitor->fd(), POLLIN, 0},
+  };
+  auto read_monitors = [&](Clock::time_point now) {
+    const bool c = client_monitor->drain(now);
+    if (engine_monitor->drain(now) || c) {
+      scheduler.set_handshake_failed(client_monitor->failed(), engine_monitor->failed());
+    }
   };
   bool pending_engines = true, pending_clients = true;
   while (!scheduler.shutting_down() && g_signal == 0) {
@@ -264,7 +301,7 @@ int main(int argc, char** argv) {
       // whichever comes first, so timeouts fire on time.
       const auto wake = std::min(next_tick, scheduler.next_deadline());
       const auto wait = std::chrono::ceil<std::chrono::milliseconds>(wake - Clock::now());
-      const int rc = ::poll(fds, 2, static_cast<int>(std::clamp<std::int64_t>(wait.count(), 0, 1 << 30)));
+      const int rc = ::poll(fds, 4, static_cast<int>(std::clamp<std::int64_t>(wait.count(), 0, 1 << 30)));
       if (rc < 0) {
         if (errno == EINTR) continue;
         std::fprintf(stderr, "zfarm-broker: poll failed: %s\n", std::strerror(errno));
@@ -272,6 +309,7 @@ int main(int argc, char** argv) {
       }
       pending_engines = (fds[0].revents & (POLLIN | POLLERR | POLLHUP)) != 0;
       pending_clients = (fds[1].revents & (POLLIN | POLLERR | POLLHUP)) != 0;
+      if (((fds[2].revents | fds[3].revents) & POLLIN) != 0) read_monitors(Clock::now());
     }
     // Engines first: their results free credit for the clients' work.  A
     // read that stops at the batch limit leaves the socket pending.
@@ -280,6 +318,7 @@ int main(int argc, char** argv) {
     if (pending_clients) pending_clients = drain(clients, false, scheduler, frames, out) == kReadBatch;
     const auto now = Clock::now();
     if (now >= next_tick || now >= scheduler.next_deadline()) {
+      read_monitors(now);
       scheduler.tick(now, out);
       if (now >= next_tick) next_tick = now + tick_every;
     }

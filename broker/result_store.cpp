@@ -98,6 +98,15 @@ void ResultStore::ack(const std::string& session, const std::vector<std::uint64_
   trim_cache();
 }
 
+std::size_t ResultStore::forget_session(const std::string& session) {
+  auto s = by_session_.find(session);
+  if (s == by_session_.end()) return 0;
+  std::size_t n = 0;
+  // Erasing the last entry erases the session's node too, so stop there.
+  for (std::size_t left = s->second.entries.size; left > 0; --left, ++n) erase(s->second.entries.head);
+  return n;
+}
+
 std::vector<Frames> ResultStore::unacked(const std::string& session) {
   std::vector<Frames> r;
   auto s = by_session_.find(session);

@@ -82,6 +82,10 @@ class ResultStore {
   // unknown, already acknowledged or of another session are ignored.
   void ack(const std::string& session, const std::vector<std::uint64_t>& ids);
 
+  // Frees every unacknowledged result of `session` (its session expired:
+  // nobody will acknowledge or be resent them); returns how many.
+  std::size_t forget_session(const std::string& session);
+
   // Shared copies of every unacknowledged result of `session`, in task-id order.
   std::vector<Frames> unacked(const std::string& session);
 
@@ -94,6 +98,11 @@ class ResultStore {
   // pending.  take_watchers() returns and forgets them (each session once).
   void watch(std::uint64_t task_id, const std::string& session);
   std::vector<std::string> take_watchers(std::uint64_t task_id);
+  // The sessions watching `task_id` without forgetting them, or nullptr.
+  const std::vector<std::string>* watchers(std::uint64_t task_id) const {
+    auto it = watchers_.find(task_id);
+    return it == watchers_.end() ? nullptr : &it->second;
+  }
   std::size_t watched_tasks() const { return watchers_.size(); }
 
   Stats stats() const;

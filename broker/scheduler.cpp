@@ -70,7 +70,7 @@ void Scheduler::on_client_frames(Frames& frames, Clock::time_point now, Outbox& 
   proto::Status st = proto::decode(frames, 1, &msg, options_.limits);
   if (!st.ok()) {
     ++counters_.bad_messages;
-    clients_.insert(identity);
+    sessions_.heard_from(identity, now);
     send_error(Outgoing::kClient, identity, 0, st.detail, out);
     if (st.code == proto::DecodeError::kTooManyFrames) reject_oversized_submit(identity, frames, st.detail, out);
     return;
@@ -127,7 +127,7 @@ void Scheduler::on_engine_frames(Frames& frames, Clock::time_point now, Outbox& 
 void Scheduler::on_client(const std::string& identity, Message&& msg, Clock::time_point now,
                           Outbox& out) {
   now_ = now;
-  clients_.insert(identity);
+  sessions_.heard_from(identity, now);
   switch (msg.header.type) {
     case MsgType::kHello:
       handle_hello(identity, msg, out);
@@ -294,6 +294,7 @@ void Scheduler::handle_result(Engine& engine, Message&& msg, Outbox& out) {
 void Scheduler::tick(Clock::time_point now, Outbox& out) {
   now_ = now;
   expire(now, out);
+  expire_sessions(now);
   const auto limit = options_.heartbeat * options_.liveness;
   std::vector<std::int64_t> dead;
   for (const auto& [id, e] : engines_) {

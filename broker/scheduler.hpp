@@ -77,6 +77,11 @@ struct SchedulerOptions {
   // opts.follow may name tasks that already ended.  About 32 bytes each
   // (finished_record.hpp).
   std::size_t finished_record = 1000000;
+  // A client session (sessions.hpp) is forgotten once its identity has been
+  // silent this long and it has no pending task; its unacknowledged results
+  // go with it.  Clients heartbeat every second or so, so only a client that
+  // is gone (or cut off) that long loses anything.  0: never.
+  std::chrono::milliseconds session_timeout{std::chrono::hours(1)};
 };
 
 // What the broker has counted since it started.
@@ -98,6 +103,11 @@ struct Counters {
   std::uint64_t outputs_forwarded = 0;  // Output messages passed on to clients
   std::uint64_t outputs_dropped = 0;    // ... not passed on: task not running there, no client
   std::uint64_t outputs_malformed = 0;  // ... that did not decode (also in bad_messages)
+  // Handshakes that failed on each socket (set_handshake_failed; security.hpp).
+  std::uint64_t handshake_failed_client = 0;
+  std::uint64_t handshake_failed_engine = 0;
+  std::uint64_t sessions_expired = 0;  // sessions forgotten after options.session_timeout
+  std::uint64_t results_expired = 0;   // unacknowledged results freed with them
 };
 
 class Scheduler {
@@ -135,6 +145,11 @@ class Scheduler {
   // The socket loop reports the ZAP handler's refusal count (curve.hpp), so
   // the queue status shows it as auth_refused.
   void set_auth_refused(std::uint64_t n) { counters_.auth_refused = n; }
+  // ... and its handshake monitors' counts of failed handshakes.
+  void set_handshake_failed(std::uint64_t client, std::uint64_t engine) {
+    counters_.handshake_failed_client = client;
+    counters_.handshake_failed_engine = engine;
+  }
 
   // How often the socket loop should call tick().
   std::chrono::milliseconds tick_interval() const;
@@ -148,7 +163,7 @@ class Scheduler {
   std::size_t blocked() const { return blocked_; }
   // Running tasks that timed out and whose engine has not answered yet.
   std::size_t abandoned() const { return abandoned_.size(); }
-  std::size_t client_count() const { return clients_.size(); }
+  std::size_t client_count() const { return sessions_.peers(); }
   // -1 when `identity` is not a registered engine.
   std::int64_t engine_id(const std::string& identity) const;
   // In-flight count of engine `id`, or -1 if there is no such engine.
@@ -308,9 +323,13 @@ class Scheduler {
   void handle_hello(const std::string& identity, const proto::Message& msg, Outbox& out);
   void handle_ack(const std::string& identity, const proto::Message& msg);
   void handle_fetch(const std::string& identity, const proto::Message& msg, Outbox& out);
-  void send_welcome(const std::string& identity, std::uint64_t id, Outbox& out);
+  // `new_session`: this Hello made the identity's session (Welcome aux = 1).
+  void send_welcome(const std::string& identity, std::uint64_t id, Outbox& out, bool new_session = false);
   // Sends a finished task's result to the sessions that fetched it while it was pending.
   void notify_watchers(std::uint64_t task_id, const std::string& owner, Outbox& out);
+  // Forgets sessions silent for options_.session_timeout with nothing
+  // pending, and their unacknowledged results (called by tick()).
+  void expire_sessions(Clock::time_point now);
   // Task options, abort, interrupt, timeouts and events (scheduler_tasks.cpp).
   void handle_abort(const proto::Message& msg, Outbox& out);
   void handle_interrupt(const proto::Message& msg, Outbox& out);
@@ -382,12 +401,12 @@ class Scheduler {
   std::unordered_map<std::uint64_t, std::int64_t> abandoned_;  // timed out, running: id -> engine
   FinishedRecord finished_;  // recent finished tasks (options_.finished_record of them)
   Clock::time_point now_{};                        // time of the message being handled
-  std::set<std::string> clients_;                  // identities seen on the client side
   Counters counters_;
   bool shutting_down_ = false;
   // Client sessions and stored results.
-  Sessions sessions_;
+  Sessions sessions_;  // also every client identity heard from
   ResultStore results_;
+  Clock::time_point next_session_sweep_{};
   std::string incarnation_;
 };
 

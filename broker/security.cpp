@@ -2,6 +2,9 @@
 
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstring>
+
 #include "endpoint.hpp"
 
 namespace zfarm::broker {
@@ -74,6 +77,105 @@ void make_curve_server(zmq::socket_t& socket, const SecurityPlan& plan, const ch
   socket.set(zmq::sockopt::zap_domain, domain);
   socket.set(zmq::sockopt::curve_server, 1);
   socket.set(zmq::sockopt::curve_secretkey, plan.keys.server.secret_key);
+}
+
+// ---- failed handshakes ----------------------------------------------------
+
+namespace {
+
+// Log lines about failed handshakes, per socket: enough to see who and why,
+// few enough that an intruder retrying forever cannot fill the log.
+constexpr std::size_t kLoggedFailures = 20;
+constexpr std::chrono::minutes kLogWindow{10};
+// Events queued for the reader at most (with the monitor's own 1000): far
+// more than arrive between two ticks; beyond it libzmq drops them uncounted.
+constexpr int kMonitorQueue = 100000;
+
+}  // namespace
+
+bool parse_monitor_event(const void* data, std::size_t size, MonitorEvent* out) {
+  if (size != sizeof(std::uint16_t) + sizeof(std::uint32_t)) return false;
+  const auto* p = static_cast<const unsigned char*>(data);
+  std::memcpy(&out->event, p, sizeof(std::uint16_t));
+  std::memcpy(&out->value, p + sizeof(std::uint16_t), sizeof(std::uint32_t));
+  return true;
+}
+
+std::string describe_handshake_failure(const MonitorEvent& e) {
+  switch (e.event) {
+    case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+      return "refused by the key check (ZAP status " + std::to_string(e.value) + ")";
+    case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+      switch (e.value) {
+        case ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+          return "security mechanism mismatch (a peer without the CURVE keys, or with keys for a plain-text broker)";
+        case ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+          return "CURVE decryption failed (a peer with the wrong server key)";
+        default: {
+          char hex[16];
+          std::snprintf(hex, sizeof hex, "0x%08x", e.value);
+          return std::string("protocol error ") + hex + " during the handshake";
+        }
+      }
+    case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+      return std::string("the connection failed during the handshake (") + std::strerror(static_cast<int>(e.value)) +
+             ")";
+    default:
+      return "monitor event " + std::to_string(e.event);
+  }
+}
+
+bool LogLimiter::allow(Clock::time_point now, std::uint64_t* left_out) {
+  if (!started_ || now - window_start_ >= window_) {
+    started_ = true;
+    window_start_ = now;
+    written_ = 0;
+  }
+  if (written_ >= burst_) {
+    ++left_out_;
+    return false;
+  }
+  ++written_;
+  *left_out = left_out_;
+  left_out_ = 0;
+  return true;
+}
+
+HandshakeMonitor::HandshakeMonitor(zmq::context_t& ctx, zmq::socket_t& socket, const char* side)
+    : side_(side), reader_(ctx, zmq::socket_type::pair), log_(kLoggedFailures, kLogWindow) {
+  const std::string endpoint = "inproc://zfarm-handshakes-" + side_;
+  if (zmq_socket_monitor(socket.handle(), endpoint.c_str(), kHandshakeFailureEvents) != 0) throw zmq::error_t();
+  reader_.set(zmq::sockopt::linger, 0);
+  reader_.set(zmq::sockopt::rcvhwm, kMonitorQueue);
+  reader_.connect(endpoint);
+  fd_ = reader_.get(zmq::sockopt::fd);
+}
+
+bool HandshakeMonitor::drain(LogLimiter::Clock::time_point now) {
+  bool any = false;
+  zmq::message_t first, address;
+  for (;;) {
+    try {
+      if (!reader_.recv(first, zmq::recv_flags::dontwait)) return any;
+      // An event is two frames; the second names the endpoint.
+      address.rebuild();
+      if (first.more() && !reader_.recv(address, zmq::recv_flags::dontwait)) return any;
+    } catch (const zmq::error_t&) {
+      return any;  // EINTR: the next drain reads on
+    }
+    MonitorEvent e;
+    if (!parse_monitor_event(first.data(), first.size(), &e) || (e.event & kHandshakeFailureEvents) == 0) continue;
+    ++failed_;
+    any = true;
+    std::uint64_t left_out = 0;
+    if (log_.allow(now, &left_out)) {
+      std::string more;
+      if (left_out > 0) more = " (" + std::to_string(left_out) + " more were only counted)";
+      std::fprintf(stderr, "zfarm-broker: a %s handshake on %s failed: %s; %llu so far%s\n", side_.c_str(),
+                   address.to_string().c_str(), describe_handshake_failure(e).c_str(),
+                   static_cast<unsigned long long>(failed_), more.c_str());
+    }
+  }
 }
 
 }  // namespace zfarm::broker

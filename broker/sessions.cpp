@@ -6,44 +6,92 @@
 
 namespace zfarm::broker {
 
+void Sessions::heard_from(const std::string& identity, Clock::time_point now) {
+  if (now > latest_) latest_ = now;
+  // Messages come in runs from one client (a stream of Submits): the last
+  // peer is compared before the identity is hashed.
+  if (last_ == nullptr || last_->first != identity) last_ = &*peers_.try_emplace(identity).first;
+  Peer& p = last_->second;
+  p.last_seen = now;
+  if (p.session != nullptr) p.session->last_seen = now;
+}
+
+Sessions::Peer& Sessions::peer(const std::string& identity) {
+  auto [it, added] = peers_.try_emplace(identity);
+  if (added) it->second.last_seen = latest_;
+  return it->second;
+}
+
 const std::string& Sessions::session_of(const std::string& identity) {
-  auto it = session_by_identity_.find(identity);
-  if (it != session_by_identity_.end()) return *it->second;
+  auto it = peers_.find(identity);
+  if (it != peers_.end() && it->second.name != nullptr) return *it->second.name;
   bind(identity, identity);
-  return *session_by_identity_.at(identity);
+  return *peers_.at(identity).name;
 }
 
 Sessions::Bind Sessions::bind(const std::string& session, const std::string& identity) {
   const std::string& name = session.empty() ? identity : session;
-  auto [it, added] = identity_by_session_.try_emplace(name, identity);
-  session_by_identity_[identity] = &it->first;
+  Peer& p = peer(identity);
+  auto [it, added] = by_name_.try_emplace(name, Session{identity, p.last_seen});
+  p.session = &it->second;
+  p.name = &it->first;
   if (added) return Bind::kNew;
-  if (it->second == identity) return Bind::kSame;
+  if (it->second.identity == identity) return Bind::kSame;
   // The old identity no longer speaks for this session; if it talks again it
   // gets a session of its own.
-  auto old = session_by_identity_.find(it->second);
-  if (old != session_by_identity_.end() && old->second == &it->first) session_by_identity_.erase(old);
-  it->second = identity;
+  auto old = peers_.find(it->second.identity);
+  if (old != peers_.end() && old->second.session == &it->second) {
+    old->second.session = nullptr;
+    old->second.name = nullptr;
+  }
+  it->second.identity = identity;
+  it->second.last_seen = p.last_seen;
   return Bind::kRebound;
 }
 
 const std::string* Sessions::find(const std::string& identity) const {
-  auto it = session_by_identity_.find(identity);
-  return it == session_by_identity_.end() ? nullptr : it->second;
+  auto it = peers_.find(identity);
+  return it == peers_.end() ? nullptr : it->second.name;
 }
 
 const std::string* Sessions::identity_of(const std::string& session) const {
-  auto it = identity_by_session_.find(session);
-  return it == identity_by_session_.end() ? nullptr : &it->second;
+  auto it = by_name_.find(session);
+  return it == by_name_.end() ? nullptr : &it->second.identity;
 }
 
 std::vector<std::string> Sessions::identities() const {
   std::vector<std::string> r;
-  r.reserve(identity_by_session_.size());
-  for (const auto& [session, identity] : identity_by_session_) r.push_back(identity);
+  r.reserve(by_name_.size());
+  for (const auto& [name, s] : by_name_) r.push_back(s.identity);
   std::sort(r.begin(), r.end());
   r.erase(std::unique(r.begin(), r.end()), r.end());
   return r;
+}
+
+std::vector<const std::string*> Sessions::idle(Clock::time_point now, Clock::duration timeout) const {
+  std::vector<const std::string*> r;
+  for (const auto& [name, s] : by_name_) {
+    if (now - s.last_seen >= timeout) r.push_back(&name);
+  }
+  return r;
+}
+
+void Sessions::forget(const std::string* name) {
+  auto it = by_name_.find(*name);
+  if (it == by_name_.end() || &it->first != name) return;
+  auto p = peers_.find(it->second.identity);
+  if (p != peers_.end() && p->second.session == &it->second) {
+    p->second.session = nullptr;
+    p->second.name = nullptr;
+  }
+  by_name_.erase(it);
+}
+
+std::size_t Sessions::forget_idle_peers(Clock::time_point now, Clock::duration timeout) {
+  last_ = nullptr;
+  return std::erase_if(peers_, [&](const auto& kv) {
+    return kv.second.session == nullptr && now - kv.second.last_seen >= timeout;
+  });
 }
 
 std::string random_incarnation() {

@@ -15,8 +15,9 @@ void key(msgpack::packer<msgpack::sbuffer>& pk, const char* k) { pk.pack(std::st
 Frames Scheduler::status_payload() const {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk(buf);
-  // + auth_refused; + the result store and sessions; + task options, timeouts, events; + output
-  pk.pack_map(13 + 1 + 7 + 9 + 3);
+  // + auth_refused; + the result store and sessions; + task options, timeouts, events; + output;
+  // + failed handshakes and expired sessions
+  pk.pack_map(13 + 1 + 7 + 9 + 3 + 5);
 
   key(pk, "engines");
   pk.pack_array(static_cast<std::uint32_t>(engines_.size()));
@@ -48,7 +49,7 @@ Frames Scheduler::status_payload() const {
   key(pk, "bad_messages");
   pk.pack_uint64(counters_.bad_messages);
   key(pk, "clients");
-  pk.pack_uint64(clients_.size());
+  pk.pack_uint64(sessions_.peers());
   key(pk, "heartbeat_ms");
   pk.pack_int64(options_.heartbeat.count());
   key(pk, "dropped_results");
@@ -106,6 +107,17 @@ Frames Scheduler::status_payload() const {
   pk.pack_uint64(counters_.outputs_dropped);
   key(pk, "outputs_malformed");
   pk.pack_uint64(counters_.outputs_malformed);
+  // Failed handshakes (security.hpp) and expired sessions (sessions.hpp).
+  key(pk, "handshake_failed_client");
+  pk.pack_uint64(counters_.handshake_failed_client);
+  key(pk, "handshake_failed_engine");
+  pk.pack_uint64(counters_.handshake_failed_engine);
+  key(pk, "session_timeout_ms");
+  pk.pack_int64(options_.session_timeout.count());
+  key(pk, "sessions_expired");
+  pk.pack_uint64(counters_.sessions_expired);
+  key(pk, "results_expired");
+  pk.pack_uint64(counters_.results_expired);
 
   Frames frames;
   frames.emplace_back(buf.data(), buf.size());

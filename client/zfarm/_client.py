@@ -62,6 +62,9 @@ HEARTBEAT_S = 1.0
 # get_result() needs a broker that keeps results; one that has not answered
 # Hello with Welcome within this time does not.
 WELCOME_WAIT_S = 5.0
+# The id of a Hello sent again (after a broker restart or a forgotten
+# session), so its Welcome is told from the answers to Heartbeats (id 0).
+REHELLO_ID = 1
 # detach() waits at most this long for the broker to confirm it has every
 # task sent so far.
 DETACH_SYNC_S = 5.0
@@ -158,6 +161,7 @@ class Client:
         self.heartbeat_ms: Optional[int] = None
         self._engine_ids: Optional[Set[int]] = None  # from Welcome and Events
         self._welcomed = threading.Event()
+        self._rehello = False  # a Hello after a restart or a forgotten session awaits its Welcome
         self._event_callbacks: List[EventCallback] = [on_event] if on_event else []
         self.errors: List[str] = []  # Error messages the broker sent us
         self._closed = False
@@ -295,7 +299,7 @@ class Client:
         elif mtype == MSG_OUTPUT:
             self._on_output(mid, status, aux, frames, targets or [0, 0])
         elif mtype == MSG_WELCOME:
-            self._on_welcome(text, targets or [], status)
+            self._on_welcome(text, targets or [], status, mid, aux)
         elif mtype == MSG_EVENT:
             self._on_event(status, aux, text)
         elif mtype == MSG_STATUS_REPLY:
@@ -358,24 +362,39 @@ class Client:
         chunks = [str(memoryview(f), "utf-8", "replace") for f in frames]
         ar._stream(index, engine_id, chunks, [len(f) for f in frames], offsets, flags)
 
-    def _on_welcome(self, incarnation: str, engine_ids: List[int], heartbeat_ms: int) -> None:
+    def _on_welcome(self, incarnation: str, engine_ids: List[int], heartbeat_ms: int, mid: int = 0,
+                    aux: int = 0) -> None:
         restarted = self.incarnation is not None and incarnation != self.incarnation
+        was_welcomed = self._welcomed.is_set()
         self.incarnation = incarnation
         self.heartbeat_ms = heartbeat_ms
         self._engine_ids = set(engine_ids)
         self._welcomed.set()
+        if mid == REHELLO_ID:
+            self._rehello = False  # the answer to our Hello again: the session is back
         if not restarted:
+            # aux 1 on a Heartbeat's Welcome: the broker kept nothing of our
+            # session; it forgot it after --session-timeout of silence (we
+            # were cut off that long).  Results we wait for will not come.
+            if aux == 1 and mid != REHELLO_ID and was_welcomed and not self._rehello:
+                self._join_again("the broker forgot this client's session (it heard nothing from it for longer "
+                                 "than its --session-timeout)")
             return
         # A new broker knows nothing of what we submitted: join it again and
         # end every task still outstanding (it may or may not have run).
-        self._hello()
+        self._join_again("the broker restarted")
+        self._notify("restarted", -1, incarnation)
+
+    def _join_again(self, why: str) -> None:
+        """Hello again and end every task still awaited with TaskLost (receiver thread)."""
+        self._rehello = True  # until its Welcome, Heartbeat answers still say "no session"
+        self._hello(REHELLO_ID)
         with self._lock:
             pending, self._pending = self._pending, {}
             self._fetched.clear()
             self._to_ack.clear()
         for task_id, (ar, index) in pending.items():
-            ar._deliver(index, decode_outcome(task_id, STATUS_LOST, -1, "the broker restarted", []))
-        self._notify("restarted", -1, incarnation)
+            ar._deliver(index, decode_outcome(task_id, STATUS_LOST, -1, why, []))
 
     def _on_event(self, kind: int, engine_id: int, text: str) -> None:
         ids = self._engine_ids
@@ -395,8 +414,8 @@ class Client:
             except Exception as exc:  # noqa: BLE001 - a user callback must not stop delivery
                 warnings.warn(f"zfarm: event callback failed: {exc!r}", RuntimeWarning, stacklevel=1)
 
-    def _hello(self) -> None:
-        self._core.send(MSG_HELLO, 0, [], 0, "", [], {"session": self.session})
+    def _hello(self, mid: int = 0) -> None:
+        self._core.send(MSG_HELLO, mid, [], 0, "", [], {"session": self.session})
 
     def _housekeeping(self) -> None:
         """Heartbeats and batched acknowledgements (receiver thread)."""

@@ -43,7 +43,8 @@ class TaskTimedOut(TaskFailure):
 
 
 class TaskLost(TaskFailure):
-    """The broker restarted while the task was pending; it may or may not have run."""
+    """The broker no longer knows the task or its result: it restarted while the task was pending (it may
+    or may not have run), or the result was freed (the session expired, or a store bound dropped it)."""
 
 
 class ImpossibleDependency(TaskFailure):

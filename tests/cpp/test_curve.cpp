@@ -1,12 +1,17 @@
 // CURVE keys, authorized-keys files, the ZAP decision and the connection
-// file's "curve" section: all without sockets.
+// file's "curve" section, all without sockets; and the handshake monitor,
+// with real sockets on loopback TCP.
 #include <doctest/doctest.h>
+#include <poll.h>
 
+#include <chrono>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "curve.hpp"
 #include "endpoint.hpp"
+#include "security.hpp"
 
 using namespace zfarm::broker;
 
@@ -214,4 +219,110 @@ TEST_CASE("connection file: bad input is an error, not a crash") {
   REQUIRE(at != std::string::npos);
   text.replace(at, 15, "\"engine_secreT\"");
   CHECK(parse_connection_file(text, &out).find("engine_secret") != std::string::npos);
+}
+
+// ---- failed handshakes ----------------------------------------------------------------------
+
+TEST_CASE("monitor events: the 6-byte first frame, and words for each failure") {
+  unsigned char frame[6];
+  const std::uint16_t event = ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL;
+  const std::uint32_t value = ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH;
+  std::memcpy(frame, &event, 2);
+  std::memcpy(frame + 2, &value, 4);
+  MonitorEvent e;
+  REQUIRE(parse_monitor_event(frame, sizeof frame, &e));
+  CHECK(e.event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL);
+  CHECK(e.value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH);
+  CHECK_FALSE(parse_monitor_event(frame, 5, &e));
+  CHECK_FALSE(parse_monitor_event(frame, 0, &e));
+  CHECK(describe_handshake_failure(e).find("without the CURVE keys") != std::string::npos);
+  CHECK(describe_handshake_failure({ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC})
+            .find("wrong server key") != std::string::npos);
+  CHECK(describe_handshake_failure({ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, 0x10000001}).find("0x10000001") !=
+        std::string::npos);
+  CHECK(describe_handshake_failure({ZMQ_EVENT_HANDSHAKE_FAILED_AUTH, 400}).find("ZAP status 400") !=
+        std::string::npos);
+  CHECK(describe_handshake_failure({ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL, ECONNRESET}).find(std::strerror(ECONNRESET)) !=
+        std::string::npos);
+}
+
+TEST_CASE("log limiter: a burst per window, then a count of what was left out") {
+  using C = LogLimiter::Clock;
+  LogLimiter log(2, std::chrono::minutes(1));
+  const C::time_point t0{};
+  std::uint64_t left_out = 99;
+  CHECK(log.allow(t0, &left_out));
+  CHECK(left_out == 0);
+  CHECK(log.allow(t0 + std::chrono::seconds(1), &left_out));
+  CHECK_FALSE(log.allow(t0 + std::chrono::seconds(2), &left_out));
+  CHECK_FALSE(log.allow(t0 + std::chrono::seconds(59), &left_out));
+  CHECK(log.allow(t0 + std::chrono::seconds(60), &left_out));  // a new window
+  CHECK(left_out == 2);
+  CHECK(log.allow(t0 + std::chrono::seconds(61), &left_out));
+  CHECK(left_out == 0);
+}
+
+namespace {
+
+// Waits (bounded) until the monitor reports a failed handshake.
+bool failure_seen(HandshakeMonitor& m) {
+  const auto give_up = LogLimiter::Clock::now() + std::chrono::seconds(20);
+  while (LogLimiter::Clock::now() < give_up) {
+    if (m.drain(LogLimiter::Clock::now())) return true;
+    pollfd p{m.fd(), POLLIN, 0};
+    ::poll(&p, 1, 100);
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("handshake monitor counts a peer without keys and one with the wrong server key, not a good one") {
+  zmq::context_t ctx(1);
+  CurveKeys keys = fresh_keys();
+  zmq::socket_t server(ctx, zmq::socket_type::router);
+  server.set(zmq::sockopt::linger, 0);
+  server.set(zmq::sockopt::curve_server, 1);
+  server.set(zmq::sockopt::curve_secretkey, keys.server.secret_key);
+  HandshakeMonitor monitor(ctx, server, "client");
+  server.bind("tcp://127.0.0.1:*");
+  const std::string endpoint = server.get(zmq::sockopt::last_endpoint);
+
+  auto peer = [&](const std::string* server_public) {
+    zmq::socket_t s(ctx, zmq::socket_type::dealer);
+    s.set(zmq::sockopt::linger, 0);
+    if (server_public != nullptr) {
+      s.set(zmq::sockopt::curve_serverkey, *server_public);
+      s.set(zmq::sockopt::curve_publickey, keys.client.public_key);
+      s.set(zmq::sockopt::curve_secretkey, keys.client.secret_key);
+    }
+    s.connect(endpoint);
+    return s;
+  };
+
+  {
+    zmq::socket_t plain = peer(nullptr);
+    CHECK(failure_seen(monitor));
+  }
+  const std::uint64_t after_plain = monitor.failed();
+  CHECK(after_plain >= 1);
+  {
+    CurveKeys other = fresh_keys();
+    zmq::socket_t wrong = peer(&other.server.public_key);
+    CHECK(failure_seen(monitor));
+  }
+  CHECK(monitor.failed() > after_plain);
+
+  // A peer with the right key gets through; the count does not move.
+  monitor.drain(LogLimiter::Clock::now());
+  const std::uint64_t before = monitor.failed();
+  zmq::socket_t good = peer(&keys.server.public_key);
+  good.send(zmq::str_buffer("hi"), zmq::send_flags::none);
+  server.set(zmq::sockopt::rcvtimeo, 20000);
+  zmq::message_t identity, body;
+  REQUIRE(server.recv(identity));
+  REQUIRE(server.recv(body));
+  CHECK(body.to_string() == "hi");
+  monitor.drain(LogLimiter::Clock::now());
+  CHECK(monitor.failed() == before);
 }

@@ -407,3 +407,57 @@ TEST_CASE("finished record: agrees with a map and a FIFO over many records, reus
     }
   }
 }
+
+TEST_CASE("forget_session frees that session's unacknowledged results only") {
+  ResultStore st;
+  st.add("a", 1, message(10));
+  st.add("a", 2, message(10));
+  st.add("b", 3, message(10));
+  st.add("a", 4, message(10));
+  st.ack("a", {4});  // cached: not the session's any more
+  CHECK(st.forget_session("a") == 2);
+  CHECK(st.stats().stored_results == 1);
+  CHECK(st.stats().cached_results == 1);
+  CHECK_FALSE(st.contains(1));
+  CHECK_FALSE(st.contains(2));
+  CHECK(st.contains(3));
+  CHECK(st.contains(4));
+  CHECK(st.unacked("a").empty());
+  CHECK(st.forget_session("a") == 0);
+  CHECK(st.forget_session("nobody") == 0);
+  // The session may come back and store anew.
+  st.add("a", 5, message(10));
+  CHECK(st.unacked("a").size() == 1);
+}
+
+TEST_CASE("sessions: idle ones are those whose identity was silent for the timeout") {
+  using C = Sessions::Clock;
+  const C::time_point t0 = C::now();
+  Sessions s;
+  s.heard_from("id1", t0);
+  s.bind("s1", "id1");
+  s.heard_from("id2", t0);
+  s.bind("s2", "id2");
+  s.heard_from("id1", t0 + std::chrono::seconds(5));
+  auto idle = s.idle(t0 + std::chrono::seconds(10), std::chrono::seconds(10));
+  REQUIRE(idle.size() == 1);
+  CHECK(*idle[0] == "s2");
+  // A rebind: the session is as fresh as its new identity.
+  s.heard_from("id3", t0 + std::chrono::seconds(9));
+  CHECK(s.bind("s2", "id3") == Sessions::Bind::kRebound);
+  CHECK(s.idle(t0 + std::chrono::seconds(10), std::chrono::seconds(10)).empty());
+  // id2 speaks for nothing now and is silent: forgotten; id1 and id3 are not.
+  CHECK(s.forget_idle_peers(t0 + std::chrono::seconds(10), std::chrono::seconds(10)) == 1);
+  CHECK(s.peers() == 2);
+
+  const std::string* name = s.idle(t0 + std::chrono::seconds(20), std::chrono::seconds(10)).at(0);
+  CHECK(*name == "s1");
+  s.forget(name);
+  CHECK(s.size() == 1);
+  CHECK(s.find("id1") == nullptr);
+  CHECK(s.identity_of("s1") == nullptr);
+  CHECK(s.peers() == 2);  // id1 stays a peer until it is silent with no session
+  CHECK(s.forget_idle_peers(t0 + std::chrono::seconds(20), std::chrono::seconds(10)) == 1);
+  // It binds again as a new session.
+  CHECK(s.bind("s1", "id1") == Sessions::Bind::kNew);
+}

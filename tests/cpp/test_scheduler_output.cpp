@@ -2,6 +2,7 @@
 // by message: where a chunk goes, and which ones are dropped and counted.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -172,4 +173,35 @@ TEST_CASE("output: malformed ones are dropped and counted, never answered") {
   CHECK(b.s.counters().outputs_forwarded == 0);
   // The engine and its task are fine: a good chunk still goes through.
   CHECK(b.output("e0", 7).size() == 1);
+}
+
+TEST_CASE("output: also goes to sessions that fetched the running task, each once, shared") {
+  Broker b;
+  b.reg("e0");
+  b.hello("c", "sess");
+  b.hello("w1", "watcher-1");
+  b.hello("w2", "watcher-2");
+  b.submit("c", 7);
+  proto::Header fetch;
+  fetch.type = MsgType::kFetch;
+  fetch.opts.ids = {7};
+  CHECK(b.feed(false, "w1", fetch).empty());
+  CHECK(b.feed(false, "w1", fetch).empty());  // twice: still one copy
+  CHECK(b.feed(false, "w2", fetch).empty());
+  CHECK(b.feed(false, "c", fetch).empty());   // the owner's own fetch: no second copy
+  auto got = b.output("e0", 7, {"first\n", ""});
+  REQUIRE(got.size() == 3);
+  std::vector<std::string> to;
+  for (const auto& g : got) {
+    to.push_back(g.identity);
+    CHECK(g.header.type == MsgType::kOutput);
+    CHECK(g.header.aux == 0);
+    CHECK(g.payload == std::vector<std::string>{"first\n", ""});
+  }
+  std::sort(to.begin(), to.end());
+  CHECK(to == std::vector<std::string>{"c", "w1", "w2"});
+  CHECK(b.s.counters().outputs_forwarded == 3);
+  // Once the task ended the watchers are gone with it: a straggler goes nowhere.
+  b.result("e0", 7);
+  CHECK(b.output("e0", 7).empty());
 }

@@ -104,6 +104,14 @@ class Broker {
   Clock::time_point now;
 };
 
+std::map<std::string, msgpack::object> status_of(Broker& b, msgpack::object_handle* handle) {
+  auto reply = b.client("status-reader", Broker::header(MsgType::kStatus, 9));
+  REQUIRE(reply.size() == 1);
+  REQUIRE(reply[0].payload.size() == 1);
+  *handle = msgpack::unpack(static_cast<const char*>(reply[0].payload[0].data()), reply[0].payload[0].size());
+  return handle->get().as<std::map<std::string, msgpack::object>>();
+}
+
 Frames payload(std::size_t bytes) {
   Frames f;
   f.emplace_back(bytes);
@@ -319,10 +327,11 @@ TEST_CASE("unacknowledged results over the bound are dropped and counted in the 
   for (std::uint64_t id = 1; id <= 3; ++id) b.result("e", id, payload(1000));
   CHECK(b.s.results().stats().evicted == 1);
   CHECK(b.s.results().stats().stored_results == 2);
-  // The dropped one cannot be fetched any more.
+  // The dropped one cannot be fetched any more: it ended, so it is Lost.
   auto got = b.with_ids("c", MsgType::kFetch, {1});
   REQUIRE(got.size() == 1);
-  CHECK(got[0].header.status == static_cast<std::uint32_t>(ResultStatus::kRejected));
+  CHECK(got[0].header.status == static_cast<std::uint32_t>(ResultStatus::kLost));
+  CHECK(got[0].header.text.find("no longer kept") != std::string::npos);
 
   auto reply = b.client("c", Broker::header(MsgType::kStatus, 9));
   REQUIRE(reply.size() == 1);
@@ -366,4 +375,182 @@ TEST_CASE("client identities: the current identity of every session, once") {
   b.hello("b", "s2");
   b.hello("c", "s1");  // s1 moves from a to c
   CHECK(b.s.client_identities() == std::vector<std::string>{"b", "c"});
+}
+
+// ---- session expiry (a fake clock: b.now moves, tick() sweeps) ------------------------------
+
+namespace {
+
+constexpr std::chrono::milliseconds kTimeout{10000};
+
+broker::SchedulerOptions expiring() {
+  broker::SchedulerOptions o = Broker::with_incarnation();
+  o.heartbeat = std::chrono::milliseconds(1000);
+  o.liveness = 1000000;  // engines stay registered however long the test's clock runs
+  o.session_timeout = kTimeout;
+  return o;
+}
+
+// Moves the clock on and lets the Scheduler do its periodic work.
+void pass_time(Broker& b, Clock::duration d) {
+  b.now += d;
+  b.s.tick(b.now, b.out);
+}
+
+std::vector<Sent> heartbeat(Broker& b, const std::string& identity) {
+  return b.client(identity, Broker::header(MsgType::kHeartbeat, 5));
+}
+
+}  // namespace
+
+TEST_CASE("a silent session with nothing pending expires with its unacked results; a heartbeating one stays") {
+  Broker b(expiring());
+  b.add_engine("e");
+  b.hello("gone", "s-gone");
+  b.hello("live", "s-live");
+  b.submit("gone", 1);
+  b.submit("live", 2);
+  b.result("e", 1, payload(100));
+  b.result("e", 2, payload(100));
+  CHECK(b.s.results().stats().stored_results == 2);
+  for (int i = 0; i < 30; ++i) {  // 30 s: live heartbeats every second, gone is silent
+    pass_time(b, std::chrono::seconds(1));
+    heartbeat(b, "live");
+    b.take();
+  }
+  CHECK(b.s.session_count() == 1);
+  CHECK(b.s.results().stats().stored_results == 1);  // live's result, still unacknowledged
+  CHECK(b.s.counters().sessions_expired == 1);
+  CHECK(b.s.counters().results_expired == 1);
+  // The live session keeps everything: a reconnect gets its result again.
+  auto got = b.hello("live-again", "s-live");
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].header.aux == 0);  // a session the broker knew
+  CHECK(got[1].header.id == 2);
+
+  msgpack::object_handle handle;
+  auto map = status_of(b, &handle);
+  CHECK(map.at("sessions_expired").as<std::uint64_t>() == 1);
+  CHECK(map.at("results_expired").as<std::uint64_t>() == 1);
+  CHECK(map.at("session_timeout_ms").as<std::int64_t>() == 10000);
+  CHECK(map.at("sessions").as<std::uint64_t>() == 1);
+}
+
+TEST_CASE("a session expires no sooner than the timeout after its last message") {
+  Broker b(expiring());
+  b.hello("c", "s");
+  pass_time(b, kTimeout - std::chrono::milliseconds(1));
+  pass_time(b, std::chrono::milliseconds(0));
+  CHECK(b.s.session_count() == 1);
+  // The sweep runs every timeout/4 at most: a quarter later it has run.
+  for (int i = 0; i < 20; ++i) pass_time(b, kTimeout / 16);
+  CHECK(b.s.session_count() == 0);
+  CHECK(b.s.counters().sessions_expired == 1);
+  CHECK(b.s.counters().results_expired == 0);
+}
+
+TEST_CASE("a session with a pending task does not expire, however silent") {
+  Broker b(expiring());  // no engine: the task stays queued
+  b.hello("c", "s");
+  b.submit("c", 7);
+  pass_time(b, std::chrono::hours(2));
+  pass_time(b, std::chrono::hours(2));
+  CHECK(b.s.session_count() == 1);
+  CHECK(b.s.pending() == 1);
+  // Once its task ended, the timeout counts from its client's last message:
+  // long passed, so the next sweep forgets it and the unacked result.
+  b.add_engine("e");
+  auto got = b.result("e", 7);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].identity == "c");
+  pass_time(b, std::chrono::hours(1));
+  CHECK(b.s.session_count() == 0);
+  CHECK(b.s.counters().results_expired == 1);
+}
+
+TEST_CASE("after expiry: fetch of a forgotten result is Lost, hello makes a new session, heartbeat says so") {
+  Broker b(expiring());
+  b.add_engine("e");
+  b.hello("c", "s");
+  b.submit("c", 1);
+  b.result("e", 1, payload(10));
+  pass_time(b, std::chrono::hours(1));
+  pass_time(b, std::chrono::hours(1));
+  REQUIRE(b.s.session_count() == 0);
+
+  // A heartbeat from the identity whose session was forgotten: aux 1.
+  auto got = heartbeat(b, "c");
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kWelcome);
+  CHECK(got[0].header.aux == 1);
+
+  // The client comes back on a new socket: its session is new, nothing is resent.
+  got = b.hello("c2", "s");
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.type == MsgType::kWelcome);
+  CHECK(got[0].header.aux == 1);
+  got = b.with_ids("c2", MsgType::kFetch, {1, 99});
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].header.id == 1);
+  CHECK(got[0].header.status == static_cast<std::uint32_t>(ResultStatus::kLost));
+  CHECK(got[0].header.text.find("no longer kept") != std::string::npos);
+  CHECK(got[1].header.status == static_cast<std::uint32_t>(ResultStatus::kRejected));  // never a task here
+  CHECK(b.s.counters().done == 1);  // answers to Fetch are not results of tasks
+
+  // The new session works as any other.
+  b.submit("c2", 2);
+  got = b.result("e", 2);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].identity == "c2");
+  heartbeat(b, "c2");
+  got = heartbeat(b, "c2");
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.aux == 0);
+}
+
+TEST_CASE("identities with no session are forgotten when silent; the clients count follows") {
+  Broker b(expiring());
+  b.client("stranger", Broker::header(MsgType::kStatus, 1));
+  b.hello("old", "s");
+  b.hello("new", "s");  // "old" no longer speaks for s
+  CHECK(b.s.client_count() == 3);  // + status-reader below is not there yet
+  for (int i = 0; i < 30; ++i) {
+    pass_time(b, std::chrono::seconds(1));
+    heartbeat(b, "new");
+    b.take();
+  }
+  CHECK(b.s.client_count() == 1);  // "new" only
+  CHECK(b.s.session_count() == 1);
+}
+
+TEST_CASE("session_timeout 0 keeps sessions for the broker's life") {
+  broker::SchedulerOptions o = expiring();
+  o.session_timeout = std::chrono::milliseconds(0);
+  Broker b(o);
+  b.add_engine("e");
+  b.hello("c", "s");
+  b.submit("c", 1);
+  b.result("e", 1);
+  for (int i = 0; i < 10; ++i) pass_time(b, std::chrono::hours(24));
+  CHECK(b.s.session_count() == 1);
+  CHECK(b.s.results().stats().stored_results == 1);
+  CHECK(b.s.counters().sessions_expired == 0);
+}
+
+TEST_CASE("a watcher whose session expired is skipped; the owner still gets the result") {
+  Broker b(expiring());
+  b.add_engine("e");
+  b.hello("owner", "s-owner");
+  b.hello("watcher", "s-watcher");
+  b.submit("owner", 1);
+  CHECK(b.with_ids("watcher", MsgType::kFetch, {1}).empty());
+  for (int i = 0; i < 30; ++i) {
+    pass_time(b, std::chrono::seconds(1));
+    heartbeat(b, "owner");
+    b.take();
+  }
+  REQUIRE(b.s.session_count() == 1);
+  auto got = b.result("e", 1);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].identity == "owner");
 }

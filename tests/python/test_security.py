@@ -264,6 +264,7 @@ def test_unauthorised_client_cannot_submit(curve_cluster, tmp_path, how):
     marker = tmp_path / "marker"
     with curve_cluster.connect(timeout=WAIT) as rc:
         refused = status_of(rc, "auth_refused")
+        failed = status_of(rc, "handshake_failed_client")
         clients = status_of(rc, "clients")
         intruder = zfarm.Client(client_file(tmp_path, info, how, intruder_curve(info, how)))
         try:
@@ -275,6 +276,9 @@ def test_unauthorised_client_cannot_submit(curve_cluster, tmp_path, how):
             assert intruder.incarnation is None  # never welcomed
             if how in ZAP_REFUSES:
                 wait_until(lambda: status_of(rc, "auth_refused") > refused, what="the refusal counted")
+            # Every intruder fails its handshake, ZAP refusal or not, and the
+            # broker's handshake monitor counts it.
+            wait_until(lambda: status_of(rc, "handshake_failed_client") > failed, what="the failed handshake counted")
         finally:
             intruder.close()
         # Both engines run a task after the intruder's: had its task got in,
@@ -283,6 +287,38 @@ def test_unauthorised_client_cannot_submit(curve_cluster, tmp_path, how):
         assert rc.load_balanced_view().apply_sync(lambda: "served") == "served"
         assert not marker.exists()
         assert status_of(rc, "clients") == clients  # the intruder never got a session
+
+
+def test_failed_handshakes_are_counted_and_logged_and_good_peers_are_not(processes, tmp_path):
+    """On a broker of its own, so that nothing but this test's peers connect."""
+    conn = str(tmp_path / "c.json")
+    broker = processes.broker(conn, "--curve")
+    processes.engine(conn)
+    with zfarm.Client(conn) as rc:
+        rc.wait_for_engines(1, timeout=WAIT)
+        assert rc.load_balanced_view().apply_sync(lambda: "served") == "served"
+        s = rc.queue_status(timeout=WAIT)
+        # A client and an engine with the right keys: nothing failed.
+        assert s["handshake_failed_client"] == 0
+        assert s["handshake_failed_engine"] == 0
+        info = read_json(conn)
+        for how in ("no_keys", "wrong_server_key"):
+            before = status_of(rc, "handshake_failed_client")
+            intruder = zfarm.Client(client_file(tmp_path, info, how, intruder_curve(info, how)))
+            try:
+                wait_until(lambda: status_of(rc, "handshake_failed_client") > before, what=f"{how} counted")
+            finally:
+                intruder.close()
+        assert status_of(rc, "handshake_failed_engine") == 0
+        assert status_of(rc, "auth_refused") == 0  # these never reached the key check
+    broker.send_signal(signal.SIGTERM)
+    broker.wait(WAIT)
+    err = broker.stderr.read()
+    assert "a client handshake on" in err, err
+    # Without keys, which side notices the mismatch first is a race: the
+    # broker's (mismatch) or the peer's, which hangs up (a connection error).
+    assert "security mechanism mismatch" in err or "failed during the handshake" in err, err
+    assert "CURVE decryption failed" in err, err
 
 
 def test_engine_with_an_unlisted_key_cannot_register(curve_cluster, processes, tmp_path):
@@ -294,8 +330,10 @@ def test_engine_with_an_unlisted_key_cannot_register(curve_cluster, processes, t
     with curve_cluster.connect(timeout=WAIT) as rc:
         ids = set(rc.ids)
         refused = status_of(rc, "auth_refused")
+        failed = status_of(rc, "handshake_failed_engine")
         engine = processes.engine(rogue)
         wait_until(lambda: status_of(rc, "auth_refused") > refused, what="the rogue engine refused")
+        wait_until(lambda: status_of(rc, "handshake_failed_engine") > failed, what="its handshake counted")
         assert engine.poll() is None  # it keeps trying, harmlessly
         assert set(rc.ids) == ids
         assert len(rc.queue_status()["engines"]) == 2
