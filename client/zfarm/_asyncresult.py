@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import pickle
 import sys
 import threading
 import time
 import warnings
 from _thread import RLock
-from concurrent.futures._base import PENDING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import _serialize
@@ -74,11 +75,25 @@ class _Outcome:
         self.stderr = stderr
 
 
+# The pickled results an engine sends for the commonest values with no
+# output (zfarm._worker sends exactly these bytes), and their values: a
+# dictionary look-up instead of unpickling, for the result of every task
+# called for its effect.  Equal bytes unpickle to equal values, whoever
+# sent them.
+_SMALL_RESULTS: Dict[bytes, Any] = {
+    pickle.dumps(("ok", v, "", ""), protocol=_serialize.PROTOCOL): v for v in [None, True, False, *range(-8, 257)]
+}
+
+
 def decode_outcome(task_id: int, status: int, engine_id: int, text: str, frames: Sequence[Any]) -> _Outcome:
     """Turns one Result message into a value or an exception."""
+    if status == STATUS_OK and len(frames) == 1 and type(frames[0]) is bytes:
+        value = _SMALL_RESULTS.get(frames[0], _MISSING)
+        if value is not _MISSING:
+            return _Outcome(True, value, engine_id)
     if status in (STATUS_OK, STATUS_REMOTE_ERROR) and frames:
         try:
-            kind, value, out, err = _serialize.loads(frames)
+            kind, value, out, err = pickle.loads(frames[0]) if len(frames) == 1 else _serialize.loads(frames)
         except Exception as exc:  # noqa: BLE001 - a result we cannot read is a failure, not a crash
             return _Outcome(False, TaskFailure(f"result of task {task_id} could not be read: {exc!r}",
                                                task_id, engine_id), engine_id)
@@ -95,16 +110,29 @@ def decode_outcome(task_id: int, status: int, engine_id: int, text: str, frames:
                     engine_id if engine_id >= 0 else None)
 
 
+_ENDED = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
+
+
 class _Condition(threading.Condition):
     """threading.Condition(RLock()) without the five bound methods the
-    standard one stores per instance: an AsyncResult is made per task, and
+    standard one stores per instance (and with its deque of waiters made on
+    first use): an AsyncResult is made per task, and
     those objects were a third of what the garbage collector had to scan for
     each (5 of 15 tracked objects; 4-6 us less CPU per submit with 20,000
     results outstanding).  Same behaviour, through the lock's own methods."""
 
     def __init__(self) -> None:  # noqa: PLW0231 - see the class doc
         self._lock = RLock()
-        self._waiters = collections.deque()
+
+    @property
+    def _waiters(self) -> "collections.deque[Any]":
+        # Made when a thread first waits: most results are never waited for
+        # this way (they end before anyone asks), and the deque was one more
+        # object per task for the garbage collector.
+        waiters = self.__dict__.get("_waiter_deque")
+        if waiters is None:
+            waiters = self.__dict__["_waiter_deque"] = collections.deque()
+        return waiters
 
     def acquire(self, *args: Any) -> bool:
         return self._lock.acquire(*args)
@@ -139,13 +167,12 @@ class AsyncResult(concurrent.futures.Future):
 
     def __init__(self, client: Any, n_tasks: int, *, combine: Optional[Callable[[List[Any]], Any]] = None,
                  single: bool = False, ordered: bool = True, flatten: bool = False, label: str = "tasks"):
-        # Future.__init__, with the lighter condition.
+        # Future.__init__, with the lighter condition and without the lists
+        # of waiters and callbacks (see _waiters).
         self._condition = _Condition()
         self._state = PENDING
         self._result = None
         self._exception = None
-        self._waiters: List[Any] = []
-        self._done_callbacks: List[Callable[[Any], None]] = []
         self._client = client
         self._n = n_tasks
         self._outcomes: List[Optional[_Outcome]] = [None] * n_tasks
@@ -155,10 +182,28 @@ class AsyncResult(concurrent.futures.Future):
         self._ordered = ordered
         self._flatten = flatten
         self._label = label
+        self._one_value = single and n_tasks == 1 and not flatten  # apply: one task, one value
         self.task_ids: List[int] = []
         self.submitted = time.monotonic()
         if n_tasks == 0:
             self._finish()
+
+    # Future's list of concurrent.futures.wait() waiters and its list of
+    # done callbacks, made on first use: most results have neither, and each
+    # list is one more object per task for the garbage collector to scan.
+    @property
+    def _waiters(self) -> List[Any]:
+        waiters = self.__dict__.get("_waiter_list")
+        if waiters is None:
+            waiters = self.__dict__["_waiter_list"] = []
+        return waiters
+
+    @property
+    def _done_callbacks(self) -> List[Callable[[Any], None]]:
+        callbacks = self.__dict__.get("_callback_list")
+        if callbacks is None:
+            callbacks = self.__dict__["_callback_list"] = []
+        return callbacks
 
     @property
     def _cond(self) -> threading.Condition:
@@ -191,6 +236,17 @@ class AsyncResult(concurrent.futures.Future):
             callbacks = self._output_callbacks
             if self._progress is not None:
                 self._progress.notify_all()
+            if finished and self._one_value and not callbacks and not self._on_ended and not self._cancelling:
+                # One task, one value (apply), nothing else to run first:
+                # the call ends here, under the lock already held.
+                self._end(outcome.ok, outcome.value)
+                ended = True
+            else:
+                ended = False
+        if ended:
+            if "_callback_list" in self.__dict__:
+                self._invoke_callbacks()
+            return
         if callbacks:
             if live is None:  # nothing was streamed: the whole output is the rest
                 rest = [(s, t) for s, t in ((0, outcome.stdout), (1, outcome.stderr)) if t]
@@ -199,6 +255,34 @@ class AsyncResult(concurrent.futures.Future):
             if self._on_ended:  # complete now: nothing is added any more
                 self._run_ended()
             self._finish()
+
+    def _end(self, ok: bool, value: Any) -> bool:
+        """Future.set_result / set_exception without the done callbacks (the
+        caller runs them, outside the lock), and without raising when the
+        future ended meanwhile (cancelled by Future.cancel): then False.
+        Wakes waiters only if there are any."""
+        with self._condition:
+            if self._state in _ENDED:
+                return False
+            if ok:
+                self._result = value
+            else:
+                self._exception = value
+            self._state = FINISHED
+            waiters = self.__dict__.get("_waiter_list")
+            if waiters:
+                for waiter in waiters:
+                    if ok:
+                        waiter.add_result(self)
+                    else:
+                        waiter.add_exception(self)
+            if self._condition.__dict__.get("_waiter_deque"):
+                self._condition.notify_all()
+        return True
+
+    def _set(self, ok: bool, value: Any) -> None:
+        if self._end(ok, value) and "_callback_list" in self.__dict__:
+            self._invoke_callbacks()
 
     @staticmethod
     def _settle_output(outcome: _Outcome, live: _Live) -> List[Tuple[int, str]]:
@@ -271,27 +355,21 @@ class AsyncResult(concurrent.futures.Future):
                 pass
 
     def _finish(self) -> None:
-        if self._single and self._n == 1 and not self._flatten and not self._cancelling:
-            # One task, one value (apply): the common case, without lists.
+        if self._one_value and not self._cancelling:
             outcome = self._outcomes[0]
-            if outcome is not None and not self.cancelled():
-                if outcome.ok:
-                    self.set_result(outcome.value)
-                else:
-                    self.set_exception(outcome.value)
+            if outcome is not None:
+                self._set(outcome.ok, outcome.value)
             return
         errors = [o.value for o in self._outcomes if o is not None and not o.ok]
         if self._cancelling:
             # cancel() promised this ends cancelled, even if some task got
             # through before the interrupt reached it.
             aborted = [e for e in errors if isinstance(e, TaskAborted)]
-            self.set_exception(aborted[0] if aborted else TaskAborted(f"{self._label}: cancelled"))
+            self._set(False, aborted[0] if aborted else TaskAborted(f"{self._label}: cancelled"))
             return
         try:
             if errors:
-                exc: BaseException = errors[0] if len(errors) == 1 else CompositeError(errors)
-                if not self.cancelled():
-                    self.set_exception(exc)
+                self._set(False, errors[0] if len(errors) == 1 else CompositeError(errors))
                 return
             order = range(self._n) if self._ordered else self._completion
             values = [self._outcomes[i].value for i in order]  # type: ignore[union-attr]
@@ -304,11 +382,9 @@ class AsyncResult(concurrent.futures.Future):
             else:
                 value = values
         except BaseException as exc:  # noqa: BLE001 - combining (e.g. concatenating) may fail
-            if not self.cancelled():
-                self.set_exception(exc)
+            self._set(False, exc)
             return
-        if not self.cancelled():
-            self.set_result(value)
+        self._set(True, value)
 
     # -- control ---------------------------------------------------------------
     def _unfinished(self) -> List[int]:

@@ -150,7 +150,10 @@ class Client:
         self._fetched: Set[int] = set()
         self._status_waiters: Dict[int, concurrent.futures.Future] = {}
         self._unclaimed: "collections.OrderedDict[int, _Outcome]" = collections.OrderedDict()
-        self._recent: "collections.OrderedDict[int, None]" = collections.OrderedDict()
+        # Two generations of ids: a set add per result instead of an ordered
+        # dict's insert and pop; between RECENT_IDS and twice that are known.
+        self._recent: Set[int] = set()
+        self._recent_old: Set[int] = set()
         self._to_ack: List[int] = []
         self._ack_since = 0.0
         self._last_beat = 0.0
@@ -248,6 +251,10 @@ class Client:
 
     def _submit_one(self, targets: List[int], frames: List[Any], opts: Optional[Dict[str, Any]],
                     ar: AsyncResult) -> AsyncResult:
+        """One message of one frame (no shared memory to consider): the
+        common small call, without the general loop of :meth:`_submit`."""
+        if self._closed:
+            raise ZfarmError("the client is closed")
         k = 1 if targets == [LOAD_BALANCED] else len(targets)
         with self._lock:
             task_id = self._prefix | self._next
@@ -258,6 +265,8 @@ class Client:
         try:
             if opts:
                 self._core.send(MSG_SUBMIT, task_id, targets, 0, "", frames, opts)
+            elif targets == [LOAD_BALANCED]:
+                self._core.submit(task_id, frames)
             else:
                 self._core.send(MSG_SUBMIT, task_id, targets, 0, "", frames)
         except BaseException:
@@ -331,17 +340,17 @@ class Client:
                 if fetched:
                     fetched.discard(mid)
                 if entry is None:
-                    if mid in recent or mid in unclaimed:
+                    if mid in recent or mid in self._recent_old or mid in unclaimed:
                         _shm.discard(m[5])
                         continue  # a second copy (a resend racing a Fetch)
                     unclaimed[mid] = decode_outcome(mid, m[2], m[3], m[4], m[5])
                     while len(unclaimed) > MAX_UNCLAIMED:
                         unclaimed.popitem(last=False)
                     continue
-                recent[mid] = None
+                recent.add(mid)
                 mine.append((entry, m))
-            while len(recent) > RECENT_IDS:
-                recent.popitem(last=False)
+            if len(recent) >= RECENT_IDS:
+                self._recent_old, self._recent = recent, set()
         for (ar, index), m in mine:
             try:
                 ar._deliver(index, decode_outcome(m[1], m[2], m[3], m[4], m[5]))

@@ -82,6 +82,32 @@ def dumps(obj: Any) -> List[Any]:
     return frames
 
 
+# Pickles of ("apply", fn, (), {}) by the pickled function: a call without
+# arguments (f()) of a function pickled by reference is the same bytes every
+# time.  Only short function pickles (by reference: a module and a name) are
+# kept; equal keys give equal pickles, so a wrong hit cannot happen.
+_noarg_calls: Dict[bytes, bytes] = {}
+NOARG_KEY_MAX = 256
+
+
+def dumps_call(fn: bytes, args: tuple, kwargs: Dict[str, Any]) -> List[Any]:
+    """``dumps(("apply", fn, args, kwargs))`` for a function pickled by
+    :func:`dumps_function`.
+
+    >>> loads(dumps_call(b"f", (), {}))
+    ('apply', b'f', (), {})
+    """
+    if args or kwargs or len(fn) > NOARG_KEY_MAX:
+        return dumps(("apply", fn, args, kwargs))
+    data = _noarg_calls.get(fn)
+    if data is None:
+        data = pickle.dumps(("apply", fn, (), {}), protocol=PROTOCOL)
+        if len(_noarg_calls) >= FN_CACHE_SIZE:
+            _noarg_calls.clear()
+        _noarg_calls[fn] = data
+    return [data]
+
+
 # Pickles of callables that go by reference (a module and a name: ``abs``,
 # ``math.sqrt``, a function of an installed module), by id; the entry holds
 # the callable, so the id cannot be reused while it is here.  A callable
