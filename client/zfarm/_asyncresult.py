@@ -124,14 +124,17 @@ class _Condition(threading.Condition):
     def __init__(self) -> None:  # noqa: PLW0231 - see the class doc
         self._lock = RLock()
 
+    # Made when a thread first waits: most results are never waited for
+    # this way (they end before anyone asks), and the deque was one more
+    # object per task for the garbage collector.  (Class defaults, not
+    # __dict__ look-ups: touching __dict__ makes CPython build the dict.)
+    _waiter_deque: Optional["collections.deque[Any]"] = None
+
     @property
     def _waiters(self) -> "collections.deque[Any]":
-        # Made when a thread first waits: most results are never waited for
-        # this way (they end before anyone asks), and the deque was one more
-        # object per task for the garbage collector.
-        waiters = self.__dict__.get("_waiter_deque")
+        waiters = self._waiter_deque
         if waiters is None:
-            waiters = self.__dict__["_waiter_deque"] = collections.deque()
+            waiters = self._waiter_deque = collections.deque()
         return waiters
 
     def acquire(self, *args: Any) -> bool:
@@ -165,8 +168,14 @@ class AsyncResult(concurrent.futures.Future):
     _on_ended: Sequence[Callable[[], None]] = ()  # see _when_ended
     _cancelling = False
 
-    def __init__(self, client: Any, n_tasks: int, *, combine: Optional[Callable[[List[Any]], Any]] = None,
+    # Task indexes in the order their outcomes came; a list from the first
+    # outcome on (one object less per pending task).
+    _completion: Sequence[int] = ()
+
+    def __init__(self, client: Any, n_tasks: int, combine: Optional[Callable[[List[Any]], Any]] = None,
                  single: bool = False, ordered: bool = True, flatten: bool = False, label: str = "tasks"):
+        # (Positional arguments are allowed for the per-task call of apply:
+        # keywords make CPython build a dict for __init__ on every call.)
         # Future.__init__, with the lighter condition and without the lists
         # of waiters and callbacks (see _waiters).
         self._condition = _Condition()
@@ -176,7 +185,6 @@ class AsyncResult(concurrent.futures.Future):
         self._client = client
         self._n = n_tasks
         self._outcomes: List[Optional[_Outcome]] = [None] * n_tasks
-        self._completion: List[int] = []
         self._combine = combine
         self._single = single
         self._ordered = ordered
@@ -191,18 +199,21 @@ class AsyncResult(concurrent.futures.Future):
     # Future's list of concurrent.futures.wait() waiters and its list of
     # done callbacks, made on first use: most results have neither, and each
     # list is one more object per task for the garbage collector to scan.
+    _waiter_list: Optional[List[Any]] = None
+    _callback_list: Optional[List[Callable[[Any], None]]] = None
+
     @property
     def _waiters(self) -> List[Any]:
-        waiters = self.__dict__.get("_waiter_list")
+        waiters = self._waiter_list
         if waiters is None:
-            waiters = self.__dict__["_waiter_list"] = []
+            waiters = self._waiter_list = []
         return waiters
 
     @property
     def _done_callbacks(self) -> List[Callable[[Any], None]]:
-        callbacks = self.__dict__.get("_callback_list")
+        callbacks = self._callback_list
         if callbacks is None:
-            callbacks = self.__dict__["_callback_list"] = []
+            callbacks = self._callback_list = []
         return callbacks
 
     @property
@@ -224,14 +235,22 @@ class AsyncResult(concurrent.futures.Future):
     # -- fed by the client's receiver thread --------------------------------
     def _deliver(self, index: int, outcome: _Outcome) -> None:
         rest: Sequence[Tuple[int, str]] = ()
-        with self._condition:
+        # The lock itself, acquired and released by hand: a with statement
+        # costs two method look-ups, and the condition's __enter__ is a
+        # Python call.
+        lock = self._condition._lock
+        lock.acquire()
+        try:
             if self._outcomes[index] is not None:
                 return  # exactly one outcome per task
             live = self._live.pop(index, None) if self._live else None
             if live is not None:
                 rest = self._settle_output(outcome, live)
             self._outcomes[index] = outcome
-            self._completion.append(index)
+            if self._completion:
+                self._completion.append(index)  # type: ignore[attr-defined]
+            else:
+                self._completion = [index]
             finished = len(self._completion) == self._n
             callbacks = self._output_callbacks
             if self._progress is not None:
@@ -239,12 +258,13 @@ class AsyncResult(concurrent.futures.Future):
             if finished and self._one_value and not callbacks and not self._on_ended and not self._cancelling:
                 # One task, one value (apply), nothing else to run first:
                 # the call ends here, under the lock already held.
-                self._end(outcome.ok, outcome.value)
-                ended = True
+                ended = self._end_locked(outcome.ok, outcome.value)
             else:
                 ended = False
+        finally:
+            lock.release()
         if ended:
-            if "_callback_list" in self.__dict__:
+            if self._callback_list:
                 self._invoke_callbacks()
             return
         if callbacks:
@@ -262,26 +282,29 @@ class AsyncResult(concurrent.futures.Future):
         future ended meanwhile (cancelled by Future.cancel): then False.
         Wakes waiters only if there are any."""
         with self._condition:
-            if self._state in _ENDED:
-                return False
-            if ok:
-                self._result = value
-            else:
-                self._exception = value
-            self._state = FINISHED
-            waiters = self.__dict__.get("_waiter_list")
-            if waiters:
-                for waiter in waiters:
-                    if ok:
-                        waiter.add_result(self)
-                    else:
-                        waiter.add_exception(self)
-            if self._condition.__dict__.get("_waiter_deque"):
-                self._condition.notify_all()
+            return self._end_locked(ok, value)
+
+    def _end_locked(self, ok: bool, value: Any) -> bool:
+        if self._state in _ENDED:
+            return False
+        if ok:
+            self._result = value
+        else:
+            self._exception = value
+        self._state = FINISHED
+        waiters = self._waiter_list
+        if waiters:
+            for waiter in waiters:
+                if ok:
+                    waiter.add_result(self)
+                else:
+                    waiter.add_exception(self)
+        if self._condition._waiter_deque:
+            self._condition.notify_all()
         return True
 
     def _set(self, ok: bool, value: Any) -> None:
-        if self._end(ok, value) and "_callback_list" in self.__dict__:
+        if self._end(ok, value) and self._callback_list:
             self._invoke_callbacks()
 
     @staticmethod
@@ -434,6 +457,15 @@ class AsyncResult(concurrent.futures.Future):
     # -- ipyparallel-style API ------------------------------------------------
     def get(self, timeout: Optional[float] = None) -> Any:
         """The result, waiting up to ``timeout`` seconds; raises remote errors."""
+        if self._state == FINISHED:
+            # Ended (for good: nothing leaves FINISHED), often before anyone
+            # asks: no lock, no wait.
+            if self._exception is not None:
+                try:
+                    raise self._exception
+                finally:
+                    self = None  # noqa: PLW0642 - no reference cycle through the traceback, as in Future
+            return self._result
         try:
             return self.result(timeout)
         except concurrent.futures.TimeoutError as exc:

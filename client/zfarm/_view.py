@@ -446,7 +446,9 @@ class LoadBalancedView(_View):
         return self._apply(f, args, kwargs, True)
 
     def _apply(self, f: Callable, args: tuple, kwargs: dict, block: Optional[bool]) -> Any:
-        ar = AsyncResult(self.client, 1, single=True, label="apply")
+        # AsyncResult(client, 1, single=True, label="apply"), positionally:
+        # keyword arguments cost a dict per call.
+        ar = AsyncResult(self.client, 1, None, True, True, False, "apply")
         frames = _serialize.dumps_call(_serialize.dumps_function(f), args, kwargs)
         if (len(frames) == 1 and not self.retries and self.timeout is None and not self.priority
                 and self.targets is None and self.after is None and self.follow is None):
