@@ -65,6 +65,12 @@ namespace: Dict[str, Any] = {"__name__": "__zfarm__"}
 # engine reads it to tell an interrupted task (KeyboardInterrupt) apart.
 last_error: Optional[Dict[str, Any]] = None
 _fn_cache: Dict[bytes, Any] = {}
+# Whole payloads of calls without arguments (("apply", fn, (), {}), the same
+# bytes every time for one function) -> the function: no unpickling at all
+# for a repeated f().  Keyed by the payload, which holds the function's
+# pickle, so it reuses a function exactly when _fn_cache would.
+_noarg_calls: Dict[bytes, Any] = {}
+NOARG_CALLS_MAX = 64
 
 
 class _TaskState:
@@ -258,13 +264,24 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
     sys.stdout, sys.stderr = out, err
     try:
         try:
-            task = _loads(frames)
-            if not isinstance(task, tuple) or not task or not isinstance(task[0], str):
-                raise TypeError("a zfarm task must be a tuple (op, *args)")
-            if task[0] == "apply" and len(task) == 4:
-                value = _resolve_fn(task[1])(*task[2], **task[3])
+            fn = _noarg_calls.get(frames[0]) if len(frames) == 1 and type(frames[0]) is bytes else None
+            if fn is not None:
+                value = fn()
             else:
-                value = _run(task[0], task[1:])
+                task = _loads(frames)
+                if not isinstance(task, tuple) or not task or not isinstance(task[0], str):
+                    raise TypeError("a zfarm task must be a tuple (op, *args)")
+                if task[0] == "apply" and len(task) == 4:
+                    fn = _resolve_fn(task[1])
+                    if (type(task[1]) is bytes and type(task[2]) is tuple and not task[2]
+                            and type(task[3]) is dict and not task[3] and len(frames) == 1
+                            and type(frames[0]) is bytes):
+                        if len(_noarg_calls) >= NOARG_CALLS_MAX:
+                            _noarg_calls.clear()
+                        _noarg_calls[frames[0]] = fn
+                    value = fn(*task[2], **task[3])
+                else:
+                    value = _run(task[0], task[1:])
             kind, status = "ok", STATUS_OK
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
             value, kind, status = _error_info(exc), "error", STATUS_REMOTE_ERROR
