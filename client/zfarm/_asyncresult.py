@@ -111,18 +111,28 @@ def decode_outcome(task_id: int, status: int, engine_id: int, text: str, frames:
 
 
 _ENDED = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
+_CANCELLED = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED})
+
+# The one lock of every AsyncResult's state.  A lock per result (and the
+# condition around it) was made per task and scanned by the garbage
+# collector for as long as the task ran; a result's state is only touched
+# briefly, under the GIL anyway, so sharing costs no parallelism.  Waiting
+# is still per result: each has its own condition (on this lock), made when
+# a thread first waits on it.
+_LOCK = RLock()
+# _completion of a single task that ended (index 0): shared, never changed.
+_FIRST_ONLY = (0,)
 
 
 class _Condition(threading.Condition):
-    """threading.Condition(RLock()) without the five bound methods the
-    standard one stores per instance (and with its deque of waiters made on
-    first use): an AsyncResult is made per task, and
-    those objects were a third of what the garbage collector had to scan for
-    each (5 of 15 tracked objects; 4-6 us less CPU per submit with 20,000
-    results outstanding).  Same behaviour, through the lock's own methods."""
+    """threading.Condition(_LOCK) without the five bound methods the
+    standard one stores per instance, and with its deque of waiters made on
+    first use.  Same behaviour, through the lock's own methods."""
+
+    _lock = _LOCK
 
     def __init__(self) -> None:  # noqa: PLW0231 - see the class doc
-        self._lock = RLock()
+        pass
 
     # Made when a thread first waits: most results are never waited for
     # this way (they end before anyone asks), and the deque was one more
@@ -171,14 +181,17 @@ class AsyncResult(concurrent.futures.Future):
     # Task indexes in the order their outcomes came; a list from the first
     # outcome on (one object less per pending task).
     _completion: Sequence[int] = ()
+    # The lock of this result's state (shared by all, see _LOCK), and the
+    # Future's condition, made on first use (see _condition).
+    _lock = _LOCK
+    _condition_obj: Optional[_Condition] = None
 
     def __init__(self, client: Any, n_tasks: int, combine: Optional[Callable[[List[Any]], Any]] = None,
                  single: bool = False, ordered: bool = True, flatten: bool = False, label: str = "tasks"):
         # (Positional arguments are allowed for the per-task call of apply:
         # keywords make CPython build a dict for __init__ on every call.)
-        # Future.__init__, with the lighter condition and without the lists
-        # of waiters and callbacks (see _waiters).
-        self._condition = _Condition()
+        # Future.__init__, without its condition (see _condition) and its
+        # lists of waiters and callbacks (see _waiters).
         self._state = PENDING
         self._result = None
         self._exception = None
@@ -217,6 +230,18 @@ class AsyncResult(concurrent.futures.Future):
         return callbacks
 
     @property
+    def _condition(self) -> _Condition:  # type: ignore[override]
+        """The Future's condition: its lock is _LOCK; made when first asked
+        for (by a thread about to wait in result() or exception(), mostly)."""
+        cond = self._condition_obj
+        if cond is None:
+            with _LOCK:
+                cond = self._condition_obj
+                if cond is None:
+                    cond = self._condition_obj = _Condition()
+        return cond
+
+    @property
     def _cond(self) -> threading.Condition:
         """Notified on each task's outcome and each piece of streamed output.
 
@@ -226,20 +251,18 @@ class AsyncResult(concurrent.futures.Future):
         """
         cond = self._progress
         if cond is None:
-            with self._condition:
+            with _LOCK:
                 cond = self._progress
                 if cond is None:
-                    cond = self._progress = threading.Condition(self._condition._lock)
+                    cond = self._progress = threading.Condition(_LOCK)
         return cond
 
     # -- fed by the client's receiver thread --------------------------------
     def _deliver(self, index: int, outcome: _Outcome) -> None:
         rest: Sequence[Tuple[int, str]] = ()
-        # The lock itself, acquired and released by hand: a with statement
-        # costs two method look-ups, and the condition's __enter__ is a
-        # Python call.
-        lock = self._condition._lock
-        lock.acquire()
+        # Acquired and released by hand: a with statement costs two method
+        # look-ups.
+        _LOCK.acquire()
         try:
             if self._outcomes[index] is not None:
                 return  # exactly one outcome per task
@@ -250,7 +273,7 @@ class AsyncResult(concurrent.futures.Future):
             if self._completion:
                 self._completion.append(index)  # type: ignore[attr-defined]
             else:
-                self._completion = [index]
+                self._completion = [index] if self._n > 1 else _FIRST_ONLY
             finished = len(self._completion) == self._n
             callbacks = self._output_callbacks
             if self._progress is not None:
@@ -262,7 +285,7 @@ class AsyncResult(concurrent.futures.Future):
             else:
                 ended = False
         finally:
-            lock.release()
+            _LOCK.release()
         if ended:
             if self._callback_list:
                 self._invoke_callbacks()
@@ -281,7 +304,7 @@ class AsyncResult(concurrent.futures.Future):
         caller runs them, outside the lock), and without raising when the
         future ended meanwhile (cancelled by Future.cancel): then False.
         Wakes waiters only if there are any."""
-        with self._condition:
+        with _LOCK:
             return self._end_locked(ok, value)
 
     def _end_locked(self, ok: bool, value: Any) -> bool:
@@ -299,8 +322,9 @@ class AsyncResult(concurrent.futures.Future):
                     waiter.add_result(self)
                 else:
                     waiter.add_exception(self)
-        if self._condition._waiter_deque:
-            self._condition.notify_all()
+        cond = self._condition_obj
+        if cond is not None and cond._waiter_deque:
+            cond.notify_all()
         return True
 
     def _set(self, ok: bool, value: Any) -> None:
@@ -328,7 +352,7 @@ class AsyncResult(concurrent.futures.Future):
                 offsets: Sequence[int], flags: int) -> None:
         """An Output message for task ``index``: appends its text."""
         new = []
-        with self._condition:
+        with _LOCK:
             if self._outcomes[index] is not None:
                 return  # late: the outcome carries the whole output
             if self._live is None:
@@ -362,14 +386,14 @@ class AsyncResult(concurrent.futures.Future):
     def _when_ended(self, fn: Callable[[], None]) -> None:
         """Calls ``fn()`` once every task has its outcome (unlike a done
         callback, not earlier on cancel()); at once if that is already so."""
-        with self._condition:
+        with _LOCK:
             if len(self._completion) < self._n:
                 self._on_ended = [*self._on_ended, fn]
                 return
         fn()
 
     def _run_ended(self) -> None:
-        with self._condition:
+        with _LOCK:
             fns, self._on_ended = self._on_ended, ()
         for fn in fns:
             try:
@@ -411,7 +435,7 @@ class AsyncResult(concurrent.futures.Future):
 
     # -- control ---------------------------------------------------------------
     def _unfinished(self) -> List[int]:
-        with self._condition:
+        with _LOCK:
             return [t for t, o in zip(self.task_ids, self._outcomes) if o is None]
 
     def abort(self) -> None:
@@ -429,7 +453,7 @@ class AsyncResult(concurrent.futures.Future):
         Returns True if the call will end cancelled (it then raises
         TaskAborted), False if it had already ended.
         """
-        with self._condition:
+        with _LOCK:
             if self.done() or self._client is None:
                 return False
             ids = [t for t, o in zip(self.task_ids, self._outcomes) if o is None]
@@ -478,6 +502,15 @@ class AsyncResult(concurrent.futures.Future):
         concurrent.futures.wait([self], timeout=timeout)
         return self.done()
 
+    def done(self) -> bool:
+        """True when the call has ended (or was cancelled)."""
+        # One attribute read needs no lock (and making the condition just
+        # for this would be wasted).
+        return self._state in _ENDED
+
+    def cancelled(self) -> bool:
+        return self._state in _CANCELLED
+
     def ready(self) -> bool:
         """True when every task of this call has ended."""
         return self.done()
@@ -499,7 +532,7 @@ class AsyncResult(concurrent.futures.Future):
         return values[0] if self._single else values
 
     def _output(self, stream: int) -> Any:
-        with self._condition:
+        with _LOCK:
             live = self._live or {}
             values = []
             for i, o in enumerate(self._outcomes):
@@ -544,7 +577,7 @@ class AsyncResult(concurrent.futures.Future):
         >>> ar = rc[:].apply_async(work)                             # doctest: +SKIP
         >>> ar.on_output(lambda i, e, s, t: print(f"[{s}:{e}] {t}", end=""))  # doctest: +SKIP
         """
-        with self._condition:
+        with _LOCK:
             self._output_callbacks = [*self._output_callbacks, fn]
 
     @property
@@ -648,7 +681,7 @@ class OutputFollower:
 
     def show(self, ended: bool = False) -> None:
         ar = self._ar
-        with ar._condition:
+        with _LOCK:
             running = [(i, e.engine_id, e.text(0), e.text(1)) for i, e in (ar._live or {}).items()]
             just_ended = ar._completion[self._ended_seen:] if ended else []
             self._ended_seen += len(just_ended)

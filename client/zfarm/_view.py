@@ -287,7 +287,7 @@ def _dependency_ids(dep: Dependency) -> Tuple[List[int], List[Tuple[int, Any]]]:
         return [dep], []
     if isinstance(dep, AsyncResult):
         pending, finished = [], []
-        with dep._cond:
+        with dep._lock:
             for task_id, outcome in zip(dep.task_ids, dep._outcomes):
                 if outcome is None:
                     pending.append(task_id)
