@@ -278,9 +278,17 @@ class AsyncResult(concurrent.futures.Future):
             callbacks = self._output_callbacks
             if self._progress is not None:
                 self._progress.notify_all()
-            if finished and self._one_value and not callbacks and not self._on_ended and not self._cancelling:
-                # One task, one value (apply), nothing else to run first:
-                # the call ends here, under the lock already held.
+            if (finished and self._one_value and not callbacks and not self._on_ended and not self._cancelling
+                    and self._state == PENDING and self._waiter_list is None and self._condition_obj is None):
+                # One task, one value (apply), nothing else to run first, no
+                # thread waiting: the call ends here (_end_locked, inline).
+                if outcome.ok:
+                    self._result = outcome.value
+                else:
+                    self._exception = outcome.value
+                self._state = FINISHED
+                ended = True
+            elif finished and self._one_value and not callbacks and not self._on_ended and not self._cancelling:
                 ended = self._end_locked(outcome.ok, outcome.value)
             else:
                 ended = False

@@ -28,9 +28,9 @@ import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from . import _core, _shm
-from ._asyncresult import AsyncResult, _Outcome, decode_outcome
+from ._asyncresult import _SMALL_RESULTS, AsyncResult, _Outcome, decode_outcome
 from ._cluster import Cluster, read_connection_file
-from ._errors import STATUS_ABORTED, STATUS_LOST, NoEnginesError, TimeoutError, ZfarmError
+from ._errors import STATUS_ABORTED, STATUS_LOST, STATUS_OK, NoEnginesError, TimeoutError, ZfarmError
 
 # Message types of the wire protocol (common/protocol.hpp).
 MSG_HEARTBEAT = 3
@@ -78,6 +78,8 @@ MAX_UNCLAIMED = 100_000
 RECENT_IDS = 100_000
 # Ids per Abort/Interrupt/Ack/Fetch message (the protocol's list limit).
 MAX_IDS_PER_MESSAGE = 65536
+
+_NOT_SMALL = object()
 
 TaskRef = Union[int, AsyncResult]
 EventCallback = Callable[[str, int, str], None]
@@ -351,9 +353,18 @@ class Client:
                 mine.append((entry, m))
             if len(recent) >= RECENT_IDS:
                 self._recent_old, self._recent = recent, set()
+        small = _SMALL_RESULTS
         for (ar, index), m in mine:
             try:
-                ar._deliver(index, decode_outcome(m[1], m[2], m[3], m[4], m[5]))
+                frames = m[5]
+                # decode_outcome's first case, inline: the result of most
+                # tasks called for their effect.
+                if m[2] == STATUS_OK and len(frames) == 1 and type(frames[0]) is bytes:
+                    value = small.get(frames[0], _NOT_SMALL)
+                    if value is not _NOT_SMALL:
+                        ar._deliver(index, _Outcome(True, value, m[3]))
+                        continue
+                ar._deliver(index, decode_outcome(m[1], m[2], m[3], m[4], frames))
             except Exception as exc:  # noqa: BLE001 - never let one bad result stop delivery
                 warnings.warn(f"zfarm: could not deliver a result: {exc!r}", RuntimeWarning, stacklevel=1)
 

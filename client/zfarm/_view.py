@@ -449,7 +449,7 @@ class LoadBalancedView(_View):
         # AsyncResult(client, 1, single=True, label="apply"), positionally:
         # keyword arguments cost a dict per call.
         ar = AsyncResult(self.client, 1, None, True, True, False, "apply")
-        frames = _serialize.dumps_call(_serialize.dumps_function(f), args, kwargs)
+        frames = _serialize.dumps_apply(f, args, kwargs)
         if (len(frames) == 1 and not self.retries and self.timeout is None and not self.priority
                 and self.targets is None and self.after is None and self.follow is None):
             # The default view and one frame: no options to compute, nothing

@@ -145,3 +145,19 @@ def test_calls_without_arguments_reuse_one_pickle_per_function():
     assert _serialize.dumps_call(fn, (), {})[0] is first[0]
     assert _serialize.loads(first) == ("apply", fn, (), {})
     assert _serialize.loads(_serialize.dumps_call(fn, (1,), {"a": 2})) == ("apply", fn, (1,), {"a": 2})
+
+
+def test_apply_payloads_of_functions_by_reference_are_reused_and_lambdas_pickled_each_time():
+    first = _serialize.dumps_apply(len, (), {})
+    assert _serialize.dumps_apply(len, (), {})[0] is first[0]
+    assert _serialize.loads(first) == ("apply", _serialize.dumps_function(len), (), {})
+    assert _serialize.loads(_serialize.dumps_apply(len, ("ab",), {}))[2] == ("ab",)
+    counter = [0]
+
+    def by_value():  # a closure: what it captures may change between calls
+        return counter[0]
+
+    one = _serialize.dumps_apply(by_value, (), {})
+    counter[0] = 5
+    two = _serialize.dumps_apply(by_value, (), {})
+    assert one[0] != two[0]
