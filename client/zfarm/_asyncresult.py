@@ -125,42 +125,24 @@ _FIRST_ONLY = (0,)
 
 
 class _Condition(threading.Condition):
-    """threading.Condition(_LOCK) without the five bound methods the
-    standard one stores per instance, and with its deque of waiters made on
-    first use.  Same behaviour, through the lock's own methods."""
+    """threading.Condition(_LOCK), lighter: the lock's own methods stand as
+    class attributes (a bound built-in method is no descriptor, so
+    ``cond.acquire`` is ``_LOCK.acquire``, and ``with cond`` calls the lock's
+    ``__enter__`` straight, with no Python frame), nothing is stored per
+    instance but the deque of waiters (the condition itself is made only
+    when a thread waits)."""
 
     _lock = _LOCK
+    acquire = _LOCK.acquire
+    release = _LOCK.release
+    __enter__ = _LOCK.__enter__
+    __exit__ = _LOCK.__exit__
+    _release_save = _LOCK._release_save  # type: ignore[attr-defined]
+    _acquire_restore = _LOCK._acquire_restore  # type: ignore[attr-defined]
+    _is_owned = _LOCK._is_owned  # type: ignore[attr-defined]
 
     def __init__(self) -> None:  # noqa: PLW0231 - see the class doc
-        pass
-
-    # Made when a thread first waits: most results are never waited for
-    # this way (they end before anyone asks), and the deque was one more
-    # object per task for the garbage collector.  (Class defaults, not
-    # __dict__ look-ups: touching __dict__ makes CPython build the dict.)
-    _waiter_deque: Optional["collections.deque[Any]"] = None
-
-    @property
-    def _waiters(self) -> "collections.deque[Any]":
-        waiters = self._waiter_deque
-        if waiters is None:
-            waiters = self._waiter_deque = collections.deque()
-        return waiters
-
-    def acquire(self, *args: Any) -> bool:
-        return self._lock.acquire(*args)
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def _release_save(self) -> Any:
-        return self._lock._release_save()  # type: ignore[attr-defined]
-
-    def _acquire_restore(self, state: Any) -> None:
-        self._lock._acquire_restore(state)  # type: ignore[attr-defined]
-
-    def _is_owned(self) -> bool:
-        return self._lock._is_owned()  # type: ignore[attr-defined]
+        self._waiters: "collections.deque[Any]" = collections.deque()
 
 
 class AsyncResult(concurrent.futures.Future):
@@ -331,7 +313,7 @@ class AsyncResult(concurrent.futures.Future):
                 else:
                     waiter.add_exception(self)
         cond = self._condition_obj
-        if cond is not None and cond._waiter_deque:
+        if cond is not None and cond._waiters:
             cond.notify_all()
         return True
 
@@ -504,6 +486,25 @@ class AsyncResult(concurrent.futures.Future):
             if isinstance(exc, TimeoutError):
                 raise
             raise TimeoutError(f"{self._label}: result not ready after {timeout} s") from None
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        """Future.result: the value, or raises the exception (waits up to
+        ``timeout`` seconds; concurrent.futures.TimeoutError after that)."""
+        if self._state != FINISHED:
+            cond = self._condition  # one property call: the condition is made here, if need be
+            with cond:
+                if self._state not in _ENDED:
+                    cond.wait(timeout)
+                if self._state in _CANCELLED:
+                    raise concurrent.futures.CancelledError()
+                if self._state != FINISHED:
+                    raise concurrent.futures.TimeoutError()
+        if self._exception is not None:
+            try:
+                raise self._exception
+            finally:
+                self = None  # noqa: PLW0642 - no reference cycle through the traceback, as in Future
+        return self._result
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Waits until every task has ended; True if they all did in time."""

@@ -430,9 +430,12 @@ class Client:
                 self._core.send(MSG_HEARTBEAT, 0, [], 0, "", [])
             else:
                 self._hello()
+        # Looked at without the lock first (the usual answer is "not yet");
+        # a list that close() emptied meanwhile sends nothing.
+        to_ack = self._to_ack
+        if not to_ack or (len(to_ack) < ACK_BATCH and now - self._ack_since < ACK_DELAY_S):
+            return
         with self._lock:
-            if not self._to_ack or (len(self._to_ack) < ACK_BATCH and now - self._ack_since < ACK_DELAY_S):
-                return
             ids, self._to_ack = self._to_ack, []
         self._send_ids(MSG_ACK, ids)
 
