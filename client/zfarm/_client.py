@@ -701,10 +701,15 @@ def _forward(target: AsyncResult, i: int, source: AsyncResult, index: int) -> Ca
 
 def _receive_loop(client_ref: "weakref.ref[Client]", core: Any) -> None:
     # Holds only a weak reference, so an unused Client can be collected.
-    while not core.closed:
+    while True:
         try:
             messages = core.recv(RECV_TIMEOUT_MS, RECV_BATCH)
         except Exception:  # noqa: BLE001 - closed under our feet
+            return
+        # A closed core receives nothing (at once): look only then, as
+        # `closed` is a pybind11 property, a call that costs as much as
+        # handling a small result.
+        if not messages and core.closed:
             return
         client = client_ref()
         if client is None:
