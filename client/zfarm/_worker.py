@@ -213,15 +213,10 @@ def _error_info(exc: BaseException) -> Dict[str, Any]:
     return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": "".join(lines)}
 
 
-# sys.getrefcount of a capture held only by run_task's local, _untouched's
-# parameter and the getrefcount call itself.
-_ONLY_OURS = 3
-
-
-def _untouched(c: Any) -> bool:
-    # write() was never called (it sets _room on the instance), nothing was
-    # written past it (position 0), not closed, and held by no one else.
-    return (not c.__dict__ and sys.getrefcount(c) == _ONLY_OURS and not c.closed and c.tell() == 0)
+# sys.getrefcount of a capture held only by run_task's local and the
+# getrefcount call itself.
+_ONLY_OURS = 2
+_getrefcount = sys.getrefcount
 
 
 def _loads(frames: List[Any]) -> Any:
@@ -246,6 +241,9 @@ _SMALL_RESULTS: Dict[Tuple[type, Any], bytes] = {
     (type(v), v): pickle.dumps(("ok", v, "", ""), protocol=_serialize.PROTOCOL)
     for v in [None, True, False, *range(-8, 257)]
 }
+
+
+_NONE_RESULT = _SMALL_RESULTS[(type(None), None)]
 
 
 def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
@@ -289,16 +287,24 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
     finally:
         sys.stdout, sys.stderr = saved
         state.current = ()
-    if _untouched(out) and _untouched(err):
+    # Untouched captures: write() was never called (it sets _room on the
+    # instance), nothing was written past it (position 0), not closed, and
+    # held by no one else.  (Inline: two calls cost more than the checks.)
+    if (not out.__dict__ and not err.__dict__ and _getrefcount(out) == _ONLY_OURS
+            and _getrefcount(err) == _ONLY_OURS and not out.closed and not err.closed
+            and out.tell() == 0 and err.tell() == 0):
         # Nothing printed, and nobody else holds the captures: keep them.
         stdout = stderr = ""
         state.spare = (out, err)
-        # Exact types only: hashing anything else could run user code.
-        kind_of = type(value)
-        if status == STATUS_OK and (value is None or kind_of is int or kind_of is bool):
-            small = _SMALL_RESULTS.get((kind_of, value))
-            if small is not None:
-                return status, [small]
+        if status == STATUS_OK:
+            if value is None:
+                return status, [_NONE_RESULT]
+            # Exact types only: hashing anything else could run user code.
+            kind_of = type(value)
+            if kind_of is int or kind_of is bool:
+                small = _SMALL_RESULTS.get((kind_of, value))
+                if small is not None:
+                    return status, [small]
     else:
         # Plain getvalue() unless a limit was reached: no Python-level call per task.
         stdout = out.text() if out._dropped else out.getvalue()

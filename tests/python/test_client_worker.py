@@ -44,3 +44,20 @@ def test_calls_with_arguments_and_other_operations_do_not_take_the_shortcut():
     for i in range(2):
         status, frames = _worker.run_task(5 + i, [pickle.dumps(("apply", fn, (), {}, "extra"))])
         assert status == 1 and _result(frames)[0] == "error"
+
+
+def test_captures_are_reused_only_when_the_task_left_them_untouched_and_unheld():
+    noop = _serialize.dumps_apply(int, (), {})
+    _worker.run_task(1, list(noop))
+    first = [id(c) for c in _worker._state.spare]  # ids only: holding them would count as a reference
+    assert _worker.run_task(2, list(noop))[0] == 0
+    assert [id(c) for c in _worker._state.spare] == first  # the same pair again
+    # A task that keeps its stdout: that capture is never handed to a later task.
+    _worker.run_task(3, _serialize.dumps(("execute", "import sys\nzz_kept = sys.stdout")))
+    kept = _worker.namespace.pop("zz_kept")
+    assert _worker._state.spare is None or _worker._state.spare[0] is not kept
+    status, frames = _worker.run_task(4, list(noop))
+    assert status == 0 and _worker._state.spare[0] is not kept
+    # A task that printed: its output comes back, and its captures are not reused.
+    printed = _worker.run_task(5, _serialize.dumps(("execute", "print('hi')")))
+    assert _result(printed[1])[2] == "hi\n"
