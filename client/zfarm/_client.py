@@ -163,6 +163,10 @@ class Client:
         self.heartbeat_ms: Optional[int] = None
         self._engine_ids: Optional[Set[int]] = None  # from Welcome and Events
         self._welcomed = threading.Event()
+        # Set with _welcomed: the broker keeps results until acknowledged.  A
+        # plain attribute, read for every batch of results (Event.is_set()
+        # is a Python call).
+        self._ack_results = False
         self._event_callbacks: List[EventCallback] = [on_event] if on_event else []
         self.errors: List[str] = []  # Error messages the broker sent us
         self._closed = False
@@ -330,7 +334,7 @@ class Client:
         bookkeeping of the whole batch under one lock, then each delivery."""
         mine = []
         with self._lock:
-            ack = self._welcomed.is_set()
+            ack = self._ack_results
             pending, fetched, recent, unclaimed = self._pending, self._fetched, self._recent, self._unclaimed
             for m in batch:
                 mid = m[1]
@@ -383,6 +387,7 @@ class Client:
         self.incarnation = incarnation
         self.heartbeat_ms = heartbeat_ms
         self._engine_ids = set(engine_ids)
+        self._ack_results = True
         self._welcomed.set()
         if not restarted:
             return
@@ -714,20 +719,23 @@ def _receive_loop(client_ref: "weakref.ref[Client]", core: Any) -> None:
         client = client_ref()
         if client is None:
             return
-        results = []  # a run of Results, handled together (in order with the rest)
-        for m in messages:
-            if m[0] == MSG_RESULT:
-                results.append(m)
-                continue
+        if len(messages) == 1 and messages[0][0] == MSG_RESULT:
+            _handle_results(client, messages)  # the common batch of a waiting caller
+        else:
+            results = []  # a run of Results, handled together (in order with the rest)
+            for m in messages:
+                if m[0] == MSG_RESULT:
+                    results.append(m)
+                    continue
+                if results:
+                    _handle_results(client, results)
+                    results = []
+                try:
+                    client._on_message(*m)
+                except Exception as exc:  # noqa: BLE001 - never let one bad message stop delivery
+                    warnings.warn(f"zfarm: could not handle a message: {exc!r}", RuntimeWarning, stacklevel=1)
             if results:
                 _handle_results(client, results)
-                results = []
-            try:
-                client._on_message(*m)
-            except Exception as exc:  # noqa: BLE001 - never let one bad message stop delivery
-                warnings.warn(f"zfarm: could not handle a message: {exc!r}", RuntimeWarning, stacklevel=1)
-        if results:
-            _handle_results(client, results)
         try:
             client._housekeeping()
         except Exception:  # noqa: BLE001 - the socket was closed meanwhile
