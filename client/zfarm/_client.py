@@ -261,17 +261,28 @@ class Client:
         common small call, without the general loop of :meth:`_submit`."""
         if self._closed:
             raise ZfarmError("the client is closed")
-        k = 1 if targets == [LOAD_BALANCED] else len(targets)
-        with self._lock:
+        balanced = len(targets) == 1 and targets[0] == LOAD_BALANCED
+        k = 1 if balanced else len(targets)
+        # acquire/release rather than a with statement, and no loop for one
+        # task: this runs once per apply_async.
+        lock = self._lock
+        lock.acquire()
+        try:
             task_id = self._prefix | self._next
             self._next += k
-            for j in range(k):
-                ar.task_ids.append(task_id + j)
-                self._pending[task_id + j] = (ar, j)
+            if k == 1:
+                ar.task_ids.append(task_id)
+                self._pending[task_id] = (ar, 0)
+            else:
+                for j in range(k):
+                    ar.task_ids.append(task_id + j)
+                    self._pending[task_id + j] = (ar, j)
+        finally:
+            lock.release()
         try:
             if opts:
                 self._core.send(MSG_SUBMIT, task_id, targets, 0, "", frames, opts)
-            elif targets == [LOAD_BALANCED]:
+            elif balanced:
                 self._core.submit(task_id, frames)
             else:
                 self._core.send(MSG_SUBMIT, task_id, targets, 0, "", frames)
