@@ -161,3 +161,26 @@ def test_apply_payloads_of_functions_by_reference_are_reused_and_lambdas_pickled
     counter[0] = 5
     two = _serialize.dumps_apply(by_value, (), {})
     assert one[0] != two[0]
+
+
+def test_threads_waiting_on_different_results_each_get_their_own(bare):
+    # All results share one lock; each waits on its own condition.
+    lv = bare.load_balanced_view()
+    ars = [lv.apply_async(abs, -i) for i in range(8)]
+    got = {}
+    started = threading.Barrier(len(ars) + 1, timeout=WAIT)
+
+    def wait_for(i, ar):
+        started.wait()
+        got[i] = ar.get(timeout=WAIT)
+
+    threads = [threading.Thread(target=wait_for, args=(i, ar)) for i, ar in enumerate(ars)]
+    for t in threads:
+        t.start()
+    started.wait()
+    for i in reversed(range(len(ars))):  # out of order, one at a time
+        bare._on_results([(_client.MSG_RESULT, ars[i].task_ids[0], 0, 0, "", ok_frames(i * 10))])
+    for t in threads:
+        t.join(WAIT)
+    assert not any(t.is_alive() for t in threads)
+    assert got == {i: i * 10 for i in range(len(ars))}
