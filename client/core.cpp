@@ -176,6 +176,44 @@ py::tuple curve_keypair() {
   return py::make_tuple(std::string(pub, 40), std::string(sec, 40));
 }
 
+// A first payload frame up to this size reaches Python as bytes: copying
+// it costs less than a Frame object (a pybind11 instance), and bytes can key
+// a cache of decoded results.  That frame is the pickle stream, read once;
+// buffers that must stay writable and uncopied (numpy data) travel in the
+// later frames, which stay Frames.
+constexpr std::size_t kBytesFrameMax = 4096;
+
+py::object new_ref(PyObject* o) {
+  if (o == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(o);
+}
+
+// (type, id, status, aux, text, payload) of one Result, made with the C API:
+// pybind11's casters cost more than the rest of the receive for small
+// results.
+py::tuple result_tuple(proto::Message& msg) {
+  py::list payload;
+  for (std::size_t i = 0; i < msg.payload.size(); ++i) {
+    zmq::message_t& f = msg.payload[i];
+    if (i == 0 && f.size() <= kBytesFrameMax) {
+      py::object b = new_ref(PyBytes_FromStringAndSize(static_cast<const char*>(f.data()),
+                                                       static_cast<Py_ssize_t>(f.size())));
+      if (PyList_Append(payload.ptr(), b.ptr()) != 0) throw py::error_already_set();
+    } else {
+      payload.append(py::cast(Frame{std::move(f)}));
+    }
+  }
+  py::object text = msg.header.text.empty() ? new_ref(PyUnicode_New(0, 0)) : py::object(decode_text(msg.header.text));
+  py::object items[6] = {new_ref(PyLong_FromLong(static_cast<long>(msg.header.type))),
+                         new_ref(PyLong_FromUnsignedLongLong(msg.header.id)),
+                         new_ref(PyLong_FromLongLong(static_cast<long long>(msg.header.status))),
+                         new_ref(PyLong_FromLongLong(static_cast<long long>(msg.header.aux))),
+                         std::move(text), std::move(payload)};
+  py::tuple t(6);
+  for (int i = 0; i < 6; ++i) PyTuple_SET_ITEM(t.ptr(), i, items[i].release().ptr());
+  return t;
+}
+
 class Core {
  public:
   // `curve`: None for plain text, or a dict with server_public,
@@ -210,6 +248,37 @@ class Core {
     } else {
       py::gil_scoped_release nogil;
       wire = build_frames(o);
+    }
+    io->send(std::move(wire));
+  }
+
+  // A load-balanced Submit without options whose frames are all bytes: what
+  // apply_async sends per task.  Same message as send(kSubmit, id, [-1], 0,
+  // "", frames); without the general path's conversions (a targets list, an
+  // option dict, a buffer request per frame), which cost more than the
+  // send itself.  Anything else goes through send().
+  void submit(std::uint64_t id, const py::list& frames) {
+    const Py_ssize_t n = PyList_GET_SIZE(frames.ptr());
+    bool plain = true;
+    for (Py_ssize_t i = 0; i < n && plain; ++i) plain = PyBytes_CheckExact(PyList_GET_ITEM(frames.ptr(), i));
+    if (!plain) {
+      send(static_cast<int>(proto::MsgType::kSubmit), id, {proto::kLoadBalanced}, 0, std::string(), frames,
+           py::none());
+      return;
+    }
+    auto io = open_io();
+    proto::Header h;
+    h.type = proto::MsgType::kSubmit;
+    h.id = id;
+    h.targets.push_back(proto::kLoadBalanced);
+    Frames wire;
+    wire.reserve(2 + static_cast<std::size_t>(n));
+    proto::encode_header(h, wire);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* b = PyList_GET_ITEM(frames.ptr(), i);
+      const auto size = static_cast<std::int64_t>(PyBytes_GET_SIZE(b));
+      if (max_message_bytes_ >= 0 && size > max_message_bytes_) check_sizes(to_outgoing(static_cast<int>(h.type), id, {}, 0, {}, frames));
+      wire.emplace_back(PyBytes_AS_STRING(b), static_cast<std::size_t>(size));
     }
     io->send(std::move(wire));
   }
@@ -257,8 +326,9 @@ class Core {
   }
 
   // Returns a list of (type, id, status, aux, text, [Frame, ...], targets,
-  // opts-dict-or-None); messages
-  // that do not decode are counted in bad_messages and skipped.
+  // opts-dict-or-None), a Result as the first six items only (it has no
+  // targets or options, and a Result per task is the bulk of the traffic);
+  // messages that do not decode are counted in bad_messages and skipped.
   py::list recv(int timeout_ms, std::size_t max_batch) {
     py::list out;
     // A copy of the pointer, taken under the GIL: close() on another thread
@@ -276,6 +346,10 @@ class Core {
       proto::Status st = proto::decode(frames, 0, &msg);
       if (!st.ok()) {
         ++bad_messages_;
+        continue;
+      }
+      if (msg.header.type == proto::MsgType::kResult) {
+        out.append(result_tuple(msg));
         continue;
       }
       py::list payload;
@@ -360,6 +434,7 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<const std::string&, const py::object&>(), py::arg("endpoint"), py::arg("curve") = py::none())
       .def("send", &Core::send, py::arg("type"), py::arg("id"), py::arg("targets"), py::arg("aux"),
            py::arg("text"), py::arg("frames"), py::arg("opts") = py::none())
+      .def("submit", &Core::submit, py::arg("id"), py::arg("frames"))
       .def("send_many", &Core::send_many, py::arg("messages"))
       .def("send_raw", &Core::send_raw, py::arg("frames"))
       .def("recv", &Core::recv, py::arg("timeout_ms"), py::arg("max_batch") = 4096)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import pickle
 import sys
 import threading
 import time
 import warnings
 from _thread import RLock
-from concurrent.futures._base import PENDING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import _serialize
@@ -74,11 +75,25 @@ class _Outcome:
         self.stderr = stderr
 
 
+# The pickled results an engine sends for the commonest values with no
+# output (zfarm._worker sends exactly these bytes), and their values: a
+# dictionary look-up instead of unpickling, for the result of every task
+# called for its effect.  Equal bytes unpickle to equal values, whoever
+# sent them.
+_SMALL_RESULTS: Dict[bytes, Any] = {
+    pickle.dumps(("ok", v, "", ""), protocol=_serialize.PROTOCOL): v for v in [None, True, False, *range(-8, 257)]
+}
+
+
 def decode_outcome(task_id: int, status: int, engine_id: int, text: str, frames: Sequence[Any]) -> _Outcome:
     """Turns one Result message into a value or an exception."""
+    if status == STATUS_OK and len(frames) == 1 and type(frames[0]) is bytes:
+        value = _SMALL_RESULTS.get(frames[0], _MISSING)
+        if value is not _MISSING:
+            return _Outcome(True, value, engine_id)
     if status in (STATUS_OK, STATUS_REMOTE_ERROR) and frames:
         try:
-            kind, value, out, err = _serialize.loads(frames)
+            kind, value, out, err = pickle.loads(frames[0]) if len(frames) == 1 else _serialize.loads(frames)
         except Exception as exc:  # noqa: BLE001 - a result we cannot read is a failure, not a crash
             return _Outcome(False, TaskFailure(f"result of task {task_id} could not be read: {exc!r}",
                                                task_id, engine_id), engine_id)
@@ -95,31 +110,39 @@ def decode_outcome(task_id: int, status: int, engine_id: int, text: str, frames:
                     engine_id if engine_id >= 0 else None)
 
 
+_ENDED = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
+_CANCELLED = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED})
+
+# The one lock of every AsyncResult's state.  A lock per result (and the
+# condition around it) was made per task and scanned by the garbage
+# collector for as long as the task ran; a result's state is only touched
+# briefly, under the GIL anyway, so sharing costs no parallelism.  Waiting
+# is still per result: each has its own condition (on this lock), made when
+# a thread first waits on it.
+_LOCK = RLock()
+# _completion of a single task that ended (index 0): shared, never changed.
+_FIRST_ONLY = (0,)
+
+
 class _Condition(threading.Condition):
-    """threading.Condition(RLock()) without the five bound methods the
-    standard one stores per instance: an AsyncResult is made per task, and
-    those objects were a third of what the garbage collector had to scan for
-    each (5 of 15 tracked objects; 4-6 us less CPU per submit with 20,000
-    results outstanding).  Same behaviour, through the lock's own methods."""
+    """threading.Condition(_LOCK), lighter: the lock's own methods stand as
+    class attributes (a bound built-in method is no descriptor, so
+    ``cond.acquire`` is ``_LOCK.acquire``, and ``with cond`` calls the lock's
+    ``__enter__`` straight, with no Python frame), nothing is stored per
+    instance but the deque of waiters (the condition itself is made only
+    when a thread waits)."""
+
+    _lock = _LOCK
+    acquire = _LOCK.acquire
+    release = _LOCK.release
+    __enter__ = _LOCK.__enter__
+    __exit__ = _LOCK.__exit__
+    _release_save = _LOCK._release_save  # type: ignore[attr-defined]
+    _acquire_restore = _LOCK._acquire_restore  # type: ignore[attr-defined]
+    _is_owned = _LOCK._is_owned  # type: ignore[attr-defined]
 
     def __init__(self) -> None:  # noqa: PLW0231 - see the class doc
-        self._lock = RLock()
-        self._waiters = collections.deque()
-
-    def acquire(self, *args: Any) -> bool:
-        return self._lock.acquire(*args)
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def _release_save(self) -> Any:
-        return self._lock._release_save()  # type: ignore[attr-defined]
-
-    def _acquire_restore(self, state: Any) -> None:
-        self._lock._acquire_restore(state)  # type: ignore[attr-defined]
-
-    def _is_owned(self) -> bool:
-        return self._lock._is_owned()  # type: ignore[attr-defined]
+        self._waiters: "collections.deque[Any]" = collections.deque()
 
 
 class AsyncResult(concurrent.futures.Future):
@@ -137,28 +160,68 @@ class AsyncResult(concurrent.futures.Future):
     _on_ended: Sequence[Callable[[], None]] = ()  # see _when_ended
     _cancelling = False
 
-    def __init__(self, client: Any, n_tasks: int, *, combine: Optional[Callable[[List[Any]], Any]] = None,
+    # Task indexes in the order their outcomes came; a list from the first
+    # outcome on (one object less per pending task).
+    _completion: Sequence[int] = ()
+    # The lock of this result's state (shared by all, see _LOCK), and the
+    # Future's condition, made on first use (see _condition).
+    _lock = _LOCK
+    _condition_obj: Optional[_Condition] = None
+
+    def __init__(self, client: Any, n_tasks: int, combine: Optional[Callable[[List[Any]], Any]] = None,
                  single: bool = False, ordered: bool = True, flatten: bool = False, label: str = "tasks"):
-        # Future.__init__, with the lighter condition.
-        self._condition = _Condition()
+        # (Positional arguments are allowed for the per-task call of apply:
+        # keywords make CPython build a dict for __init__ on every call.)
+        # Future.__init__, without its condition (see _condition) and its
+        # lists of waiters and callbacks (see _waiters).
         self._state = PENDING
         self._result = None
         self._exception = None
-        self._waiters: List[Any] = []
-        self._done_callbacks: List[Callable[[Any], None]] = []
         self._client = client
         self._n = n_tasks
         self._outcomes: List[Optional[_Outcome]] = [None] * n_tasks
-        self._completion: List[int] = []
         self._combine = combine
         self._single = single
         self._ordered = ordered
         self._flatten = flatten
         self._label = label
+        self._one_value = single and n_tasks == 1 and not flatten  # apply: one task, one value
         self.task_ids: List[int] = []
         self.submitted = time.monotonic()
         if n_tasks == 0:
             self._finish()
+
+    # Future's list of concurrent.futures.wait() waiters and its list of
+    # done callbacks, made on first use: most results have neither, and each
+    # list is one more object per task for the garbage collector to scan.
+    _waiter_list: Optional[List[Any]] = None
+    _callback_list: Optional[List[Callable[[Any], None]]] = None
+
+    @property
+    def _waiters(self) -> List[Any]:
+        waiters = self._waiter_list
+        if waiters is None:
+            waiters = self._waiter_list = []
+        return waiters
+
+    @property
+    def _done_callbacks(self) -> List[Callable[[Any], None]]:
+        callbacks = self._callback_list
+        if callbacks is None:
+            callbacks = self._callback_list = []
+        return callbacks
+
+    @property
+    def _condition(self) -> _Condition:  # type: ignore[override]
+        """The Future's condition: its lock is _LOCK; made when first asked
+        for (by a thread about to wait in result() or exception(), mostly)."""
+        cond = self._condition_obj
+        if cond is None:
+            with _LOCK:
+                cond = self._condition_obj
+                if cond is None:
+                    cond = self._condition_obj = _Condition()
+        return cond
 
     @property
     def _cond(self) -> threading.Condition:
@@ -170,27 +233,53 @@ class AsyncResult(concurrent.futures.Future):
         """
         cond = self._progress
         if cond is None:
-            with self._condition:
+            with _LOCK:
                 cond = self._progress
                 if cond is None:
-                    cond = self._progress = threading.Condition(self._condition._lock)
+                    cond = self._progress = threading.Condition(_LOCK)
         return cond
 
     # -- fed by the client's receiver thread --------------------------------
     def _deliver(self, index: int, outcome: _Outcome) -> None:
         rest: Sequence[Tuple[int, str]] = ()
-        with self._condition:
+        # Acquired and released by hand: a with statement costs two method
+        # look-ups.
+        _LOCK.acquire()
+        try:
             if self._outcomes[index] is not None:
                 return  # exactly one outcome per task
             live = self._live.pop(index, None) if self._live else None
             if live is not None:
                 rest = self._settle_output(outcome, live)
             self._outcomes[index] = outcome
-            self._completion.append(index)
+            if self._completion:
+                self._completion.append(index)  # type: ignore[attr-defined]
+            else:
+                self._completion = [index] if self._n > 1 else _FIRST_ONLY
             finished = len(self._completion) == self._n
             callbacks = self._output_callbacks
             if self._progress is not None:
                 self._progress.notify_all()
+            if (finished and self._one_value and not callbacks and not self._on_ended and not self._cancelling
+                    and self._state == PENDING and self._waiter_list is None and self._condition_obj is None):
+                # One task, one value (apply), nothing else to run first, no
+                # thread waiting: the call ends here (_end_locked, inline).
+                if outcome.ok:
+                    self._result = outcome.value
+                else:
+                    self._exception = outcome.value
+                self._state = FINISHED
+                ended = True
+            elif finished and self._one_value and not callbacks and not self._on_ended and not self._cancelling:
+                ended = self._end_locked(outcome.ok, outcome.value)
+            else:
+                ended = False
+        finally:
+            _LOCK.release()
+        if ended:
+            if self._callback_list:
+                self._invoke_callbacks()
+            return
         if callbacks:
             if live is None:  # nothing was streamed: the whole output is the rest
                 rest = [(s, t) for s, t in ((0, outcome.stdout), (1, outcome.stderr)) if t]
@@ -199,6 +288,38 @@ class AsyncResult(concurrent.futures.Future):
             if self._on_ended:  # complete now: nothing is added any more
                 self._run_ended()
             self._finish()
+
+    def _end(self, ok: bool, value: Any) -> bool:
+        """Future.set_result / set_exception without the done callbacks (the
+        caller runs them, outside the lock), and without raising when the
+        future ended meanwhile (cancelled by Future.cancel): then False.
+        Wakes waiters only if there are any."""
+        with _LOCK:
+            return self._end_locked(ok, value)
+
+    def _end_locked(self, ok: bool, value: Any) -> bool:
+        if self._state in _ENDED:
+            return False
+        if ok:
+            self._result = value
+        else:
+            self._exception = value
+        self._state = FINISHED
+        waiters = self._waiter_list
+        if waiters:
+            for waiter in waiters:
+                if ok:
+                    waiter.add_result(self)
+                else:
+                    waiter.add_exception(self)
+        cond = self._condition_obj
+        if cond is not None and cond._waiters:
+            cond.notify_all()
+        return True
+
+    def _set(self, ok: bool, value: Any) -> None:
+        if self._end(ok, value) and self._callback_list:
+            self._invoke_callbacks()
 
     @staticmethod
     def _settle_output(outcome: _Outcome, live: _Live) -> List[Tuple[int, str]]:
@@ -221,7 +342,7 @@ class AsyncResult(concurrent.futures.Future):
                 offsets: Sequence[int], flags: int) -> None:
         """An Output message for task ``index``: appends its text."""
         new = []
-        with self._condition:
+        with _LOCK:
             if self._outcomes[index] is not None:
                 return  # late: the outcome carries the whole output
             if self._live is None:
@@ -255,14 +376,14 @@ class AsyncResult(concurrent.futures.Future):
     def _when_ended(self, fn: Callable[[], None]) -> None:
         """Calls ``fn()`` once every task has its outcome (unlike a done
         callback, not earlier on cancel()); at once if that is already so."""
-        with self._condition:
+        with _LOCK:
             if len(self._completion) < self._n:
                 self._on_ended = [*self._on_ended, fn]
                 return
         fn()
 
     def _run_ended(self) -> None:
-        with self._condition:
+        with _LOCK:
             fns, self._on_ended = self._on_ended, ()
         for fn in fns:
             try:
@@ -271,27 +392,21 @@ class AsyncResult(concurrent.futures.Future):
                 pass
 
     def _finish(self) -> None:
-        if self._single and self._n == 1 and not self._flatten and not self._cancelling:
-            # One task, one value (apply): the common case, without lists.
+        if self._one_value and not self._cancelling:
             outcome = self._outcomes[0]
-            if outcome is not None and not self.cancelled():
-                if outcome.ok:
-                    self.set_result(outcome.value)
-                else:
-                    self.set_exception(outcome.value)
+            if outcome is not None:
+                self._set(outcome.ok, outcome.value)
             return
         errors = [o.value for o in self._outcomes if o is not None and not o.ok]
         if self._cancelling:
             # cancel() promised this ends cancelled, even if some task got
             # through before the interrupt reached it.
             aborted = [e for e in errors if isinstance(e, TaskAborted)]
-            self.set_exception(aborted[0] if aborted else TaskAborted(f"{self._label}: cancelled"))
+            self._set(False, aborted[0] if aborted else TaskAborted(f"{self._label}: cancelled"))
             return
         try:
             if errors:
-                exc: BaseException = errors[0] if len(errors) == 1 else CompositeError(errors)
-                if not self.cancelled():
-                    self.set_exception(exc)
+                self._set(False, errors[0] if len(errors) == 1 else CompositeError(errors))
                 return
             order = range(self._n) if self._ordered else self._completion
             values = [self._outcomes[i].value for i in order]  # type: ignore[union-attr]
@@ -304,15 +419,13 @@ class AsyncResult(concurrent.futures.Future):
             else:
                 value = values
         except BaseException as exc:  # noqa: BLE001 - combining (e.g. concatenating) may fail
-            if not self.cancelled():
-                self.set_exception(exc)
+            self._set(False, exc)
             return
-        if not self.cancelled():
-            self.set_result(value)
+        self._set(True, value)
 
     # -- control ---------------------------------------------------------------
     def _unfinished(self) -> List[int]:
-        with self._condition:
+        with _LOCK:
             return [t for t, o in zip(self.task_ids, self._outcomes) if o is None]
 
     def abort(self) -> None:
@@ -330,7 +443,7 @@ class AsyncResult(concurrent.futures.Future):
         Returns True if the call will end cancelled (it then raises
         TaskAborted), False if it had already ended.
         """
-        with self._condition:
+        with _LOCK:
             if self.done() or self._client is None:
                 return False
             ids = [t for t, o in zip(self.task_ids, self._outcomes) if o is None]
@@ -358,6 +471,15 @@ class AsyncResult(concurrent.futures.Future):
     # -- ipyparallel-style API ------------------------------------------------
     def get(self, timeout: Optional[float] = None) -> Any:
         """The result, waiting up to ``timeout`` seconds; raises remote errors."""
+        if self._state == FINISHED:
+            # Ended (for good: nothing leaves FINISHED), often before anyone
+            # asks: no lock, no wait.
+            if self._exception is not None:
+                try:
+                    raise self._exception
+                finally:
+                    self = None  # noqa: PLW0642 - no reference cycle through the traceback, as in Future
+            return self._result
         try:
             return self.result(timeout)
         except concurrent.futures.TimeoutError as exc:
@@ -365,10 +487,38 @@ class AsyncResult(concurrent.futures.Future):
                 raise
             raise TimeoutError(f"{self._label}: result not ready after {timeout} s") from None
 
+    def result(self, timeout: Optional[float] = None) -> Any:
+        """Future.result: the value, or raises the exception (waits up to
+        ``timeout`` seconds; concurrent.futures.TimeoutError after that)."""
+        if self._state != FINISHED:
+            cond = self._condition  # one property call: the condition is made here, if need be
+            with cond:
+                if self._state not in _ENDED:
+                    cond.wait(timeout)
+                if self._state in _CANCELLED:
+                    raise concurrent.futures.CancelledError()
+                if self._state != FINISHED:
+                    raise concurrent.futures.TimeoutError()
+        if self._exception is not None:
+            try:
+                raise self._exception
+            finally:
+                self = None  # noqa: PLW0642 - no reference cycle through the traceback, as in Future
+        return self._result
+
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Waits until every task has ended; True if they all did in time."""
         concurrent.futures.wait([self], timeout=timeout)
         return self.done()
+
+    def done(self) -> bool:
+        """True when the call has ended (or was cancelled)."""
+        # One attribute read needs no lock (and making the condition just
+        # for this would be wasted).
+        return self._state in _ENDED
+
+    def cancelled(self) -> bool:
+        return self._state in _CANCELLED
 
     def ready(self) -> bool:
         """True when every task of this call has ended."""
@@ -391,7 +541,7 @@ class AsyncResult(concurrent.futures.Future):
         return values[0] if self._single else values
 
     def _output(self, stream: int) -> Any:
-        with self._condition:
+        with _LOCK:
             live = self._live or {}
             values = []
             for i, o in enumerate(self._outcomes):
@@ -436,7 +586,7 @@ class AsyncResult(concurrent.futures.Future):
         >>> ar = rc[:].apply_async(work)                             # doctest: +SKIP
         >>> ar.on_output(lambda i, e, s, t: print(f"[{s}:{e}] {t}", end=""))  # doctest: +SKIP
         """
-        with self._condition:
+        with _LOCK:
             self._output_callbacks = [*self._output_callbacks, fn]
 
     @property
@@ -540,7 +690,7 @@ class OutputFollower:
 
     def show(self, ended: bool = False) -> None:
         ar = self._ar
-        with ar._condition:
+        with _LOCK:
             running = [(i, e.engine_id, e.text(0), e.text(1)) for i, e in (ar._live or {}).items()]
             just_ended = ar._completion[self._ended_seen:] if ended else []
             self._ended_seen += len(just_ended)

@@ -28,9 +28,9 @@ import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from . import _core, _shm
-from ._asyncresult import AsyncResult, _Outcome, decode_outcome
+from ._asyncresult import _SMALL_RESULTS, AsyncResult, _Outcome, decode_outcome
 from ._cluster import Cluster, read_connection_file
-from ._errors import STATUS_ABORTED, STATUS_LOST, NoEnginesError, TimeoutError, ZfarmError
+from ._errors import STATUS_ABORTED, STATUS_LOST, STATUS_OK, NoEnginesError, TimeoutError, ZfarmError
 
 # Message types of the wire protocol (common/protocol.hpp).
 MSG_HEARTBEAT = 3
@@ -81,6 +81,8 @@ MAX_UNCLAIMED = 100_000
 RECENT_IDS = 100_000
 # Ids per Abort/Interrupt/Ack/Fetch message (the protocol's list limit).
 MAX_IDS_PER_MESSAGE = 65536
+
+_NOT_SMALL = object()
 
 TaskRef = Union[int, AsyncResult]
 EventCallback = Callable[[str, int, str], None]
@@ -153,7 +155,10 @@ class Client:
         self._fetched: Set[int] = set()
         self._status_waiters: Dict[int, concurrent.futures.Future] = {}
         self._unclaimed: "collections.OrderedDict[int, _Outcome]" = collections.OrderedDict()
-        self._recent: "collections.OrderedDict[int, None]" = collections.OrderedDict()
+        # Two generations of ids: a set add per result instead of an ordered
+        # dict's insert and pop; between RECENT_IDS and twice that are known.
+        self._recent: Set[int] = set()
+        self._recent_old: Set[int] = set()
         self._to_ack: List[int] = []
         self._ack_since = 0.0
         self._last_beat = 0.0
@@ -162,6 +167,10 @@ class Client:
         self._engine_ids: Optional[Set[int]] = None  # from Welcome and Events
         self._welcomed = threading.Event()
         self._rehello = False  # a Hello after a restart or a forgotten session awaits its Welcome
+        # Set with _welcomed: the broker keeps results until acknowledged.  A
+        # plain attribute, read for every batch of results (Event.is_set()
+        # is a Python call).
+        self._ack_results = False
         self._event_callbacks: List[EventCallback] = [on_event] if on_event else []
         self.errors: List[str] = []  # Error messages the broker sent us
         self._closed = False
@@ -252,16 +261,33 @@ class Client:
 
     def _submit_one(self, targets: List[int], frames: List[Any], opts: Optional[Dict[str, Any]],
                     ar: AsyncResult) -> AsyncResult:
-        k = 1 if targets == [LOAD_BALANCED] else len(targets)
-        with self._lock:
+        """One message of one frame (no shared memory to consider): the
+        common small call, without the general loop of :meth:`_submit`."""
+        if self._closed:
+            raise ZfarmError("the client is closed")
+        balanced = len(targets) == 1 and targets[0] == LOAD_BALANCED
+        k = 1 if balanced else len(targets)
+        # acquire/release rather than a with statement, and no loop for one
+        # task: this runs once per apply_async.
+        lock = self._lock
+        lock.acquire()
+        try:
             task_id = self._prefix | self._next
             self._next += k
-            for j in range(k):
-                ar.task_ids.append(task_id + j)
-                self._pending[task_id + j] = (ar, j)
+            if k == 1:
+                ar.task_ids.append(task_id)
+                self._pending[task_id] = (ar, 0)
+            else:
+                for j in range(k):
+                    ar.task_ids.append(task_id + j)
+                    self._pending[task_id + j] = (ar, j)
+        finally:
+            lock.release()
         try:
             if opts:
                 self._core.send(MSG_SUBMIT, task_id, targets, 0, "", frames, opts)
+            elif balanced:
+                self._core.submit(task_id, frames)
             else:
                 self._core.send(MSG_SUBMIT, task_id, targets, 0, "", frames)
         except BaseException:
@@ -323,7 +349,7 @@ class Client:
         bookkeeping of the whole batch under one lock, then each delivery."""
         mine = []
         with self._lock:
-            ack = self._welcomed.is_set()
+            ack = self._ack_results
             pending, fetched, recent, unclaimed = self._pending, self._fetched, self._recent, self._unclaimed
             for m in batch:
                 mid = m[1]
@@ -335,20 +361,29 @@ class Client:
                 if fetched:
                     fetched.discard(mid)
                 if entry is None:
-                    if mid in recent or mid in unclaimed:
+                    if mid in recent or mid in self._recent_old or mid in unclaimed:
                         _shm.discard(m[5])
                         continue  # a second copy (a resend racing a Fetch)
                     unclaimed[mid] = decode_outcome(mid, m[2], m[3], m[4], m[5])
                     while len(unclaimed) > MAX_UNCLAIMED:
                         unclaimed.popitem(last=False)
                     continue
-                recent[mid] = None
+                recent.add(mid)
                 mine.append((entry, m))
-            while len(recent) > RECENT_IDS:
-                recent.popitem(last=False)
+            if len(recent) >= RECENT_IDS:
+                self._recent_old, self._recent = recent, set()
+        small = _SMALL_RESULTS
         for (ar, index), m in mine:
             try:
-                ar._deliver(index, decode_outcome(m[1], m[2], m[3], m[4], m[5]))
+                frames = m[5]
+                # decode_outcome's first case, inline: the result of most
+                # tasks called for their effect.
+                if m[2] == STATUS_OK and len(frames) == 1 and type(frames[0]) is bytes:
+                    value = small.get(frames[0], _NOT_SMALL)
+                    if value is not _NOT_SMALL:
+                        ar._deliver(index, _Outcome(True, value, m[3]))
+                        continue
+                ar._deliver(index, decode_outcome(m[1], m[2], m[3], m[4], frames))
             except Exception as exc:  # noqa: BLE001 - never let one bad result stop delivery
                 warnings.warn(f"zfarm: could not deliver a result: {exc!r}", RuntimeWarning, stacklevel=1)
 
@@ -369,6 +404,7 @@ class Client:
         self.incarnation = incarnation
         self.heartbeat_ms = heartbeat_ms
         self._engine_ids = set(engine_ids)
+        self._ack_results = True
         self._welcomed.set()
         if mid == REHELLO_ID:
             self._rehello = False  # the answer to our Hello again: the session is back
@@ -429,9 +465,12 @@ class Client:
                 self._core.send(MSG_HEARTBEAT, 0, [], 0, "", [])
             else:
                 self._hello()
+        # Looked at without the lock first (the usual answer is "not yet");
+        # a list that close() emptied meanwhile sends nothing.
+        to_ack = self._to_ack
+        if not to_ack or (len(to_ack) < ACK_BATCH and now - self._ack_since < ACK_DELAY_S):
+            return
         with self._lock:
-            if not self._to_ack or (len(self._to_ack) < ACK_BATCH and now - self._ack_since < ACK_DELAY_S):
-                return
             ids, self._to_ack = self._to_ack, []
         self._send_ids(MSG_ACK, ids)
 
@@ -697,28 +736,36 @@ def _forward(target: AsyncResult, i: int, source: AsyncResult, index: int) -> Ca
 
 def _receive_loop(client_ref: "weakref.ref[Client]", core: Any) -> None:
     # Holds only a weak reference, so an unused Client can be collected.
-    while not core.closed:
+    while True:
         try:
             messages = core.recv(RECV_TIMEOUT_MS, RECV_BATCH)
         except Exception:  # noqa: BLE001 - closed under our feet
             return
+        # A closed core receives nothing (at once): look only then, as
+        # `closed` is a pybind11 property, a call that costs as much as
+        # handling a small result.
+        if not messages and core.closed:
+            return
         client = client_ref()
         if client is None:
             return
-        results = []  # a run of Results, handled together (in order with the rest)
-        for m in messages:
-            if m[0] == MSG_RESULT:
-                results.append(m)
-                continue
+        if len(messages) == 1 and messages[0][0] == MSG_RESULT:
+            _handle_results(client, messages)  # the common batch of a waiting caller
+        else:
+            results = []  # a run of Results, handled together (in order with the rest)
+            for m in messages:
+                if m[0] == MSG_RESULT:
+                    results.append(m)
+                    continue
+                if results:
+                    _handle_results(client, results)
+                    results = []
+                try:
+                    client._on_message(*m)
+                except Exception as exc:  # noqa: BLE001 - never let one bad message stop delivery
+                    warnings.warn(f"zfarm: could not handle a message: {exc!r}", RuntimeWarning, stacklevel=1)
             if results:
                 _handle_results(client, results)
-                results = []
-            try:
-                client._on_message(*m)
-            except Exception as exc:  # noqa: BLE001 - never let one bad message stop delivery
-                warnings.warn(f"zfarm: could not handle a message: {exc!r}", RuntimeWarning, stacklevel=1)
-        if results:
-            _handle_results(client, results)
         try:
             client._housekeeping()
         except Exception:  # noqa: BLE001 - the socket was closed meanwhile

@@ -82,6 +82,32 @@ def dumps(obj: Any) -> List[Any]:
     return frames
 
 
+# Pickles of ("apply", fn, (), {}) by the pickled function: a call without
+# arguments (f()) of a function pickled by reference is the same bytes every
+# time.  Only short function pickles (by reference: a module and a name) are
+# kept; equal keys give equal pickles, so a wrong hit cannot happen.
+_noarg_calls: Dict[bytes, bytes] = {}
+NOARG_KEY_MAX = 256
+
+
+def dumps_call(fn: bytes, args: tuple, kwargs: Dict[str, Any]) -> List[Any]:
+    """``dumps(("apply", fn, args, kwargs))`` for a function pickled by
+    :func:`dumps_function`.
+
+    >>> loads(dumps_call(b"f", (), {}))
+    ('apply', b'f', (), {})
+    """
+    if args or kwargs or len(fn) > NOARG_KEY_MAX:
+        return dumps(("apply", fn, args, kwargs))
+    data = _noarg_calls.get(fn)
+    if data is None:
+        data = pickle.dumps(("apply", fn, (), {}), protocol=PROTOCOL)
+        if len(_noarg_calls) >= FN_CACHE_SIZE:
+            _noarg_calls.clear()
+        _noarg_calls[fn] = data
+    return [data]
+
+
 # Pickles of callables that go by reference (a module and a name: ``abs``,
 # ``math.sqrt``, a function of an installed module), by id; the entry holds
 # the callable, so the id cannot be reused while it is here.  A callable
@@ -96,6 +122,32 @@ _by_value_modules = getattr(getattr(cloudpickle, "cloudpickle", None), "_PICKLE_
 _by_value_seen: frozenset = frozenset()
 
 
+# The whole payload of a call without arguments of a callable in
+# _fn_pickles, by the callable's id (the entry holds the callable): apply's
+# payload in one look-up.  Emptied with _fn_pickles.
+_noarg_payloads: Dict[int, Tuple[Any, bytes]] = {}
+
+
+def dumps_apply(f: Any, args: tuple, kwargs: Dict[str, Any]) -> List[Any]:
+    """The payload of ``apply``: ``dumps(("apply", dumps_function(f), args, kwargs))``.
+
+    >>> loads(dumps_apply(abs, (-1,), {}))[2]
+    (-1,)
+    """
+    if not args and not kwargs and (_by_value_modules is None or _by_value_modules == _by_value_seen):
+        hit = _noarg_payloads.get(id(f))
+        if hit is not None and hit[0] is f:
+            return [hit[1]]
+    frames = dumps_call(dumps_function(f), args, kwargs)
+    if not args and not kwargs:
+        cached = _fn_pickles.get(id(f))
+        if cached is not None and cached[0] is f:  # pickled by reference: the same bytes every time
+            if len(_noarg_payloads) >= FN_CACHE_SIZE:
+                _noarg_payloads.clear()
+            _noarg_payloads[id(f)] = (f, frames[0])
+    return frames
+
+
 def dumps_function(obj: Any) -> bytes:
     """Pickle a callable by value when needed (cloudpickle).
 
@@ -104,6 +156,7 @@ def dumps_function(obj: Any) -> bytes:
     global _by_value_seen
     if _by_value_modules is not None and _by_value_modules != _by_value_seen:
         _fn_pickles.clear()
+        _noarg_payloads.clear()
         _by_value_seen = frozenset(_by_value_modules)
     hit = _fn_pickles.get(id(obj))
     if hit is not None and hit[0] is obj:
@@ -122,6 +175,7 @@ def dumps_function(obj: Any) -> bytes:
         if cacheable:
             if len(_fn_pickles) >= FN_CACHE_SIZE:
                 _fn_pickles.clear()
+                _noarg_payloads.clear()
             _fn_pickles[id(obj)] = (obj, data)
     return data
 

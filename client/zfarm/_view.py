@@ -343,7 +343,7 @@ def _dependency_ids(dep: Dependency) -> Tuple[List[int], List[Tuple[int, Any]]]:
         return [dep], []
     if isinstance(dep, AsyncResult):
         pending, finished = [], []
-        with dep._cond:
+        with dep._lock:
             for task_id, outcome in zip(dep.task_ids, dep._outcomes):
                 if outcome is None:
                     pending.append(task_id)
@@ -502,10 +502,20 @@ class LoadBalancedView(_View):
         return self._apply(f, args, kwargs, True)
 
     def _apply(self, f: Callable, args: tuple, kwargs: dict, block: Optional[bool]) -> Any:
-        ar = AsyncResult(self.client, 1, single=True, label="apply")
-        frames = _serialize.dumps(("apply", _serialize.dumps_function(f), args, kwargs))
-        self._send([frames], ar, {})
-        return self._finish(ar, block)
+        # AsyncResult(client, 1, single=True, label="apply"), positionally:
+        # keyword arguments cost a dict per call.
+        ar = AsyncResult(self.client, 1, None, True, True, False, "apply")
+        frames = _serialize.dumps_apply(f, args, kwargs)
+        if (len(frames) == 1 and not self.retries and self.timeout is None and not self.priority
+                and self.targets is None and self.after is None and self.follow is None):
+            # The default view and one frame: no options to compute, nothing
+            # for shared memory (straight to the client's one-task submit).
+            self.client._submit_one([LOAD_BALANCED], frames, None, ar)
+        else:
+            self._send([frames], ar, {})
+        if block or (block is None and self.block):
+            return ar.get()
+        return ar
 
     def _engines_hint(self) -> int:
         return max(1, len(self.targets) if self.targets is not None else len(self.client.ids))

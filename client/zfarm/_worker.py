@@ -65,6 +65,12 @@ namespace: Dict[str, Any] = {"__name__": "__zfarm__"}
 # engine reads it to tell an interrupted task (KeyboardInterrupt) apart.
 last_error: Optional[Dict[str, Any]] = None
 _fn_cache: Dict[bytes, Any] = {}
+# Whole payloads of calls without arguments (("apply", fn, (), {}), the same
+# bytes every time for one function) -> the function: no unpickling at all
+# for a repeated f().  Keyed by the payload, which holds the function's
+# pickle, so it reuses a function exactly when _fn_cache would.
+_noarg_calls: Dict[bytes, Any] = {}
+NOARG_CALLS_MAX = 64
 
 
 class _TaskState:
@@ -210,15 +216,10 @@ def _error_info(exc: BaseException) -> Dict[str, Any]:
     return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": "".join(lines)}
 
 
-# sys.getrefcount of a capture held only by run_task's local, _untouched's
-# parameter and the getrefcount call itself.
-_ONLY_OURS = 3
-
-
-def _untouched(c: Any) -> bool:
-    # write() was never called (it sets _room on the instance), nothing was
-    # written past it (position 0), not closed, and held by no one else.
-    return (not c.__dict__ and sys.getrefcount(c) == _ONLY_OURS and not c.closed and c.tell() == 0)
+# sys.getrefcount of a capture held only by run_task's local and the
+# getrefcount call itself.
+_ONLY_OURS = 2
+_getrefcount = sys.getrefcount
 
 
 def _loads(frames: List[Any]) -> Any:
@@ -245,6 +246,9 @@ _SMALL_RESULTS: Dict[Tuple[type, Any], bytes] = {
 }
 
 
+_NONE_RESULT = _SMALL_RESULTS[(type(None), None)]
+
+
 def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
     """Run one task; never raises.  Returns (status, result frames)."""
     global last_error
@@ -261,13 +265,24 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
     sys.stdout, sys.stderr = out, err
     try:
         try:
-            task = _loads(frames)
-            if not isinstance(task, tuple) or not task or not isinstance(task[0], str):
-                raise TypeError("a zfarm task must be a tuple (op, *args)")
-            if task[0] == "apply" and len(task) == 4:
-                value = _resolve_fn(task[1])(*task[2], **task[3])
+            fn = _noarg_calls.get(frames[0]) if len(frames) == 1 and type(frames[0]) is bytes else None
+            if fn is not None:
+                value = fn()
             else:
-                value = _run(task[0], task[1:])
+                task = _loads(frames)
+                if not isinstance(task, tuple) or not task or not isinstance(task[0], str):
+                    raise TypeError("a zfarm task must be a tuple (op, *args)")
+                if task[0] == "apply" and len(task) == 4:
+                    fn = _resolve_fn(task[1])
+                    if (type(task[1]) is bytes and type(task[2]) is tuple and not task[2]
+                            and type(task[3]) is dict and not task[3] and len(frames) == 1
+                            and type(frames[0]) is bytes):
+                        if len(_noarg_calls) >= NOARG_CALLS_MAX:
+                            _noarg_calls.clear()
+                        _noarg_calls[frames[0]] = fn
+                    value = fn(*task[2], **task[3])
+                else:
+                    value = _run(task[0], task[1:])
             kind, status = "ok", STATUS_OK
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
             value, kind, status = _error_info(exc), "error", STATUS_REMOTE_ERROR
@@ -275,16 +290,24 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
     finally:
         sys.stdout, sys.stderr = saved
         state.current = ()
-    if _untouched(out) and _untouched(err):
+    # Untouched captures: write() was never called (it sets _room on the
+    # instance), nothing was written past it (position 0), not closed, and
+    # held by no one else.  (Inline: two calls cost more than the checks.)
+    if (not out.__dict__ and not err.__dict__ and _getrefcount(out) == _ONLY_OURS
+            and _getrefcount(err) == _ONLY_OURS and not out.closed and not err.closed
+            and out.tell() == 0 and err.tell() == 0):
         # Nothing printed, and nobody else holds the captures: keep them.
         stdout = stderr = ""
         state.spare = (out, err)
-        # Exact types only: hashing anything else could run user code.
-        kind_of = type(value)
-        if status == STATUS_OK and (value is None or kind_of is int or kind_of is bool):
-            small = _SMALL_RESULTS.get((kind_of, value))
-            if small is not None:
-                return status, [small]
+        if status == STATUS_OK:
+            if value is None:
+                return status, [_NONE_RESULT]
+            # Exact types only: hashing anything else could run user code.
+            kind_of = type(value)
+            if kind_of is int or kind_of is bool:
+                small = _SMALL_RESULTS.get((kind_of, value))
+                if small is not None:
+                    return status, [small]
     else:
         # Plain getvalue() unless a limit was reached: no Python-level call per task.
         stdout = out.text() if out._dropped else out.getvalue()

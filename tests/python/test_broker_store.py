@@ -45,7 +45,7 @@ class Peer:
 
 
 def answer_of(task_frames: List[Any]) -> Any:
-    kind, value, _out, _err = _serialize.loads([f.bytes() for f in task_frames])
+    kind, value, _out, _err = _serialize.loads([bytes(f) for f in task_frames])
     assert kind == "ok"
     return value
 

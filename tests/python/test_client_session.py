@@ -29,6 +29,10 @@ class FakeCore:
     def send(self, *m):
         self.sent.append(m)
 
+    def submit(self, task_id, frames):
+        # The core's shortcut for send(SUBMIT, id, [-1], 0, "", frames).
+        self.sent.append((_client.MSG_SUBMIT, task_id, [_client.LOAD_BALANCED], 0, "", frames))
+
     def send_many(self, messages):
         self.sent.extend(messages)
 
