@@ -23,6 +23,7 @@ from ._errors import (
     ZfarmError,
 )
 from ._executor import ZfarmExecutor
+from ._reference import Reference
 from ._view import DirectView, LoadBalancedView
 from . import mpi  # rank and communicator inside tasks (mpi4py imported on first use)
 from ._launchers import LocalLauncher, MPILauncher, SlurmLauncher, SSHLauncher
@@ -54,6 +55,7 @@ __all__ = [
     "EngineDiedError",
     "LoadBalancedView",
     "NoEnginesError",
+    "Reference",
     "RemoteError",
     "TaskAborted",
     "TaskFailure",

@@ -153,3 +153,30 @@ def test_reset_and_keys(rc):
 def test_unknown_engine_index_is_an_error(rc):
     with pytest.raises(IndexError):
         rc[99]
+
+
+def test_reference_arguments_are_the_engines_own_variables(rc):
+    dv = rc[:]
+    dv.scatter("part", list(range(10)), block=True)
+    assert dv.apply_sync(sum, zfarm.Reference("part")) == [10, 35]  # each engine its own block
+    dv.push({"arr": np.zeros((3, 4))}, block=True)
+    assert dv.apply_sync(lambda shape, k=None: (shape, k), zfarm.Reference("arr.shape"),
+                         k=zfarm.Reference("part")) == [((3, 4), [0, 1, 2, 3, 4]), ((3, 4), [5, 6, 7, 8, 9])]
+    # Load-balanced tasks resolve it on whichever engine runs them.
+    lv = rc.load_balanced_view()
+    got = lv.map_sync(lambda r: r, [zfarm.Reference("part")] * 4, chunksize=1)
+    assert len(got) == 4 and all(r in ([0, 1, 2, 3, 4], [5, 6, 7, 8, 9]) for r in got)
+    # In pushed values too: a name made from another engine variable.
+    dv.push({"alias": zfarm.Reference("part")}, block=True)
+    assert dv.pull("alias", block=True) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+
+
+def test_reference_to_a_missing_name_fails_the_task_with_name_error(rc):
+    with pytest.raises(zfarm.CompositeError) as info:
+        rc[:].apply_sync(len, zfarm.Reference("not_there"))
+    assert "NameError" in str(info.value) and "not_there" in str(info.value)
+    with pytest.raises(ValueError):
+        zfarm.Reference("1bad")
+    with pytest.raises(ValueError):
+        zfarm.Reference("a..b")
+    assert zfarm.Reference("a.b") == zfarm.Reference("a.b") and repr(zfarm.Reference("x")) == "Reference('x')"
