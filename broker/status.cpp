@@ -15,8 +15,8 @@ void key(msgpack::packer<msgpack::sbuffer>& pk, const char* k) { pk.pack(std::st
 Frames Scheduler::status_payload() const {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk(buf);
-  // + auth_refused; + the result store and sessions; + task options, timeouts, events; + output
-  pk.pack_map(13 + 1 + 7 + 9 + 3);
+  // + auth_refused; + the result store and sessions; + task options, timeouts, events; + output; + credit
+  pk.pack_map(13 + 1 + 7 + 9 + 3 + 4);
 
   key(pk, "engines");
   pk.pack_array(static_cast<std::uint32_t>(engines_.size()));
@@ -106,6 +106,15 @@ Frames Scheduler::status_payload() const {
   pk.pack_uint64(counters_.outputs_dropped);
   key(pk, "outputs_malformed");
   pk.pack_uint64(counters_.outputs_malformed);
+  // Engine credit and give-back (Credit).
+  key(pk, "credits");
+  pk.pack_uint64(counters_.credits);
+  key(pk, "credits_ignored");
+  pk.pack_uint64(counters_.credits_ignored);
+  key(pk, "given_back");
+  pk.pack_uint64(counters_.given_back);
+  key(pk, "give_back_ignored");
+  pk.pack_uint64(counters_.give_back_ignored);
 
   Frames frames;
   frames.emplace_back(buf.data(), buf.size());
