@@ -292,8 +292,10 @@ int main(int argc, char** argv) {
       h.type = proto::MsgType::kCredit;
       h.targets = {session.engine_id()};  // the registration these tasks came under
       h.aux = credit.credit();
-      Frames frames = proto::encode(h);
-      io_ptr->send_now(frames);
+      // Through the queue, not send_now: a Credit the socket would not take
+      // yet waits and leaves later, since the tasks it names are no longer
+      // held here.
+      io_ptr->send(proto::encode(h));
     };
     auto on_incoming = [&](Frames& frames) {
       proto::Message msg;
