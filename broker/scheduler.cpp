@@ -14,10 +14,12 @@ using proto::MsgType;
 using proto::ResultStatus;
 
 // Shares frames without copying their bytes: zmq's copy() bumps a refcount
-// (frames under 33 bytes are copied inline, which costs nothing).
-Frames share(Frames& frames) {
+// (frames under 33 bytes are copied inline, which costs nothing).  `room`:
+// spare capacity, so that encode() can put the signature and header in
+// front without a new vector.
+Frames share(Frames& frames, std::size_t room = 0) {
   Frames copy;
-  copy.reserve(frames.size());
+  copy.reserve(frames.size() + room);
   for (auto& f : frames) {
     copy.emplace_back();
     copy.back().copy(f);
@@ -182,7 +184,10 @@ void Scheduler::on_engine(const std::string& identity, Message&& msg, Clock::tim
     switch (msg.header.type) {
       case MsgType::kHeartbeat:
       case MsgType::kResult:
+      case MsgType::kCredit:
         // Most likely an engine we declared dead; it will register again.
+        // (A Credit's tasks were dealt with when it was removed.)
+        if (msg.header.type == MsgType::kCredit) ++counters_.credits_ignored;
         send_error(Outgoing::kEngine, identity, msg.header.id, "unknown engine: register again", out);
         return;
       case MsgType::kShutdown:
@@ -212,6 +217,9 @@ void Scheduler::on_engine(const std::string& identity, Message&& msg, Clock::tim
       return;
     case MsgType::kOutput:
       handle_output(engine, std::move(msg), out);
+      return;
+    case MsgType::kCredit:
+      handle_credit(engine, msg, out);
       return;
     case MsgType::kShutdown:
       remove_engine(engine.id, "the engine shut down", out);
@@ -251,17 +259,24 @@ void Scheduler::handle_register(const std::string& identity, const Message& msg,
     e.identity = identity;
     e.host = msg.header.text;
     e.credit = std::min(msg.header.aux, options_.max_credit);
+    e.gives_back = msg.header.opts.revision >= 2;
     e.last_seen = now;
     refile(e);
     engine_by_identity_[identity] = id;
     joined = true;
+  } else if (msg.header.aux >= 1) {
+    // An engine registering again starts over at the credit it names (its
+    // base credit): it forgot any it announced with Credit since.
+    Engine& e = engines_.at(id);
+    e.credit = std::min(msg.header.aux, options_.max_credit);
+    refile(e);
   }
   // A repeated Register (say, our reply was lost) gets the same answer.
   Header reply = make_header(MsgType::kRegisterReply, msg.header.id);
   reply.aux = id;
   reply.status = static_cast<std::uint32_t>(options_.heartbeat.count());
   reply.text = incarnation_;  // lets an engine tell a restarted broker from a lost reply
-  reply.opts.revision = proto::kRevision;  // this broker forwards Output
+  reply.opts.revision = proto::kRevision;  // this broker forwards Output and takes Credit
   out.push_back({Outgoing::kEngine, identity, proto::encode(reply)});
   if (joined) notify_clients(proto::EventKind::kEngineJoined, id, engines_.at(id).host, out);
   dispatch(out);
@@ -288,6 +303,59 @@ void Scheduler::handle_result(Engine& engine, Message&& msg, Outbox& out) {
   ++engine.done;
   finish(id, static_cast<ResultStatus>(msg.header.status), engine.id, std::move(msg.header.text),
          std::move(msg.payload), out);
+  dispatch(out);
+}
+
+void Scheduler::handle_credit(Engine& engine, const Message& msg, Outbox& out) {
+  const Header& h = msg.header;
+  if (h.targets.size() != 1 || h.targets[0] != engine.id) {
+    // Sent under an earlier registration of this identity: its tasks were
+    // retried or ended when that one was removed.
+    ++counters_.credits_ignored;
+    return;
+  }
+  ++counters_.credits;
+  if (h.aux >= 1) {
+    engine.credit = std::min(h.aux, options_.max_credit);
+  } else {
+    // The tasks it gives back are taken all the same: the engine no longer
+    // holds them, and each must still end in one result.
+    ++counters_.bad_messages;
+    send_error(Outgoing::kEngine, engine.identity, h.id, "credit: aux must be at least 1", out);
+  }
+  std::vector<std::uint64_t> back;
+  for (std::uint64_t id : h.opts.ids) {
+    auto it = std::find(engine.inflight.begin(), engine.inflight.end(), id);
+    if (it == engine.inflight.end()) {
+      ++counters_.give_back_ignored;  // not in flight here (a repeat, or a bad engine)
+      continue;
+    }
+    engine.inflight.erase(it);
+    if (abandoned_.erase(id) != 0) {
+      --engine.abandoned;  // timed out meanwhile: its client has its answer
+      continue;
+    }
+    Task& t = tasks_.at(id);
+    if (t.interrupted) {
+      // The Interrupt crossed the Credit: the engine no longer held the
+      // task, so it answered nothing.  End it as the engine would have.
+      finish(id, ResultStatus::kAborted, engine.id, "interrupted before it started", {}, out);
+      continue;
+    }
+    if (engine.gives_back || (t.balanced && t.retries > 0)) {
+      back.push_back(id);
+    } else {
+      // Sent without keeping its payload (send_task): the engine named no
+      // revision 2 when it registered, so nothing can be sent again.
+      finish(id, ResultStatus::kEngineDied, engine.id,
+             "engine " + std::to_string(engine.id) + " gave the task back, and it cannot be sent again", {}, out);
+    }
+  }
+  // Back to the front of where each came from, in their order: they were
+  // sent before anything still queued there.  Not a retry: retries stay.
+  for (auto r = back.rbegin(); r != back.rend(); ++r) make_ready(tasks_.at(*r), /*front=*/true, out);
+  counters_.given_back += back.size();
+  refile(engine);
   dispatch(out);
 }
 
@@ -561,8 +629,10 @@ void Scheduler::send_task(Engine& engine, Task& task, Outbox& out) {
   task.engine = engine.id;
   Header h = make_header(MsgType::kTask, task.id);
   h.aux = engine.id;
-  // Keep the frames while a retry may need them; otherwise hand them over.
-  Frames payload = (task.balanced && task.retries > 0) ? share(task.payload) : std::move(task.payload);
+  // Keep the frames while a retry or a give-back may need them; otherwise
+  // hand them over.
+  Frames payload = (engine.gives_back || (task.balanced && task.retries > 0)) ? share(task.payload, 2)
+                                                                              : std::move(task.payload);
   engine.inflight.push_back(task.id);
   refile(engine);
   out.push_back({Outgoing::kEngine, engine.identity, proto::encode(h, std::move(payload))});

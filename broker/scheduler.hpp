@@ -13,7 +13,8 @@
 //   - a task is in exactly one place: waiting for dependencies, the shared
 //     queue, the queues of the engines it may run on (restricted tasks sit in
 //     several, the first to take it wins), or one engine's in-flight list;
-//   - an engine never holds more than `credit` tasks in flight;
+//   - an engine never holds more than `credit` tasks in flight (except just
+//     after it lowered its credit: the tasks it kept then run out);
 //   - payload frames are moved or shared (zmq refcounted copy), never copied
 //     byte by byte.
 //
@@ -108,6 +109,10 @@ struct Counters {
   std::uint64_t handshake_failed_engine = 0;
   std::uint64_t sessions_expired = 0;  // sessions forgotten after options.session_timeout
   std::uint64_t results_expired = 0;   // unacknowledged results freed with them
+  std::uint64_t credits = 0;            // Credit messages applied
+  std::uint64_t credits_ignored = 0;    // ... ignored whole: unknown engine or an earlier registration
+  std::uint64_t given_back = 0;         // tasks an engine gave back, queued again
+  std::uint64_t give_back_ignored = 0;  // given-back ids not in flight on that engine
 };
 
 class Scheduler {
@@ -207,6 +212,7 @@ class Scheduler {
     bool balanced = false;
     bool restricted = false;   // opts.engines was given (extras->allowed holds them)
     bool has_timer = false;    // extras->timer is set
+    bool interrupted = false;  // an Interrupt went to its engine since it was last queued
     std::unique_ptr<TaskExtras> extras;  // null for a task without such options
 
     TaskExtras& ext() {
@@ -261,6 +267,9 @@ class Scheduler {
     std::string identity;
     std::string host;             // "host:pid" from Register
     std::int64_t credit = 1;
+    // It speaks revision 2 (Credit): it may give tasks back, so the payload
+    // of each task sent to it is kept (a shared copy) until the task ends.
+    bool gives_back = false;
     std::vector<std::uint64_t> inflight;  // in dispatch order (abandoned ones too)
     TaskQueue queue;                      // targeted, follow and restricted work not yet sent
     std::uint64_t done = 0;
@@ -281,6 +290,8 @@ class Scheduler {
   void handle_register(const std::string& identity, const proto::Message& msg, Clock::time_point now,
                        Outbox& out);
   void handle_result(Engine& engine, proto::Message&& msg, Outbox& out);
+  // The engine's new credit and the tasks it gives back (protocol.hpp, Credit).
+  void handle_credit(Engine& engine, const proto::Message& msg, Outbox& out);
   // `client` is the interned session name (Sessions::session_of): tasks keep its address.
   void handle_submit(const std::string& client, proto::Message&& msg, Outbox& out);
   void handle_status(const std::string& client, const proto::Message& msg, Outbox& out);

@@ -257,6 +257,7 @@ void Scheduler::make_ready(Task& t, bool front, Outbox& out) {
     }
   }
   unqueue(t);
+  t.interrupted = false;  // meant for where it was in flight (a retry)
   if (t.seq == 0) t.seq = next_seq_++;
   t.ticket = next_ticket_++;
   if (t.pin >= 0) {
@@ -371,13 +372,19 @@ void Scheduler::handle_interrupt(const Message& msg, Outbox& out) {
     auto it = tasks_.find(id);
     if (it == tasks_.end() || it->second.state != State::kRunning) continue;  // queued: use Abort
     auto e = engines_.find(it->second.engine);
-    if (e != engines_.end()) send_interrupt(e->second, id, out);
+    if (e == engines_.end()) continue;
+    // Noted, in case the engine gives the task back before it reads this
+    // (handle_credit ends such a task Aborted).
+    it->second.interrupted = true;
+    send_interrupt(e->second, id, out);
   }
   for (std::int64_t target : msg.header.targets) {
     auto e = engines_.find(target);
     if (e == engines_.end()) continue;
     for (std::uint64_t id : e->second.inflight) {
-      if (abandoned_.count(id) == 0) send_interrupt(e->second, id, out);
+      if (abandoned_.count(id) != 0) continue;
+      tasks_.at(id).interrupted = true;
+      send_interrupt(e->second, id, out);
     }
   }
 }

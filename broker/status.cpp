@@ -16,8 +16,8 @@ Frames Scheduler::status_payload() const {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk(buf);
   // + auth_refused; + the result store and sessions; + task options, timeouts, events; + output;
-  // + failed handshakes and expired sessions
-  pk.pack_map(13 + 1 + 7 + 9 + 3 + 5);
+  // + failed handshakes and expired sessions; + credit
+  pk.pack_map(13 + 1 + 7 + 9 + 3 + 5 + 4);
 
   key(pk, "engines");
   pk.pack_array(static_cast<std::uint32_t>(engines_.size()));
@@ -118,6 +118,15 @@ Frames Scheduler::status_payload() const {
   pk.pack_uint64(counters_.sessions_expired);
   key(pk, "results_expired");
   pk.pack_uint64(counters_.results_expired);
+  // Engine credit and give-back (Credit).
+  key(pk, "credits");
+  pk.pack_uint64(counters_.credits);
+  key(pk, "credits_ignored");
+  pk.pack_uint64(counters_.credits_ignored);
+  key(pk, "given_back");
+  pk.pack_uint64(counters_.given_back);
+  key(pk, "give_back_ignored");
+  pk.pack_uint64(counters_.give_back_ignored);
 
   Frames frames;
   frames.emplace_back(buf.data(), buf.size());

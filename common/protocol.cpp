@@ -45,6 +45,7 @@ const char* to_string(MsgType t) {
     case MsgType::kEvent: return "event";
     case MsgType::kWelcome: return "welcome";
     case MsgType::kOutput: return "output";
+    case MsgType::kCredit: return "credit";
   }
   return "unknown";
 }

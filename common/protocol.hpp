@@ -63,15 +63,32 @@ enum class MsgType : std::uint8_t {
                        //   engine ids, status = heartbeat ms
   kOutput = 18,        // engine -> broker -> client: text a running task
                        //   printed (revision 1; see "Output" below)
+  kCredit = 19,        // engine -> broker: targets = [engine id], aux = new
+                       //   credit, opts.ids = prefetched tasks given back
+                       //   (revision 2; see "Credit" below)
 };
-inline constexpr std::uint8_t kMaxMsgType = 18;
+inline constexpr std::uint8_t kMaxMsgType = 19;
 
 // Additions to protocol version 1 that do not change the wire format of
 // older messages.  A peer names the revision it speaks in opts.revision of
-// RegisterReply and Welcome (absent: 0, the first one).
+// RegisterReply and Welcome (absent: 0, the first one); an engine names
+// its own in Register.
 //   1: Output.  The broker forwards it; an engine sends it only to a broker
 //      that announced revision 1 or later.
-inline constexpr std::int64_t kRevision = 1;
+//   2: Credit.  An engine sends it only to a broker that announced revision
+//      2 or later; such a broker keeps the payload of every task it sends to
+//      an engine that announced revision 2, so a task given back can go out
+//      again.
+inline constexpr std::int64_t kRevision = 2;
+
+// Credit{targets = [engine id], aux = credit, opts.ids = given back}: the
+// engine's credit from now on (at least 1), and the tasks it gives back:
+// prefetched ones it never started and no longer holds.  The engine id is
+// the one of the registration the engine holds those tasks under: a Credit
+// naming another (an earlier registration's) is ignored whole.  The broker
+// queues each given-back task again where it came from, ahead of the tasks
+// queued after it; a give-back is not a retry.  docs/protocol.rst has the
+// races.
 
 // Output{id = task id, aux = engine id, status = OutputFlags,
 //        targets = [stdout offset, stderr offset]} + exactly two payload frames
@@ -118,9 +135,9 @@ struct Options {
   std::vector<std::uint64_t> after;   // "after": Submit; run once these tasks ended
   std::vector<std::uint64_t> follow;  // "follow": Submit; run where these ran
   std::vector<std::int64_t> engines;  // "engines": Submit; load-balanced only among these
-  std::vector<std::uint64_t> ids;     // "ids": Abort, Interrupt, Ack, Fetch
+  std::vector<std::uint64_t> ids;     // "ids": Abort, Interrupt, Ack, Fetch, Credit
   std::string session;                // "session": Hello
-  std::int64_t revision = 0;          // "revision": RegisterReply, Welcome (see kRevision)
+  std::int64_t revision = 0;          // "revision": Register, RegisterReply, Welcome (see kRevision)
   bool empty() const {
     return retries == 0 && timeout_ms == 0 && priority == 0 && after.empty() && follow.empty() &&
            engines.empty() && ids.empty() && session.empty() && revision == 0;

@@ -15,8 +15,13 @@ namespace {
 thread_local const EngineIo* t_owner = nullptr;
 }  // namespace
 
-EngineIo::EngineIo(zmq::socket_t socket, std::chrono::milliseconds tick, IncomingFn on_incoming, TickFn on_tick)
-    : socket_(std::move(socket)), tick_(tick), on_incoming_(std::move(on_incoming)), on_tick_(std::move(on_tick)) {
+EngineIo::EngineIo(zmq::socket_t socket, std::chrono::milliseconds tick, IncomingFn on_incoming, TickFn on_tick,
+                   LongTaskFn on_long_task)
+    : socket_(std::move(socket)),
+      tick_(tick),
+      on_incoming_(std::move(on_incoming)),
+      on_tick_(std::move(on_tick)),
+      on_long_task_(std::move(on_long_task)) {
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw std::runtime_error("eventfd failed");
   zmq_fd_ = socket_.get(zmq::sockopt::fd);
@@ -87,13 +92,15 @@ void EngineIo::task_started() {
   mu_.unlock();
 }
 
-void EngineIo::task_ended() {
+EngineIo::Clock::duration EngineIo::task_ended() {
+  const auto ran = Clock::now() - task_start();
   in_task_.store(false);
   if (!mu_.try_lock()) {
     signal();  // the watch thread serves the socket: it lets go on this
     mu_.lock();
   }
   t_owner = this;
+  return ran;
 }
 
 void EngineIo::send(Frames frames) {
@@ -129,10 +136,12 @@ void EngineIo::send_now(Frames& frames) {
   if (!send_frames(socket_, frames, /*dontwait=*/true)) ++dropped_sends_;
 }
 
+EngineIo::Clock::time_point EngineIo::task_start() const {
+  return Clock::time_point(Clock::duration(task_started_ns_.load(std::memory_order_relaxed)));
+}
+
 bool EngineIo::long_task() const {
-  if (!in_task_.load()) return false;
-  const auto started = Clock::time_point(Clock::duration(task_started_ns_.load(std::memory_order_relaxed)));
-  return Clock::now() - started >= kTakeoverAfter;
+  return in_task_.load() && Clock::now() - task_start() >= kTakeoverAfter;
 }
 
 void EngineIo::watch() {
@@ -159,7 +168,13 @@ void EngineIo::watch() {
     if (!long_task() || stopping_) continue;
     t_owner = this;
     ++takeovers_;
-    serve_locked(Clock::time_point::max(), [&] { return !in_task_.load() || stopping_.load(); });
+    auto done = [&] { return !in_task_.load() || stopping_.load(); };
+    if (on_long_task_) {
+      on_long_task_(Clock::now() - task_start());
+      serve_locked(task_start() + kLookAgainAfter, done);
+      if (!done()) on_long_task_(Clock::now() - task_start());
+    }
+    serve_locked(Clock::time_point::max(), done);
     t_owner = nullptr;
   }
 }

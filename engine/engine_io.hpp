@@ -44,6 +44,10 @@ class EngineIo {
   // Run by the socket's owner: each message read, and about every tick.
   using IncomingFn = std::function<void(Frames&)>;
   using TickFn = std::function<void()>;
+  // Run by the watch thread, owning the socket, with how long the task has
+  // run: when it takes the socket from a long task (before it serves
+  // anything), and again once that task has run kLookAgainAfter.
+  using LongTaskFn = std::function<void(Clock::duration ran)>;
 
   // A task running this long is long enough for its socket to go to the
   // watch thread: two wake-ups are nothing beside it.
@@ -53,11 +57,14 @@ class EngineIo {
   // So a long task's Interrupt or heartbeat waits at most about this plus
   // kTakeoverAfter.
   static constexpr std::chrono::milliseconds kLookWhileBusy{2};
+  // When a long task is reported to LongTaskFn a second time.
+  static constexpr std::chrono::milliseconds kLookAgainAfter{10};
   // How soon a message the socket would not take (no peer connected yet) is
   // tried again.
   static constexpr std::chrono::milliseconds kRetryBlocked{10};
 
-  EngineIo(zmq::socket_t socket, std::chrono::milliseconds tick, IncomingFn on_incoming, TickFn on_tick);
+  EngineIo(zmq::socket_t socket, std::chrono::milliseconds tick, IncomingFn on_incoming, TickFn on_tick,
+           LongTaskFn on_long_task = {});
   ~EngineIo();
   EngineIo(const EngineIo&) = delete;
   EngineIo& operator=(const EngineIo&) = delete;
@@ -74,8 +81,9 @@ class EngineIo {
   void service();
   // The main thread runs a task from now on: the socket is free to take.
   void task_started();
-  // The task ended: the main thread owns the socket again.
-  void task_ended();
+  // The task ended: the main thread owns the socket again.  Returns how
+  // long it ran (since task_started).
+  Clock::duration task_ended();
 
   // Any thread: sends at once when the socket is free (or ours), else queues
   // it for the owner.
@@ -90,6 +98,7 @@ class EngineIo {
   void watch();
   // The main thread has been in one task for kTakeoverAfter or longer.
   bool long_task() const;
+  Clock::time_point task_start() const;
   // Require mu_ (and the calling thread to be the owner).
   void serve_locked(Clock::time_point deadline, const std::function<bool()>& done);
   void drain_incoming_locked();
@@ -101,6 +110,7 @@ class EngineIo {
   const std::chrono::milliseconds tick_;
   IncomingFn on_incoming_;
   TickFn on_tick_;
+  LongTaskFn on_long_task_;
   int wake_fd_ = -1;
   int zmq_fd_ = -1;  // the socket's ZMQ_FD
   std::thread watcher_;

@@ -5,8 +5,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "engine_io.hpp"
 
@@ -34,9 +36,14 @@ struct Pair {
   std::atomic<int> ticks{0};
   std::atomic<bool> incoming_off_main{false};
   std::thread::id main_id = std::this_thread::get_id();
+  std::mutex looks_mu;
+  std::vector<Clock::duration> looks;  // what the long-task hook was told
+  std::atomic<bool> look_on_main{false};
   std::unique_ptr<EngineIo> io;
 
-  explicit Pair(const std::string& name) {
+  // long_task_hook: give EngineIo a LongTaskFn that notes each call and
+  // sends "credit".
+  explicit Pair(const std::string& name, bool long_task_hook = false) {
     router.bind("inproc://" + name);
     zmq::socket_t dealer(ctx, zmq::socket_type::dealer);
     dealer.set(zmq::sockopt::routing_id, "e");
@@ -47,7 +54,16 @@ struct Pair {
           if (std::this_thread::get_id() != main_id) incoming_off_main = true;
           ++incoming;
         },
-        [this] { ++ticks; });
+        [this] { ++ticks; },
+        long_task_hook ? EngineIo::LongTaskFn([this](Clock::duration ran) {
+          if (std::this_thread::get_id() == main_id) look_on_main = true;
+          // The hook owns the socket: it may send at once.
+          Frames f = one("credit");
+          io->send_now(f);
+          std::lock_guard lock(looks_mu);
+          looks.push_back(ran);
+        })
+                       : EngineIo::LongTaskFn());
     io->start();
   }
 
@@ -93,13 +109,23 @@ TEST_CASE("engine io: the main thread serves the socket while it waits and sends
 }
 
 TEST_CASE("engine io: a task that runs on hands the socket to the watch thread and gets it back") {
-  Pair p("eio-takeover");
+  Pair p("eio-takeover", /*long_task_hook=*/true);
   p.io->task_started();
   // The main thread "computes": only the watch thread can read this.
   p.to_engine("interrupt");
   CHECK(eventually([&] { return p.incoming.load() == 1; }));
   CHECK(p.incoming_off_main);
   CHECK(p.io->takeovers() == 1);
+  // The long-task hook ran at the takeover and once more after kLookAgainAfter.
+  CHECK(p.from_engine() == "credit");
+  CHECK(p.from_engine() == "credit");
+  {
+    std::lock_guard lock(p.looks_mu);
+    REQUIRE(p.looks.size() == 2);
+    CHECK(p.looks[0] >= EngineIo::kTakeoverAfter);
+    CHECK(p.looks[1] >= EngineIo::kLookAgainAfter);
+  }
+  CHECK_FALSE(p.look_on_main);
   const int ticks = p.ticks.load();
   CHECK(eventually([&] { return p.ticks.load() > ticks; }));  // heartbeats go on
   p.io->task_ended();
@@ -126,7 +152,7 @@ TEST_CASE("engine io: sends from other threads during a task leave in order, bef
 }
 
 TEST_CASE("engine io: the results of short tasks leave in order") {
-  Pair p("eio-short");
+  Pair p("eio-short", /*long_task_hook=*/true);
   for (int i = 0; i < 100; ++i) {
     p.io->task_started();
     p.io->task_ended();
@@ -134,6 +160,8 @@ TEST_CASE("engine io: the results of short tasks leave in order") {
     p.io->service();
   }
   for (int i = 0; i < 100; ++i) CHECK(p.from_engine() == "r" + std::to_string(i));
+  std::lock_guard lock(p.looks_mu);
+  CHECK(p.looks.size() <= static_cast<std::size_t>(p.io->takeovers()) * 2);  // only for a task taken over
   p.io->stop();
 }
 

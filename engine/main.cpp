@@ -17,6 +17,12 @@
 // (PyErr_SetInterruptEx) and sends the main thread a no-op SIGURG so a
 // blocking call (time.sleep, a socket read) returns EINTR and Python notices
 // at once; a prefetched task is dropped and answered there and then.
+//
+// The engine's credit (how many tasks the broker may send it ahead) adapts
+// (CreditPolicy): it grows while tasks are short, and falls back to
+// --prefetch, then to 1, while one runs long; the watch thread, holding the
+// socket then, gives back the prefetched tasks beyond it in a Credit
+// message, so they do not wait behind the long one.
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -33,6 +39,7 @@
 #include <pybind11/pybind11.h>
 
 #include "connection_file.hpp"
+#include "credit_policy.hpp"
 #include "engine_io.hpp"
 #include "executor.hpp"
 #include "log.hpp"
@@ -135,6 +142,7 @@ int main(int argc, char** argv) {
   std::string connection_file;
   std::string url;
   int prefetch = 2;
+  int prefetch_max = 16;
   int heartbeat_ms = 1000;
   int liveness = 3;
   double broker_timeout_s = 0;
@@ -142,7 +150,11 @@ int main(int argc, char** argv) {
   auto* file_opt = app.add_option("--connection-file", connection_file,
                                   "the broker's connection file (JSON); its \"engine\" endpoint is used");
   app.add_option("--url", url, "the broker's engine endpoint, e.g. tcp://127.0.0.1:5555")->excludes(file_opt);
-  app.add_option("--prefetch", prefetch, "tasks the engine may hold at once (its credit)")
+  app.add_option("--prefetch", prefetch, "tasks the engine may hold at once (its base credit)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
+  app.add_option("--prefetch-max", prefetch_max,
+                 "the most tasks it asks for while its tasks run short (--prefetch or less: a fixed credit)")
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
   app.add_option("--heartbeat-ms", heartbeat_ms, "heartbeat interval until the broker announces its own")
@@ -222,8 +234,10 @@ int main(int argc, char** argv) {
     Executor executor;
     if (!executor.import_error().empty()) log_error("%s", executor.import_error().c_str());
 
+    CreditPolicy credit(prefetch, prefetch_max);
     SessionOptions options;
     options.credit = prefetch;
+    options.revision = credit.adaptive() ? proto::kRevision : 1;
     options.heartbeat = std::chrono::milliseconds(heartbeat_ms);
     options.liveness = liveness;
     options.host_pid = host_pid();
@@ -248,6 +262,7 @@ int main(int argc, char** argv) {
     // Both callbacks run on the socket's owner, the only one touching session.
     auto send_headers = [&](std::vector<proto::Header>& headers) {
       for (auto& h : headers) {
+        if (h.type == proto::MsgType::kRegister) credit.reset();  // the broker takes the base from it
         Frames frames = proto::encode(h);
         io_ptr->send_now(frames);
       }
@@ -262,6 +277,25 @@ int main(int argc, char** argv) {
       } else if (now == Session::State::kRegistering) {
         log_info("%s; registering again", reason);
       }
+    };
+    // The credit may change only while registered with a broker that takes
+    // Credit; otherwise it stays at the base the Register announced.
+    auto credit_adapts = [&] {
+      return credit.adaptive() && session.state() == Session::State::kRegistered && session.broker_revision() >= 2;
+    };
+    // Gives back the queued tasks beyond the credit and announces both, if
+    // either changed.  Socket owner only; `running`: a task runs now.
+    auto announce_credit = [&](bool changed, bool running) {
+      proto::Header h;
+      h.opts.ids = board.give_back(static_cast<std::size_t>(credit.keep(running)));
+      if (!changed && h.opts.ids.empty()) return;
+      h.type = proto::MsgType::kCredit;
+      h.targets = {session.engine_id()};  // the registration these tasks came under
+      h.aux = credit.credit();
+      // Through the queue, not send_now: a Credit the socket would not take
+      // yet waits and leaves later, since the tasks it names are no longer
+      // held here.
+      io_ptr->send(proto::encode(h));
     };
     auto on_incoming = [&](Frames& frames) {
       proto::Message msg;
@@ -296,6 +330,8 @@ int main(int argc, char** argv) {
             return;
           }
           board.add(std::move(msg));
+          // Sent before the broker read our lower credit: back it goes.
+          if (credit.long_task() && credit_adapts()) announce_credit(false, /*running=*/true);
           return;
         case Session::Verdict::kInterrupt:
           if (board.interrupt(msg.header.id) == TaskBoard::Interrupted::kQueued) {
@@ -342,7 +378,14 @@ int main(int argc, char** argv) {
     };
 
     const int tick_ms = std::clamp(heartbeat_ms / 4, 10, 100);
-    EngineIo io(std::move(socket), std::chrono::milliseconds(tick_ms), on_incoming, on_tick);
+    // A task runs long (the watch thread holds the socket): the credit
+    // falls, and the tasks queued behind the task go to other engines.
+    static_assert(EngineIo::kTakeoverAfter >= CreditPolicy::kShortTask);
+    static_assert(EngineIo::kLookAgainAfter >= CreditPolicy::kLongTask);
+    auto on_long_task = [&](Clock::duration ran) {
+      if (credit_adapts()) announce_credit(credit.on_long_task(ran), /*running=*/true);
+    };
+    EngineIo io(std::move(socket), std::chrono::milliseconds(tick_ms), on_incoming, on_tick, on_long_task);
     io_ptr = &io;
     set_output_pipe(&output);
     // Signals go to the main thread: block them while the watch thread is
@@ -406,8 +449,13 @@ int main(int argc, char** argv) {
       output.begin(task->header.id, task->header.aux);
       io.task_started();
       Outcome outcome = executor.run(task->header.id, std::move(task->payload));
-      io.task_ended();
+      const auto ran = io.task_ended();
       output.end();  // before the Result: no Output of this task follows it
+      if (!credit_adapts()) {
+        credit.reset();  // what the broker has: the Register's credit
+      } else if (credit.on_task_end(ran)) {
+        announce_credit(/*changed=*/true, /*running=*/false);
+      }
       g_in_task = false;
       const TaskBoard::Finished fin = board.finish();
       if (fin.interrupted) {

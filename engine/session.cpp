@@ -16,6 +16,7 @@ void Session::send_register(Clock::time_point now, std::vector<Header>* out) {
   h.type = MsgType::kRegister;
   h.aux = options_.credit;
   h.text = options_.host_pid;
+  h.opts.revision = options_.revision;
   out->push_back(std::move(h));
   state_ = State::kRegistering;
   next_register_ = now + options_.register_retry;

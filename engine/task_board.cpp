@@ -38,6 +38,16 @@ std::size_t TaskBoard::new_epoch() {
   return dropped;
 }
 
+std::vector<std::uint64_t> TaskBoard::give_back(std::size_t keep) {
+  std::vector<std::uint64_t> ids;
+  std::lock_guard lock(mu_);
+  if (queue_.size() <= keep) return ids;
+  ids.reserve(queue_.size() - keep);
+  for (std::size_t i = keep; i < queue_.size(); ++i) ids.push_back(queue_[i].msg.header.id);
+  queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(keep), queue_.end());
+  return ids;
+}
+
 std::optional<proto::Message> TaskBoard::take(std::chrono::milliseconds timeout) {
   std::unique_lock lock(mu_);
   const std::uint64_t generation = wake_generation_;

@@ -16,6 +16,9 @@
 //   owner    set_paused    while the engine is not registered, hold queued
 //                          tasks back: the reply to its Register may still
 //                          start a new epoch that drops them
+//   owner    give_back     the credit fell: remove the queued tasks beyond
+//                          the first `keep` (the caller names them in a
+//                          Credit message); never the running one
 //   main     take          wait for the next task and mark it running
 //   main     try_take      the same without waiting (the main thread waits
 //                          in EngineIo::serve, which fills the board)
@@ -38,6 +41,7 @@
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <vector>
 
 #include "protocol.hpp"
 
@@ -69,6 +73,10 @@ class TaskBoard {
   Interrupted interrupt(std::uint64_t id);
   // Returns how many queued tasks were dropped.
   std::size_t new_epoch();
+  // Removes the queued tasks after the first `keep` and returns their ids,
+  // in queue order.  Once removed, a task can be neither taken nor
+  // interrupted here.
+  std::vector<std::uint64_t> give_back(std::size_t keep);
   void set_paused(bool paused);
 
   // Main thread.  Waits up to `timeout` for a task (and for the board not

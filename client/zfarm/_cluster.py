@@ -113,14 +113,21 @@ class Cluster:
     127.0.0.1 instead.  ``curve=True`` also turns on CurveZMQ: traffic is
     encrypted and only holders of the keys in the connection file (mode
     0600) get in.
+
+    ``prefetch`` is how many tasks an engine holds at once (default 2);
+    while its tasks run short it asks for more, up to ``prefetch_max``
+    (default 16; equal to ``prefetch``: a fixed credit), and gives them
+    back when one runs long (docs/architecture.rst, "Engine credit").
     """
 
     def __init__(self, n: Optional[int] = None, *, heartbeat_ms: Optional[int] = None,
-                 prefetch: Optional[int] = None, engine_args: Sequence[str] = (),
+                 prefetch: Optional[int] = None, prefetch_max: Optional[int] = None,
+                 engine_args: Sequence[str] = (),
                  broker_args: Sequence[str] = (), quiet: bool = True, curve: bool = False):
         self.n = n if n is not None else (os.cpu_count() or 1)
         self.heartbeat_ms = heartbeat_ms
         self.prefetch = prefetch
+        self.prefetch_max = prefetch_max
         self.engine_args = list(engine_args)
         self.broker_args = list(broker_args)
         self.quiet = quiet
@@ -196,6 +203,8 @@ class Cluster:
         args = [find_binary("zfarm-engine"), "--connection-file", self.connection_file]
         if self.prefetch:
             args += ["--prefetch", str(self.prefetch)]
+        if self.prefetch_max:
+            args += ["--prefetch-max", str(self.prefetch_max)]
         if self.heartbeat_ms:
             args += ["--heartbeat-ms", str(self.heartbeat_ms)]
         args += self.engine_args
