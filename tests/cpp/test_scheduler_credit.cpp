@@ -10,61 +10,21 @@
 
 #include <msgpack.hpp>
 
-#include "scheduler.hpp"
+#include "scheduler_feed.hpp"
 
 using namespace zfarm;
-using broker::Clock;
-using broker::Outbox;
-using broker::Outgoing;
-using broker::Scheduler;
 using proto::MsgType;
 using proto::ResultStatus;
 
 namespace {
 
-struct Got {
-  Outgoing::Side side;
-  std::string identity;
-  proto::Header header;
-  std::vector<std::string> payload;
-};
+using test::Got;
 
 constexpr std::uint32_t st(ResultStatus s) { return static_cast<std::uint32_t>(s); }
 const std::vector<std::int64_t> kBalanced = {proto::kLoadBalanced};
 
-struct Broker {
-  explicit Broker(broker::SchedulerOptions o = {}) : s(std::move(o)) {}
-
-  Scheduler s;
-  Outbox out;
-  Clock::time_point now = Clock::now();
-
-  std::vector<Got> feed(bool engine, const std::string& identity, const proto::Header& h,
-                        std::vector<std::string> chunks = {}) {
-    Frames payload;
-    for (const auto& c : chunks) payload.emplace_back(c.data(), c.size());
-    Frames f;
-    f.emplace_back(identity.data(), identity.size());
-    for (auto& x : proto::encode(h, std::move(payload))) f.push_back(std::move(x));
-    if (engine) {
-      s.on_engine_frames(f, now, out);
-    } else {
-      s.on_client_frames(f, now, out);
-    }
-    return take();
-  }
-  std::vector<Got> take() {
-    std::vector<Got> got;
-    for (auto& o : out) {
-      proto::Message m;
-      REQUIRE(proto::decode(o.frames, 0, &m).ok());
-      Got g{o.side, o.identity, m.header, {}};
-      for (auto& p : m.payload) g.payload.push_back(p.to_string());
-      got.push_back(std::move(g));
-    }
-    out.clear();
-    return got;
-  }
+struct Broker : test::FedScheduler {
+  using FedScheduler::FedScheduler;
 
   // An engine that speaks `revision` (2: it may give tasks back).
   std::int64_t reg(const std::string& engine, std::int64_t credit, std::int64_t revision = proto::kRevision) {

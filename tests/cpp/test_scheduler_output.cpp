@@ -6,53 +6,17 @@
 #include <string>
 #include <vector>
 
-#include "scheduler.hpp"
+#include "scheduler_feed.hpp"
 
 using namespace zfarm;
-using broker::Clock;
-using broker::Outbox;
 using broker::Outgoing;
-using broker::Scheduler;
 using proto::MsgType;
 
 namespace {
 
-struct Got {
-  Outgoing::Side side;
-  std::string identity;
-  proto::Header header;
-  std::vector<std::string> payload;
-};
+using test::Got;
 
-struct Broker {
-  Scheduler s;
-  Outbox out;
-  Clock::time_point now = Clock::now();
-
-  std::vector<Got> feed(bool engine, const std::string& identity, const proto::Header& h,
-                        std::vector<std::string> chunks = {}) {
-    Frames payload;
-    for (const auto& c : chunks) payload.emplace_back(c.data(), c.size());
-    Frames f;
-    f.emplace_back(identity.data(), identity.size());
-    for (auto& x : proto::encode(h, std::move(payload))) f.push_back(std::move(x));
-    if (engine) {
-      s.on_engine_frames(f, now, out);
-    } else {
-      s.on_client_frames(f, now, out);
-    }
-    std::vector<Got> got;
-    for (auto& o : out) {
-      proto::Message m;
-      REQUIRE(proto::decode(o.frames, 0, &m).ok());
-      Got g{o.side, o.identity, m.header, {}};
-      for (auto& p : m.payload) g.payload.push_back(p.to_string());
-      got.push_back(std::move(g));
-    }
-    out.clear();
-    return got;
-  }
-
+struct Broker : test::FedScheduler {
   std::vector<Got> reg(const std::string& engine) {
     proto::Header h;
     h.type = MsgType::kRegister;
