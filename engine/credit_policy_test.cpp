@@ -5,7 +5,6 @@
 #include <chrono>
 
 #include "credit_policy.hpp"
-#include "task_board.hpp"
 
 using namespace zfarm;
 using namespace zfarm::engine;
@@ -154,36 +153,4 @@ TEST_CASE("credit: the worst mix costs at most two changes per kRaiseAfter + 1 t
     changes += p.on_task_end(kSlow) ? 1 : 0;
   }
   CHECK(changes == 2 * rounds);
-}
-
-// ---- TaskBoard::give_back -------------------------------------------------------
-
-namespace {
-
-proto::Message task(std::uint64_t id) {
-  proto::Message m;
-  m.header.type = proto::MsgType::kTask;
-  m.header.id = id;
-  return m;
-}
-
-}  // namespace
-
-TEST_CASE("board: give_back removes the queued tasks after the first `keep`, in order") {
-  TaskBoard board([] {});
-  for (std::uint64_t id = 1; id <= 6; ++id) board.add(task(id));
-  auto running = board.try_take();
-  REQUIRE(running);
-  CHECK(running->header.id == 1);
-  CHECK(board.give_back(5).empty());  // holds 5 queued: nothing beyond
-  CHECK(board.give_back(2) == std::vector<std::uint64_t>{4, 5, 6});
-  CHECK(board.queued() == 2);
-  // Given back: neither interruptible nor taken here any more.
-  CHECK(board.interrupt(5) == TaskBoard::Interrupted::kNotHeld);
-  CHECK(board.interrupt(1) == TaskBoard::Interrupted::kRunning);  // the running one stays
-  board.finish();
-  CHECK(board.try_take()->header.id == 2);
-  board.finish();
-  CHECK(board.give_back(0) == std::vector<std::uint64_t>{3});
-  CHECK_FALSE(board.try_take());
 }

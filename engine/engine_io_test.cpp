@@ -57,11 +57,15 @@ struct Pair {
         [this] { ++ticks; },
         long_task_hook ? EngineIo::LongTaskFn([this](Clock::duration ran) {
           if (std::this_thread::get_id() == main_id) look_on_main = true;
+          {
+            // Recorded before the send: once the test has read the message,
+            // its look is there to check.
+            std::lock_guard lock(looks_mu);
+            looks.push_back(ran);
+          }
           // The hook owns the socket: it may send at once.
           Frames f = one("credit");
           io->send_now(f);
-          std::lock_guard lock(looks_mu);
-          looks.push_back(ran);
         })
                        : EngineIo::LongTaskFn());
     io->start();

@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <vector>
 
 #include "task_board.hpp"
 
@@ -130,4 +131,23 @@ TEST_CASE("board: a paused board holds its tasks back until resumed") {
   CHECK_FALSE(b.board.take(milliseconds(1)));
   b.board.add(task(2));
   CHECK(b.board.take(milliseconds(0))->header.id == 2);
+}
+
+TEST_CASE("board: give_back removes the queued tasks after the first `keep`, in order") {
+  TaskBoard board([] {});
+  for (std::uint64_t id = 1; id <= 6; ++id) board.add(task(id));
+  auto running = board.try_take();
+  REQUIRE(running);
+  CHECK(running->header.id == 1);
+  CHECK(board.give_back(5).empty());  // holds 5 queued: nothing beyond
+  CHECK(board.give_back(2) == std::vector<std::uint64_t>{4, 5, 6});
+  CHECK(board.queued() == 2);
+  // Given back: neither interruptible nor taken here any more.
+  CHECK(board.interrupt(5) == TaskBoard::Interrupted::kNotHeld);
+  CHECK(board.interrupt(1) == TaskBoard::Interrupted::kRunning);  // the running one stays
+  board.finish();
+  CHECK(board.try_take()->header.id == 2);
+  board.finish();
+  CHECK(board.give_back(0) == std::vector<std::uint64_t>{3});
+  CHECK_FALSE(board.try_take());
 }
