@@ -20,7 +20,7 @@ import time
 import warnings
 from _thread import RLock
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from . import _serialize
 from ._errors import (
@@ -41,6 +41,7 @@ _MISSING = object()
 OUTPUT_STDOUT_CAPPED = 1
 OUTPUT_STDERR_CAPPED = 2
 STREAMS = ("stdout", "stderr")
+_CAPPED_FLAG = (OUTPUT_STDOUT_CAPPED, OUTPUT_STDERR_CAPPED)  # by stream index
 
 # fn(task_index, engine_id, stream, text), stream "stdout" or "stderr".
 OutputCallback = Callable[[int, Optional[int], str, str], None]
@@ -687,20 +688,28 @@ class OutputFollower:
         self._write = write
         self._shown: Dict[Tuple[int, int], int] = {}  # (task index, stream) -> characters shown
         self._ended_seen = 0  # entries of ar._completion already shown to the end
+        self._capped: Set[Tuple[int, int]] = set()  # (task index, stream) whose limit was announced
 
     def show(self, ended: bool = False) -> None:
         ar = self._ar
         with _LOCK:
-            running = [(i, e.engine_id, e.text(0), e.text(1)) for i, e in (ar._live or {}).items()]
+            running = [(i, e.engine_id, e.flags, e.text(0), e.text(1)) for i, e in (ar._live or {}).items()]
             just_ended = ar._completion[self._ended_seen:] if ended else []
             self._ended_seen += len(just_ended)
-        for index, engine, *texts in running:
+        for index, engine, flags, *texts in running:
             for stream, text in enumerate(texts):
                 done = self._shown.get((index, stream), 0)
                 end = text.rfind("\n") + 1
                 if end > done:
                     self._write(prefixed(_label(stream, engine, index), text[done:end]), stream)
                     self._shown[(index, stream)] = end
+                if flags & _CAPPED_FLAG[stream] and (index, stream) not in self._capped:
+                    # The engine keeps no more of this stream: say so now,
+                    # not only in the note at the end of the final output.
+                    self._capped.add((index, stream))
+                    self._write(prefixed(_label(stream, engine, index),
+                                         f"[zfarm: output limit reached; further {STREAMS[stream]} "
+                                         "of this task is dropped]\n"), stream)
         for index in just_ended:
             outcome = ar._outcomes[index]
             for stream in (0, 1):
@@ -708,6 +717,7 @@ class OutputFollower:
                 if rest:
                     self._write(prefixed(_label(stream, outcome.engine_id, index), rest), stream)
                 self._shown.pop((index, stream), None)
+                self._capped.discard((index, stream))
 
     def unshown(self, index: int, stream: int) -> str:
         """What of task ``index``'s final output has not been shown yet."""

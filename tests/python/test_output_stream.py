@@ -218,3 +218,38 @@ def test_a_stream_kept_from_an_earlier_task_does_not_stream_into_a_later_one(rc,
     open(gate, "w").close()
     assert ar.get(timeout=WAIT) is True
     assert ar.stdout == "first\nsecond\n"
+
+
+def print_past_the_limit_and_wait(gate: str, lines: int, wait_s: float = WAIT) -> bool:
+    """Runs on an engine: prints `lines` lines of 100 characters (newline included), then waits for the gate."""
+    import os as _os
+    import time as _time
+
+    for i in range(lines):
+        print(f"{i:02d}" + "y" * 97)
+    deadline = _time.monotonic() + wait_s
+    while not _os.path.exists(gate):
+        if _time.monotonic() > deadline:
+            return False
+        _time.sleep(0.01)
+    return True
+
+
+def test_reaching_the_output_limit_is_shown_while_the_task_runs(own_cluster, tmp_path, monkeypatch):
+    pytest.importorskip("tqdm")
+    monkeypatch.setenv("ZFARM_OUTPUT_LIMIT", "1000")  # the engines read it at start
+    c = own_cluster(n=1)
+    with c.connect(timeout=WAIT) as rc:
+        engine = rc.ids[0]
+        notice = f"[stdout:{engine}] [zfarm: output limit reached; further stdout of this task is dropped]"
+        gate = str(tmp_path / "gate")
+        shown = OpenGateWhenShown(gate, needles=[notice])
+        monkeypatch.setattr(sys, "stdout", shown)
+        ar = rc[:].apply_async(print_past_the_limit_and_wait, gate, 30)
+        assert ar.wait_interactive(timeout=2 * WAIT)
+        monkeypatch.undo()  # sys.stdout back (the engine read its limit at start)
+        assert ar.get(timeout=0) == [True]  # the gate opened: the notice came while the task ran
+        text = shown.getvalue()
+        assert text.count(notice) == 1
+        assert f"[stdout:{engine}] 09" in text and f"[stdout:{engine}] 10" not in text  # 10 lines kept
+        assert "output limit of 1000 characters reached; 2000 more were dropped" in text  # the final note too
