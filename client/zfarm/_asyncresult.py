@@ -121,6 +121,7 @@ _CANCELLED = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED})
 # is still per result: each has its own condition (on this lock), made when
 # a thread first waits on it.
 _LOCK = RLock()
+_monotonic = time.monotonic
 # _completion of a single task that ended (index 0): shared, never changed.
 _FIRST_ONLY = (0,)
 
@@ -157,6 +158,7 @@ class AsyncResult(concurrent.futures.Future):
     # on first use (a call made one task at a time creates many of these).
     _progress: Optional[threading.Condition] = None
     _live: Optional[Dict[int, _Live]] = None  # task index -> output streamed so far
+    _ended_at: Optional[float] = None  # time.monotonic() when the last task's outcome arrived
     _output_callbacks: Sequence[OutputCallback] = ()
     _on_ended: Sequence[Callable[[], None]] = ()  # see _when_ended
     _cancelling = False
@@ -258,6 +260,8 @@ class AsyncResult(concurrent.futures.Future):
             else:
                 self._completion = [index] if self._n > 1 else _FIRST_ONLY
             finished = len(self._completion) == self._n
+            if finished:
+                self._ended_at = _monotonic()
             callbacks = self._output_callbacks
             if self._progress is not None:
                 self._progress.notify_all()
@@ -592,8 +596,16 @@ class AsyncResult(concurrent.futures.Future):
 
     @property
     def elapsed(self) -> float:
-        """Seconds since submission."""
-        return time.monotonic() - self.submitted
+        """Seconds since submission; once every task has ended, :attr:`wall_time`."""
+        ended = self._ended_at
+        return (time.monotonic() if ended is None else ended) - self.submitted
+
+    @property
+    def wall_time(self) -> Optional[float]:
+        """Seconds from submission until the last task's outcome arrived here
+        (None while a task has not ended)."""
+        ended = self._ended_at
+        return None if ended is None else ended - self.submitted
 
     def wait_interactive(self, interval: float = 0.1, timeout: Optional[float] = None,
                          output: bool = True) -> bool:

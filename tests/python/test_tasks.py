@@ -168,3 +168,21 @@ def test_wait_interactive_shows_progress_and_finishes(rc, capsys):
     assert ar.get() == list(range(50, 0, -1))
     err = capsys.readouterr().err
     assert "10/10" in err
+
+
+def test_wall_time_is_known_once_every_task_ended_and_elapsed_stops_there(rc, tmp_path):
+    from conftest import gated
+
+    gate = str(tmp_path / "gate")
+    ar = rc.load_balanced_view().map(gated, [1, 2, 3], [gate] * 3, chunksize=1)
+    assert ar.wall_time is None and not ar.ready()
+    running = ar.elapsed
+    assert running >= 0
+    open(gate, "w").close()
+    assert ar.get(timeout=WAIT) == [1, 4, 9]
+    wall = ar.wall_time
+    assert wall is not None and running <= wall
+    assert ar.elapsed == wall  # no longer grows
+    one = rc.load_balanced_view().apply_async(int)
+    one.get(timeout=WAIT)
+    assert 0 < one.wall_time == one.elapsed
