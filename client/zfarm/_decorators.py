@@ -58,11 +58,11 @@ class ParallelFunction(RemoteFunction):
     def __call__(self, *seqs: Iterable[Any]) -> Any:
         from . import _serialize
         from ._asyncresult import AsyncResult
-        from ._view import CHUNKS_PER_ENGINE, DirectView, concatenate, partition
+        from ._view import CHUNKS_PER_ENGINE, DirectView, _as_sequence, concatenate, partition
 
         if not seqs:
             raise TypeError(f"{self.__name__}() needs at least one sequence")
-        seqs = tuple(s if hasattr(s, "__len__") and hasattr(s, "__getitem__") else list(s) for s in seqs)
+        seqs = tuple(_as_sequence(s) for s in seqs)
         n = min(len(s) for s in seqs)
         seqs = tuple(s if len(s) == n else s[:n] for s in seqs)
         view = self.view

@@ -209,9 +209,8 @@ class DirectView(_View):
         seqs = tuple(_as_sequence(s) for s in seqs)
         n = min(len(s) for s in seqs)
         fn = _serialize.dumps_function(f)
-        q, r = divmod(n, len(self._ids))
-        bounds = list(itertools.accumulate([0] + [q + (1 if i < r else 0) for i in range(len(self._ids))]))
-        ops = [map_op(fn, seqs, bounds[i], bounds[i + 1]) for i in range(len(self._ids))]
+        # The blocks partition() makes, as bounds: partition(range(n)) gives ranges.
+        ops = [map_op(fn, seqs, r.start, r.stop) for r in partition(range(n), len(self._ids))]
         return self._each(ops, "map", block, flatten=True)
 
     def map_sync(self, f: Callable, *seqs: Iterable[Any]) -> List[Any]:
