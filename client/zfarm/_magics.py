@@ -296,7 +296,7 @@ class PxMagics:
                 if spec == "all":
                     self.targets = "all"
                 elif ":" in spec:  # a slice of the engines registered now
-                    self.targets = parse_targets(spec, self._target_ids(None))
+                    self.targets = parse_targets(spec, self._target_ids("all"))
                 else:
                     self.targets = parse_targets(spec, [])
             except ValueError as exc:

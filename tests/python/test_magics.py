@@ -138,11 +138,12 @@ def test_pxconfig_sets_default_targets_and_blocking(shell, rc, capsys):
     # A call's own option still wins; a slice is resolved against the engines now.
     assert run(shell, f"%px --targets {ids[0]} 'zero'").success
     assert f"Out[{ids[0]}" in capsys.readouterr().out
-    assert run(shell, "%pxconfig --targets ::2 --noblock").success
+    assert run(shell, "%pxconfig --targets ::2 --noblock").success  # of every engine, not of the default
     result = run(shell, "ar = %px 5 * 5")
     assert result.success
     ar = shell.user_ns["ar"]
     assert isinstance(ar, zfarm.AsyncResult) and ar.get(timeout=WAIT) == ["25"]
+    assert ar.engine_id == [ids[0]]
     assert run(shell, "%pxconfig --targets all --block").success
     assert run(shell, "%px 'both'").success
     out = capsys.readouterr().out
