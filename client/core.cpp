@@ -277,7 +277,7 @@ class Core {
     for (Py_ssize_t i = 0; i < n; ++i) {
       PyObject* b = PyList_GET_ITEM(frames.ptr(), i);
       const auto size = static_cast<std::int64_t>(PyBytes_GET_SIZE(b));
-      if (max_message_bytes_ >= 0 && size > max_message_bytes_) check_sizes(to_outgoing(static_cast<int>(h.type), id, {}, 0, {}, frames));
+      check_frame_size(size);
       wire.emplace_back(PyBytes_AS_STRING(b), static_cast<std::size_t>(size));
     }
     io->send(std::move(wire));
@@ -382,12 +382,13 @@ class Core {
   // such a frame here, with the numbers.
   void check_sizes(const Outgoing& o) const {
     if (max_message_bytes_ < 0) return;
-    for (const auto& b : o.buffers) {
-      const auto n = static_cast<std::int64_t>(b.size * b.itemsize);
-      if (n > max_message_bytes_) {
-        throw py::value_error("a frame of " + std::to_string(n) + " bytes exceeds the broker's limit of " +
-                              std::to_string(max_message_bytes_) + " bytes (zfarm-broker --max-message-bytes)");
-      }
+    for (const auto& b : o.buffers) check_frame_size(static_cast<std::int64_t>(b.size * b.itemsize));
+  }
+
+  void check_frame_size(std::int64_t n) const {
+    if (max_message_bytes_ >= 0 && n > max_message_bytes_) {
+      throw py::value_error("a frame of " + std::to_string(n) + " bytes exceeds the broker's limit of " +
+                            std::to_string(max_message_bytes_) + " bytes (zfarm-broker --max-message-bytes)");
     }
   }
 
