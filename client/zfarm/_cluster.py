@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import sysconfig
 import tempfile
 import time
 import weakref
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from . import _shm
 from ._errors import ZfarmError
@@ -72,7 +73,7 @@ def local_endpoints(workdir: Optional[str]) -> List[str]:
     return ["--client-endpoint", "tcp://127.0.0.1:*", "--engine-endpoint", "tcp://127.0.0.1:*"]
 
 
-def _die_with_parent() -> None:
+def _before_exec(cpu: Optional[int]) -> None:
     # Runs in the child before exec: if the Python process that started the
     # cluster dies (even by SIGKILL), the kernel sends SIGTERM to the child,
     # so no broker or engine is left behind.
@@ -81,6 +82,34 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except Exception:  # noqa: BLE001 - best effort on non-Linux systems
         pass
+    # The child has one thread here; every thread it starts later (libzmq's
+    # I/O thread, the engine's watcher) inherits the CPU.
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+
+def usable_cpus() -> List[int]:
+    """The CPUs this process may run on (its affinity mask: a Slurm job's or
+    a container's share of the machine, not every core), in order."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return []
+
+
+def placement(n: int, pin, cpus: Sequence[int]) -> Optional[Tuple[int, List[int]]]:
+    """Where a cluster of ``n`` engines runs: the broker's CPU and each
+    engine's, or None to leave every process to the kernel.
+
+    ``pin="auto"`` pins when there is one engine per usable CPU (the
+    default ``n``), ``True`` whenever there are two CPUs or more (engines
+    round-robin), ``False`` never.  The broker shares the last CPU.
+    """
+    if pin not in ("auto", True, False):
+        raise ValueError(f"pin must be 'auto', True or False, not {pin!r}")
+    if not pin or len(cpus) < 2 or (pin == "auto" and n != len(cpus)):
+        return None
+    return cpus[-1], [cpus[i % len(cpus)] for i in range(n)]
 
 
 def _reap(procs: Sequence[subprocess.Popen], grace: float) -> None:
@@ -118,13 +147,30 @@ class Cluster:
     while its tasks run short it asks for more, up to ``prefetch_max``
     (default 16; equal to ``prefetch``: a fixed credit), and gives them
     back when one runs long (docs/architecture.rst, "Engine credit").
+
+    ``pin`` binds each process to one CPU, as MPI launchers bind ranks to
+    cores: the broker to the last usable CPU, engine ``i`` to the
+    ``i``-th.  A process and its libzmq I/O thread then wake each other
+    on one CPU instead of across two, which makes a round trip about a
+    third shorter (docs/benchmarks.rst).  ``"auto"`` (the default) pins
+    when there is one engine per usable CPU, as with the default ``n``;
+    ``True`` always (engines round-robin); ``False`` never.  A pinned
+    engine runs its task's threads on its one CPU too (a BLAS library
+    sees one CPU); use ``pin=False`` for engines that should spread
+    their own threads.  The client's process is never pinned.
     """
 
     def __init__(self, n: Optional[int] = None, *, heartbeat_ms: Optional[int] = None,
                  prefetch: Optional[int] = None, prefetch_max: Optional[int] = None,
                  engine_args: Sequence[str] = (),
-                 broker_args: Sequence[str] = (), quiet: bool = True, curve: bool = False):
-        self.n = n if n is not None else (os.cpu_count() or 1)
+                 broker_args: Sequence[str] = (), quiet: bool = True, curve: bool = False,
+                 pin="auto"):
+        cpus = usable_cpus()
+        self.n = n if n is not None else (len(cpus) or os.cpu_count() or 1)
+        self.pin = pin
+        # (broker CPU, engine CPUs) or None; decided once, for the n asked.
+        self._placement = placement(self.n, pin, cpus)
+        self._cpus = cpus
         self.heartbeat_ms = heartbeat_ms
         self.prefetch = prefetch
         self.prefetch_max = prefetch_max
@@ -169,7 +215,7 @@ class Cluster:
     def _start_broker(self, args: List[str]) -> None:
         # The broker writes the file (atomically) once it listens; a restarted
         # broker rewrites it with its own pid.
-        self.broker = self._spawn(args)
+        self.broker = self._spawn(args, self._placement[0] if self._placement else None)
         deadline = time.monotonic() + BROKER_START_TIMEOUT
         while _file_pid(self.connection_file) != self.broker.pid:
             if self.broker.poll() is not None:
@@ -209,14 +255,23 @@ class Cluster:
             args += ["--heartbeat-ms", str(self.heartbeat_ms)]
         args += self.engine_args
         for _ in range(n):
-            self.engines.append(self._spawn(args))
+            self.engines.append(self._spawn(args, self._engine_cpu(len(self.engines))))
 
-    def _spawn(self, args: List[str]) -> subprocess.Popen:
+    def _engine_cpu(self, i: int) -> Optional[int]:
+        # Engines added beyond the first n: pinned round-robin only when
+        # asked for (pin=True); "auto" leaves them to the kernel.
+        if self._placement is None:
+            return None
+        if i < len(self._placement[1]):
+            return self._placement[1][i]
+        return self._cpus[i % len(self._cpus)] if self.pin is True else None
+
+    def _spawn(self, args: List[str], cpu: Optional[int] = None) -> subprocess.Popen:
         out = subprocess.DEVNULL if self.quiet else None
         # Engines of a local cluster share this host: large results through /dev/shm.
         env = dict(os.environ, **{_shm.ENV: "1" if _shm.enabled_by_env(True) else "0"})
         p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                             preexec_fn=_die_with_parent, close_fds=True, env=env)
+                             preexec_fn=functools.partial(_before_exec, cpu), close_fds=True, env=env)
         self._started.append(p)
         return p
 
@@ -258,6 +313,14 @@ class Cluster:
 
     def __repr__(self) -> str:
         return f"<zfarm.Cluster n={self.n} connection_file={self.connection_file!r}>"
+
+    @property
+    def cpus(self) -> Optional[dict]:
+        """Where the processes are pinned: ``{"broker": cpu, "engines":
+        [cpu or None, ...]}``, or None when nothing is pinned."""
+        if self._placement is None:
+            return None
+        return {"broker": self._placement[0], "engines": [self._engine_cpu(i) for i in range(len(self.engines))]}
 
 
 def _cleanup(processes: List[subprocess.Popen], workdir: Optional[str]) -> None:

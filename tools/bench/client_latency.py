@@ -2,7 +2,8 @@
 """zfarm's own latency and throughput, quickly, without the peers.
 
     python tools/bench/client_latency.py [--engines 2] [--reps 2000] [--tasks 20000]
-        [--items 100000] [--runs 3] [--broker-args ARGS] [--profile apply|async]
+        [--items 100000] [--runs 3] [--broker-args ARGS] [--pin auto|on|off]
+        [--profile apply|async]
 
 Prints, per run, the median and p99 of a load-balanced apply+get round trip
 and of execute on all engines, async no-op tasks per second (submitted one
@@ -84,13 +85,16 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--broker-args", default="", help="extra zfarm-broker arguments")
     ap.add_argument("--engine-args", default="", help="extra zfarm-engine arguments")
+    ap.add_argument("--pin", choices=["auto", "on", "off"], default="auto",
+                    help="Cluster(pin=...): bind broker and engines to CPUs (default auto)")
     ap.add_argument("--profile", choices=["apply", "async"], default=None)
     args = ap.parse_args()
 
     import zfarm
 
     with zfarm.Cluster(n=args.engines, broker_args=shlex.split(args.broker_args),
-                       engine_args=shlex.split(args.engine_args)) as rc:
+                       engine_args=shlex.split(args.engine_args),
+                       pin={"auto": "auto", "on": True, "off": False}[args.pin]) as rc:
         if args.profile:
             profile(rc, args)
             return
