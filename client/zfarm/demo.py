@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 
 import zfarm
@@ -24,12 +23,14 @@ def slow_prime_count(limit: int) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engines", type=int, default=os.cpu_count() or 2, help="engines to start")
+    parser.add_argument("--engines", type=int, default=None,
+                        help="engines to start (default: one per CPU this process may use)")
     parser.add_argument("--items", type=int, default=200, help="number of map items")
     args = parser.parse_args(argv)
 
-    print(f"starting a local zfarm cluster with {args.engines} engines ...", flush=True)
-    with zfarm.Cluster(n=args.engines) as rc:
+    cluster = zfarm.Cluster(n=args.engines)
+    print(f"starting a local zfarm cluster with {cluster.n} engines ...", flush=True)
+    with cluster as rc:
         print(f"engines registered: {rc.ids}", flush=True)
         lv = rc.load_balanced_view()
         limits = [2000 + 37 * i for i in range(args.items)]
