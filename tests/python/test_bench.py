@@ -35,6 +35,8 @@ def test_small_benchmark_runs_every_framework_and_the_loadgen(tmp_path):
     results = report["results"]
     zf = results["zfarm"]
     assert not zf.get("notes"), zf["notes"]
+    # The bench's 2-engine cluster pins as Cluster(pin="auto") does.
+    assert zf["pinned"] is (len(os.sched_getaffinity(0)) == 2)
     for key in ZFARM_METRICS:
         assert isinstance(zf.get(key), (int, float)) and zf[key] > 0, (key, zf.get(key))
     # Every installed peer ran in the same run (the comparison is the point).
@@ -51,6 +53,9 @@ def test_small_benchmark_runs_every_framework_and_the_loadgen(tmp_path):
         assert lg["memory"]["bytes_per_task"] > 0
         assert lg["floor"]["msgs_per_s"] > 0
         assert lg["floor_ipc"]["transport"] == "ipc" and lg["floor_ipc"]["latency_p50_us"] > 0
+        # The pinned floor pins wherever there are two CPUs to pin to.
+        assert lg["floor_ipc_pinned"]["pinned"] is (len(os.sched_getaffinity(0)) >= 2)
+        assert lg["floor_ipc_pinned"]["latency_p50_us"] > 0
     # The table names every framework.
     for name in ("zfarm", "processpool"):
         assert name in proc.stdout

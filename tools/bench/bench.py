@@ -140,6 +140,7 @@ class ZfarmAdapter(Adapter):
 
         self.cluster = zfarm.Cluster(n=self.n)
         self.rc = self.cluster.__enter__()
+        self.pinned = self.cluster.cpus is not None
         self.lv = self.rc.load_balanced_view()
         self.dv = self.rc[:]
 
@@ -334,6 +335,8 @@ def run_one(name: str, n: int, size: dict) -> dict:
     adapter = ADAPTERS[name](n)
     t_start, _ = _timed(adapter.start)
     out["start_s"] = t_start
+    if hasattr(adapter, "pinned"):
+        out["pinned"] = adapter.pinned
     print(json.dumps(out), flush=True)
     try:
         def attempt(label, fn):
@@ -494,8 +497,10 @@ def run_loadgen(size: dict) -> dict:
     else:
         out["memory"] = r
     # The floor over tcp goes beside the broker's capacity (the loadgen talks
-    # tcp to it); over ipc beside the Python round trip (a Cluster uses ipc).
-    for key, extra in (("floor", []), ("floor_ipc", ["--floor-ipc"])):
+    # tcp to it); over ipc beside the Python round trip (a Cluster uses ipc),
+    # also with proxy and echo pinned as a pinned Cluster's broker and engine.
+    for key, extra in (("floor", []), ("floor_ipc", ["--floor-ipc"]),
+                       ("floor_ipc_pinned", ["--floor-ipc", "--floor-pin"])):
         r, err = _run_json([loadgen, "--floor", *extra, "--tasks", str(size["floor_tasks"]), "--window",
                             str(window), "--payload-bytes", "16", "--timeout", "60", "--json"], timeout=90)
         if err:
@@ -588,17 +593,20 @@ def print_table(results: dict, lg: dict, engines: int, size_name: str) -> str:
         lines.append(f"broker capacity, {r['engines']:5d} simulated engines: {r['tasks_per_s']:>10,.0f} tasks/s, "
                      f"round trip p50 {r['latency_p50_us'] / 1000:.1f} ms with window {r['window']}, "
                      f"broker at {r.get('broker_cpu_pct', -1):.0f}% of a core{extra}")
-    for key, transport in (("floor", "tcp"), ("floor_ipc", "ipc")):
+    for key, transport in (("floor", "tcp"), ("floor_ipc", "ipc"), ("floor_ipc_pinned", "ipc, pinned")):
         f = lg.get(key)
         if f:
             lines.append(f"libzmq floor (DEALER->ROUTER proxy->DEALER echo, {transport}): {f['msgs_per_s']:>10,.0f} "
                          f"msgs/s with window {f['window']}, one-at-a-time round trip p50 "
                          f"{f['latency_p50_us']:.0f} us, p99 {f['latency_p99_us']:.0f} us")
-    f = lg.get("floor_ipc")
+    # The floor placed as zfarm's cluster was: pinned or not.
+    pinned = results.get("zfarm", {}).get("pinned")
+    f = lg.get("floor_ipc_pinned" if pinned else "floor_ipc")
     rt = results.get("zfarm", {}).get("apply_p50_ms")
     if f and rt:
-        lines.append(f"zfarm apply+get median is {rt * 1000 / f['latency_p50_us']:.1f}x the ipc floor's round trip "
-                     f"(the same four hops between three processes' libzmq contexts)")
+        lines.append(f"zfarm apply+get median is {rt * 1000 / f['latency_p50_us']:.1f}x the "
+                     f"{'pinned ' if pinned else ''}ipc floor's round trip "
+                     f"(the same four hops between three libzmq contexts)")
     m = lg.get("memory")
     if m:
         lines.append(f"broker memory per queued task: {m['bytes_per_task']:.0f} bytes "

@@ -20,8 +20,11 @@
 //       a local Cluster uses); the floor any broker of this design can reach
 //       on this machine.  Each of the three has its own libzmq context, so
 //       its own I/O thread, as the three processes of a real round trip do.
+//       --floor-pin binds proxy and echo to CPUs as a pinned Cluster does.
 //
 // Every wait is bounded by --timeout; the program never blocks forever.
+#include <pthread.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -68,6 +71,7 @@ struct Options {
   long queue_memory = 0;
   bool floor = false;
   bool floor_ipc = false;
+  bool floor_pin = false;
   double timeout_s = 120.0;
   bool json = false;
   bool shutdown_broker = false;
@@ -571,8 +575,36 @@ int run_queue_memory(const Options& o, const Connection& c) {
 // libzmq's I/O threads as it does between the client, broker and engine
 // processes (a shared context would let one I/O thread serve all three and
 // give a floor no real cluster can reach).
+//
+// --floor-pin places the parties as a pinned local Cluster does: the proxy
+// (the broker) with its I/O thread on the last usable CPU, the echo (an
+// engine) with its I/O thread on the first; the client is left free.
 int run_floor(const Options& o) {
   zmq::context_t proxy_ctx(1), echo_ctx(1), client_ctx(1);
+  int proxy_cpu = -1, echo_cpu = -1;
+  if (o.floor_pin) {
+    cpu_set_t usable;
+    CPU_ZERO(&usable);
+    if (::sched_getaffinity(0, sizeof usable, &usable) == 0 && CPU_COUNT(&usable) >= 2) {
+      for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+        if (!CPU_ISSET(cpu, &usable)) continue;
+        if (echo_cpu < 0) echo_cpu = cpu;
+        proxy_cpu = cpu;
+      }
+      // Before the first socket: libzmq starts its I/O threads then.
+      proxy_ctx.set(zmq::ctxopt::thread_affinity_cpu_add, proxy_cpu);
+      echo_ctx.set(zmq::ctxopt::thread_affinity_cpu_add, echo_cpu);
+    } else {
+      std::fprintf(stderr, "zfarm-loadgen: --floor-pin needs two usable CPUs; running unpinned\n");
+    }
+  }
+  const auto pin_this_thread = [](int cpu) {
+    if (cpu < 0) return;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    ::pthread_setaffinity_np(::pthread_self(), sizeof one, &one);
+  };
   std::string ipc_dir;
   if (o.floor_ipc) {
     char tmpl[] = "/tmp/zfarm-floor-XXXXXX";
@@ -597,6 +629,7 @@ int run_floor(const Options& o) {
   const std::string echo_id = "echo";
 
   std::thread proxy([&] {
+    pin_this_thread(proxy_cpu);
     zmq::pollitem_t items[] = {{front.handle(), 0, ZMQ_POLLIN, 0}, {back.handle(), 0, ZMQ_POLLIN, 0}};
     Frames f;
     while (!stop.load(std::memory_order_relaxed)) {
@@ -619,6 +652,7 @@ int run_floor(const Options& o) {
     }
   });
   std::thread echo([&] {
+    pin_this_thread(echo_cpu);
     zmq::socket_t s(echo_ctx, zmq::socket_type::dealer);
     s.set(zmq::sockopt::routing_id, echo_id);
     s.set(zmq::sockopt::sndhwm, 0);
@@ -694,14 +728,16 @@ int run_floor(const Options& o) {
   }
   const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
   if (o.json) {
-    std::printf("{\"mode\": \"floor\", \"transport\": \"%s\", \"messages\": %ld, \"window\": %d, "
+    std::printf("{\"mode\": \"floor\", \"pinned\": %s, \"transport\": \"%s\", \"messages\": %ld, \"window\": %d, "
                 "\"payload_bytes\": %zu, \"seconds\": %.4f, \"msgs_per_s\": %.1f, ",
-                ipc_dir.empty() ? "tcp" : "ipc", done, o.window, payload.size(), elapsed, rate);
+                proxy_cpu >= 0 ? "true" : "false", ipc_dir.empty() ? "tcp" : "ipc", done, o.window,
+                payload.size(), elapsed, rate);
     print_latency("latency", lat, true);
     std::printf("}\n");
   } else {
-    std::printf("libzmq floor (DEALER -> ROUTER proxy -> DEALER echo, %s, a context each), payload %zu B\n",
-                ipc_dir.empty() ? "tcp loopback" : "ipc", payload.size());
+    std::printf("libzmq floor (DEALER -> ROUTER proxy -> DEALER echo, %s, a context each%s), payload %zu B\n",
+                ipc_dir.empty() ? "tcp loopback" : "ipc", proxy_cpu >= 0 ? ", proxy and echo pinned" : "",
+                payload.size());
     print_latency("round-trip", lat, false);
     std::printf("%ld round trips with window %d in %.3f s: %.0f msgs/s\n", done, o.window, elapsed, rate);
   }
@@ -739,6 +775,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1L, 100000000L));
   app.add_flag("--floor", o.floor, "measure the bare libzmq two-hop round trip instead (no broker)");
   app.add_flag("--floor-ipc", o.floor_ipc, "the floor over ipc:// endpoints instead of tcp loopback");
+  app.add_flag("--floor-pin", o.floor_pin,
+               "pin the floor's proxy and echo (threads and I/O threads) as a pinned local Cluster pins "
+               "its broker and an engine");
   app.add_option("--timeout", o.timeout_s, "give up after this many seconds")->capture_default_str()->check(
       CLI::Range(0.1, 86400.0));
   app.add_flag("--json", o.json, "print one JSON object");
