@@ -85,7 +85,10 @@ def _before_exec(cpu: Optional[int]) -> None:
     # The child has one thread here; every thread it starts later (libzmq's
     # I/O thread, the engine's watcher) inherits the CPU.
     if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:  # the CPU left this process's set meanwhile: run unpinned
+            pass
 
 
 def usable_cpus() -> List[int]:
