@@ -482,7 +482,10 @@ def run_loadgen(size: dict) -> dict:
     window = 1000
     for engines in size["lg_engines"]:
         with Broker(broker) as b:
-            r, err = _run_json([loadgen, "--connection-file", b.file, "--engines", str(engines),
+            # Credit 16: what a real engine asks for while its tasks are
+            # short (--prefetch-max); credit 2 would bind 2 engines to 4
+            # tasks in flight and measure round trips, not the broker.
+            r, err = _run_json([loadgen, "--connection-file", b.file, "--engines", str(engines), "--credit", "16",
                                 "--tasks", str(size["lg_tasks"]), "--window", str(window),
                                 "--payload-bytes", "16", "--timeout", "120", "--json"], timeout=150)
         if err:
@@ -590,7 +593,7 @@ def print_table(results: dict, lg: dict, engines: int, size_name: str) -> str:
         extra = ""
         if floor:
             extra = f"  ({r['tasks_per_s'] / floor['msgs_per_s']:.2f}x the libzmq floor)"
-        lines.append(f"broker capacity, {r['engines']:5d} simulated engines: {r['tasks_per_s']:>10,.0f} tasks/s, "
+        lines.append(f"broker capacity, {r['engines']:5d} simulated engines (credit {r.get('credit', '?')}): {r['tasks_per_s']:>10,.0f} tasks/s, "
                      f"round trip p50 {r['latency_p50_us'] / 1000:.1f} ms with window {r['window']}, "
                      f"broker at {r.get('broker_cpu_pct', -1):.0f}% of a core{extra}")
     for key, transport in (("floor", "tcp"), ("floor_ipc", "ipc"), ("floor_ipc_pinned", "ipc, pinned")):
