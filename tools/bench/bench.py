@@ -593,7 +593,8 @@ def print_table(results: dict, lg: dict, engines: int, size_name: str) -> str:
         extra = ""
         if floor:
             extra = f"  ({r['tasks_per_s'] / floor['msgs_per_s']:.2f}x the libzmq floor)"
-        lines.append(f"broker capacity, {r['engines']:5d} simulated engines (credit {r.get('credit', '?')}): {r['tasks_per_s']:>10,.0f} tasks/s, "
+        lines.append(f"broker capacity, {r['engines']:5d} simulated engines (credit {r.get('credit', '?')}): "
+                     f"{r['tasks_per_s']:>10,.0f} tasks/s, "
                      f"round trip p50 {r['latency_p50_us'] / 1000:.1f} ms with window {r['window']}, "
                      f"broker at {r.get('broker_cpu_pct', -1):.0f}% of a core{extra}")
     for key, transport in (("floor", "tcp"), ("floor_ipc", "ipc"), ("floor_ipc_pinned", "ipc, pinned")):
