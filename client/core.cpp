@@ -11,7 +11,12 @@
 
 #include <msgpack.hpp>
 
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -28,6 +33,53 @@ namespace {
 // belong to this message alone), so gathered numpy arrays can be updated.
 struct Frame {
   zmq::message_t msg;
+};
+
+// A latch a Python thread waits on without the GIL, set once when a call
+// ends.  The receiver thread ends most calls while it holds the GIL; waking
+// the waiting thread right then makes it find the GIL taken and sleep again
+// until the receiver lets go (two wake-ups, the receiver preempted in
+// between).  So the receiver hands the latches of what it ended to
+// Core::fire_later, and Core::recv fires them once it has released the GIL.
+class Latch {
+ public:
+  void fire() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      fired_ = true;
+    }
+    cv_.notify_all();
+  }
+
+  // True once fired; false after timeout seconds (None: no limit).  Waits
+  // in slices so that Ctrl-C (a Python signal handler) still interrupts it.
+  bool wait(std::optional<double> timeout) {
+    using Clock = std::chrono::steady_clock;
+    const auto deadline = timeout ? Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                                       std::chrono::duration<double>(std::max(*timeout, 0.0)))
+                                  : Clock::time_point::max();
+    for (;;) {
+      {
+        py::gil_scoped_release nogil;
+        std::unique_lock<std::mutex> lock(mu_);
+        const auto until = std::min(deadline, Clock::now() + kSignalCheck);
+        if (cv_.wait_until(lock, until, [this] { return fired_; })) return true;
+      }
+      if (Clock::now() >= deadline) return false;
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    }
+  }
+
+  bool fired() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return fired_;
+  }
+
+ private:
+  static constexpr std::chrono::milliseconds kSignalCheck{50};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool fired_ = false;
 };
 
 struct Outgoing {
@@ -335,10 +387,17 @@ class Core {
     // may drop Core's reference meanwhile, and the socket must outlive this
     // wait (close() wakes it).
     std::shared_ptr<SharedSocket> io = io_;
-    if (!io) return out;
+    std::vector<std::shared_ptr<Latch>> ended = std::move(later_);
+    later_.clear();
+    if (!io) {
+      for (auto& l : ended) l->fire();
+      return out;
+    }
     std::vector<Frames> got;
     {
       py::gil_scoped_release nogil;
+      for (auto& l : ended) l->fire();
+      ended.clear();
       io->recv(got, timeout_ms, max_batch);
     }
     for (auto& frames : got) {
@@ -361,9 +420,20 @@ class Core {
     return out;
   }
 
+  // Fired by the next recv(), after it releases the GIL (see Latch); called
+  // by the receiver thread, which always goes back to recv().
+  void fire_later(std::shared_ptr<Latch> latch) { later_.push_back(std::move(latch)); }
+
+  // Fires what fire_later() kept, now (a receiver thread that leaves).
+  void fire_kept() {
+    for (auto& l : later_) l->fire();
+    later_.clear();
+  }
+
   // io_ is only read or written with the GIL held; the close itself runs
   // without it so the receiver thread can finish its wait.
   void close() {
+    fire_kept();
     std::shared_ptr<SharedSocket> io = std::move(io_);
     io_.reset();
     if (!io) return;
@@ -399,6 +469,7 @@ class Core {
 
   zmq::context_t ctx_;
   std::shared_ptr<SharedSocket> io_;
+  std::vector<std::shared_ptr<Latch>> later_;  // only touched with the GIL held
   std::uint64_t bad_messages_ = 0;
   std::int64_t max_message_bytes_ = -1;  // -1: no check
 };
@@ -431,6 +502,12 @@ PYBIND11_MODULE(_core, m) {
       .def("__len__", [](const Frame& f) { return f.msg.size(); })
       .def("bytes", [](const Frame& f) { return py::bytes(static_cast<const char*>(f.msg.data()), f.msg.size()); });
 
+  py::class_<Latch, std::shared_ptr<Latch>>(m, "Latch")
+      .def(py::init<>())
+      .def("fire", &Latch::fire, py::call_guard<py::gil_scoped_release>())
+      .def("wait", &Latch::wait, py::arg("timeout") = py::none())
+      .def_property_readonly("fired", &Latch::fired);
+
   py::class_<Core>(m, "Core")
       .def(py::init<const std::string&, const py::object&>(), py::arg("endpoint"), py::arg("curve") = py::none())
       .def("send", &Core::send, py::arg("type"), py::arg("id"), py::arg("targets"), py::arg("aux"),
@@ -439,6 +516,8 @@ PYBIND11_MODULE(_core, m) {
       .def("send_many", &Core::send_many, py::arg("messages"))
       .def("send_raw", &Core::send_raw, py::arg("frames"))
       .def("recv", &Core::recv, py::arg("timeout_ms"), py::arg("max_batch") = 4096)
+      .def("fire_later", &Core::fire_later, py::arg("latch"))
+      .def("fire_kept", &Core::fire_kept)
       .def("close", &Core::close)
       .def_property_readonly("closed", &Core::closed)
       .def_property_readonly("bad_messages", &Core::bad_messages)

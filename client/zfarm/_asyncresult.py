@@ -22,7 +22,7 @@ from _thread import RLock
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-from . import _serialize
+from . import _core, _serialize
 from ._errors import (
     FAILURE_TYPES,
     STATUS_OK,
@@ -125,6 +125,11 @@ _monotonic = time.monotonic
 # _completion of a single task that ended (index 0): shared, never changed.
 _FIRST_ONLY = (0,)
 
+# The client's receiver thread sets .defer to its Core's fire_later: a
+# Latch of a call it ends is fired once it has let go of the GIL (see
+# Latch in client/core.cpp).  Other threads fire at once.
+_receiving = threading.local()
+
 
 class _Condition(threading.Condition):
     """threading.Condition(_LOCK), lighter: the lock's own methods stand as
@@ -170,6 +175,8 @@ class AsyncResult(concurrent.futures.Future):
     # Future's condition, made on first use (see _condition).
     _lock = _LOCK
     _condition_obj: Optional[_Condition] = None
+    # What result() waits on, made by the first thread that waits.
+    _latch: Optional[Any] = None
 
     def __init__(self, client: Any, n_tasks: int, combine: Optional[Callable[[List[Any]], Any]] = None,
                  single: bool = False, ordered: bool = True, flatten: bool = False, label: str = "tasks"):
@@ -266,7 +273,8 @@ class AsyncResult(concurrent.futures.Future):
             if self._progress is not None:
                 self._progress.notify_all()
             if (finished and self._one_value and not callbacks and not self._on_ended and not self._cancelling
-                    and self._state == PENDING and self._waiter_list is None and self._condition_obj is None):
+                    and self._state == PENDING and self._waiter_list is None and self._condition_obj is None
+                    and self._latch is None):
                 # One task, one value (apply), nothing else to run first, no
                 # thread waiting: the call ends here (_end_locked, inline).
                 if outcome.ok:
@@ -320,6 +328,13 @@ class AsyncResult(concurrent.futures.Future):
         cond = self._condition_obj
         if cond is not None and cond._waiters:
             cond.notify_all()
+        latch = self._latch
+        if latch is not None:
+            defer = getattr(_receiving, "defer", None)
+            if defer is not None:
+                defer(latch)
+            else:
+                latch.fire()
         return True
 
     def _set(self, ok: bool, value: Any) -> None:
@@ -496,14 +511,21 @@ class AsyncResult(concurrent.futures.Future):
         """Future.result: the value, or raises the exception (waits up to
         ``timeout`` seconds; concurrent.futures.TimeoutError after that)."""
         if self._state != FINISHED:
-            cond = self._condition  # one property call: the condition is made here, if need be
-            with cond:
+            # A Latch, not the Future's condition: waited on without the
+            # GIL and fired by the receiver only once it has released the
+            # GIL, so the result wakes this thread once.
+            with _LOCK:
+                latch = None
                 if self._state not in _ENDED:
-                    cond.wait(timeout)
-                if self._state in _CANCELLED:
-                    raise concurrent.futures.CancelledError()
-                if self._state != FINISHED:
-                    raise concurrent.futures.TimeoutError()
+                    latch = self._latch
+                    if latch is None:
+                        latch = self._latch = _core.Latch()
+            if latch is not None:
+                latch.wait(timeout)
+            if self._state in _CANCELLED:
+                raise concurrent.futures.CancelledError()
+            if self._state != FINISHED:
+                raise concurrent.futures.TimeoutError()
         if self._exception is not None:
             try:
                 raise self._exception

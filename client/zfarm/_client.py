@@ -28,7 +28,7 @@ import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from . import _core, _shm
-from ._asyncresult import _SMALL_RESULTS, AsyncResult, _Outcome, decode_outcome
+from ._asyncresult import _SMALL_RESULTS, AsyncResult, _Outcome, _receiving, decode_outcome
 from ._cluster import Cluster, read_connection_file
 from ._errors import STATUS_ABORTED, STATUS_LOST, STATUS_OK, NoEnginesError, TimeoutError, ZfarmError
 
@@ -735,6 +735,17 @@ def _forward(target: AsyncResult, i: int, source: AsyncResult, index: int) -> Ca
 
 
 def _receive_loop(client_ref: "weakref.ref[Client]", core: Any) -> None:
+    # Calls this thread ends wake their waiters from core.recv(), without
+    # the GIL (see AsyncResult.result); the latches of a last batch are
+    # fired on the way out.
+    _receiving.defer = core.fire_later
+    try:
+        _receive_batches(client_ref, core)
+    finally:
+        core.fire_kept()
+
+
+def _receive_batches(client_ref: "weakref.ref[Client]", core: Any) -> None:
     # Holds only a weak reference, so an unused Client can be collected.
     while True:
         try:

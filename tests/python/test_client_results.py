@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import pickle
+import signal
 import threading
 
 import pytest
 
 import zfarm
-from zfarm import _asyncresult, _client, _serialize
+from zfarm import _asyncresult, _client, _core, _serialize
 from zfarm._errors import STATUS_OK, STATUS_REMOTE_ERROR
 from conftest import WAIT
 from test_client_session import bare, ok_frames  # noqa: F401 - the fixture
@@ -184,3 +185,63 @@ def test_threads_waiting_on_different_results_each_get_their_own(bare):
         t.join(WAIT)
     assert not any(t.is_alive() for t in threads)
     assert got == {i: i * 10 for i in range(len(ars))}
+
+
+def test_latch_waits_until_fired_or_timed_out():
+    latch = _core.Latch()
+    assert not latch.fired
+    assert latch.wait(0.01) is False  # not fired: the timeout ends it
+    waiter_saw = []
+    t = threading.Thread(target=lambda: waiter_saw.append(latch.wait(None)))
+    t.start()
+    latch.fire()
+    t.join(WAIT)
+    assert not t.is_alive() and waiter_saw == [True]
+    assert latch.fired and latch.wait(0) is True  # it stays fired
+
+
+def test_a_thread_waiting_on_a_latch_still_gets_ctrl_c():
+    latch = _core.Latch()
+    main = threading.get_ident()
+    timer = threading.Timer(0.2, signal.pthread_kill, args=(main, signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            latch.wait(WAIT)
+    finally:
+        timer.cancel()
+    assert not latch.fired
+
+
+def test_latches_handed_to_the_core_fire_on_its_next_receive_or_close():
+    core = _core.Core("tcp://127.0.0.1:9")  # nobody there: recv returns nothing
+    try:
+        first, second = _core.Latch(), _core.Latch()
+        core.fire_later(first)
+        assert not first.fired  # kept until the receiver lets go of the GIL
+        assert core.recv(0, 1) == []
+        assert first.fired
+        core.fire_later(second)
+        core.close()
+        assert second.fired  # a closing core wakes whoever still waits
+    finally:
+        core.close()
+
+
+def test_a_result_ended_on_another_thread_wakes_its_waiter_at_once(bare):
+    # Ended outside the receiver thread (here the test's own), the latch
+    # fires immediately instead of waiting for the next receive.
+    ar = bare.load_balanced_view().apply_async(abs, -1)
+    got = []
+    waiting = threading.Event()
+
+    def wait():
+        waiting.set()
+        got.append(ar.get(timeout=WAIT))
+
+    t = threading.Thread(target=wait)
+    t.start()
+    waiting.wait(WAIT)
+    bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(1))])
+    t.join(WAIT)
+    assert not t.is_alive() and got == [1]
