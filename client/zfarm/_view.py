@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import itertools
 import math
+import pickle
 import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -160,9 +161,21 @@ class DirectView(_View):
         return f"<DirectView {self.targets}>"
 
     def _all(self, op: tuple, label: str, block: Optional[bool], combine: Optional[Callable] = None) -> Any:
-        ar = AsyncResult(self.client, len(self._ids), single=self._single, combine=combine, label=label)
-        self.client._submit([(self._ids, _serialize.dumps(op), None)], ar)
-        return self._finish(ar, block)
+        return self._send_all(_serialize.dumps(op), label, block, combine)
+
+    def _send_all(self, frames: List[Any], label: str, block: Optional[bool],
+                  combine: Optional[Callable] = None) -> Any:
+        """One message for every engine of the view: the same frames each."""
+        # AsyncResult(client, n, combine=..., single=..., label=...), positionally
+        # (keywords cost a dict per call).
+        ar = AsyncResult(self.client, len(self._ids), combine, self._single, True, False, label)
+        if len(frames) == 1:
+            self.client._submit_one(self._ids, frames, None, ar)  # nothing for shared memory
+        else:
+            self.client._submit([(self._ids, frames, None)], ar)
+        if block or (block is None and self.block):
+            return ar.get()
+        return ar
 
     def _each(self, ops: List[tuple], label: str, block: Optional[bool], combine: Optional[Callable] = None,
               flatten: bool = False) -> Any:
@@ -191,7 +204,13 @@ class DirectView(_View):
 
     # -- code and functions ------------------------------------------------------
     def execute(self, code: str, block: Optional[bool] = None) -> Any:
-        """Runs ``code`` in each engine's namespace."""
+        """Runs ``code`` in each engine's namespace.
+
+        Engines keep the compiled code of recent sources (up to 64 KiB
+        each), so running the same code again skips compiling it.
+        """
+        if type(code) is str:  # plain: pickled as is, without dumps()'s check
+            return self._send_all([pickle.dumps(("execute", code), protocol=_serialize.PROTOCOL)], "execute", block)
         return self._all(("execute", code), "execute", block)
 
     def apply(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
