@@ -213,15 +213,17 @@ class DirectView(_View):
             return self._send_all([pickle.dumps(("execute", code), protocol=_serialize.PROTOCOL)], "execute", block)
         return self._all(("execute", code), "execute", block)
 
+    # The payload as a load-balanced apply makes it (dumps_apply: a call
+    # without arguments of a function pickled by reference reuses its pickle).
     def apply(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
         """Calls ``f(*args, **kwargs)`` on every engine (honours ``self.block``)."""
-        return self._all(("apply", _serialize.dumps_function(f), args, kwargs), "apply", None)
+        return self._send_all(_serialize.dumps_apply(f, args, kwargs), "apply", None)
 
     def apply_async(self, f: Callable, *args: Any, **kwargs: Any) -> AsyncResult:
-        return self._all(("apply", _serialize.dumps_function(f), args, kwargs), "apply", False)
+        return self._send_all(_serialize.dumps_apply(f, args, kwargs), "apply", False)
 
     def apply_sync(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
-        return self._all(("apply", _serialize.dumps_function(f), args, kwargs), "apply", True)
+        return self._send_all(_serialize.dumps_apply(f, args, kwargs), "apply", True)
 
     def map(self, f: Callable, *seqs: Iterable[Any], block: Optional[bool] = None) -> Any:
         """Maps ``f`` over ``seqs``: each engine takes one contiguous block."""

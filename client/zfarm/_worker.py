@@ -71,8 +71,7 @@ _fn_cache: Dict[bytes, Any] = {}
 # bytes every time for one function) -> the function: no unpickling at all
 # for a repeated f().  Keyed by the payload, which holds the function's
 # pickle, so it reuses a function exactly when _fn_cache would.  A repeated
-# ("execute", code) is such a call too: exec of the compiled code in the
-# namespace (the code cache's entry, see _CodeCache).
+# ("execute", code) or ("pull", name) is such a call too (see _repeatable).
 _noarg_calls: Dict[bytes, Any] = {}
 NOARG_CALLS_MAX = 64
 
@@ -260,6 +259,19 @@ def _run(op: str, args: Tuple[Any, ...]) -> Any:
     raise ValueError(f"unknown zfarm operation {op!r}")
 
 
+def _repeatable(task: Tuple[Any, ...]) -> Optional[Callable[[], Any]]:
+    """What runs ``task`` when its payload comes again, for the operations
+    whose payload says all there is to do: execute (its compiled code, for
+    sources the code cache keeps) and pull of one name.  None for the rest
+    (push, say, must unpickle fresh values every time)."""
+    if len(task) == 2 and type(task[1]) is str:
+        if task[0] == "execute" and len(task[1]) <= CODE_CACHE_ENTRY_CHARS:
+            return functools.partial(exec, _codes.compiled(task[1]), namespace)
+        if task[0] == "pull":
+            return functools.partial(_lookup, task[1])
+    return None
+
+
 def _lookup(name: str) -> Any:
     try:
         return namespace[name]
@@ -339,19 +351,16 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
                             _noarg_calls.clear()
                         _noarg_calls[frames[0]] = fn
                     value = fn(*task[2], **task[3])
-                elif task[0] == "execute" and len(task) == 2 and type(task[1]) is str:
-                    # The compiled code, and for a repeat of this very
-                    # payload the code ready to run without unpickling
-                    # (kept only for sources the code cache keeps).
-                    run = functools.partial(exec, _codes.compiled(task[1]), namespace)
-                    if (len(task[1]) <= CODE_CACHE_ENTRY_CHARS and len(frames) == 1
-                            and type(frames[0]) is bytes):
-                        if len(_noarg_calls) >= NOARG_CALLS_MAX:
-                            _noarg_calls.clear()
-                        _noarg_calls[frames[0]] = run
-                    value = run()
                 else:
-                    value = _run(task[0], task[1:])
+                    run = _repeatable(task)
+                    if run is None:
+                        value = _run(task[0], task[1:])
+                    else:
+                        if len(frames) == 1 and type(frames[0]) is bytes:
+                            if len(_noarg_calls) >= NOARG_CALLS_MAX:
+                                _noarg_calls.clear()
+                            _noarg_calls[frames[0]] = run
+                        value = run()
             kind, status = "ok", STATUS_OK
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
             value, kind, status = _error_info(exc), "error", STATUS_REMOTE_ERROR

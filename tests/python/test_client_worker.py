@@ -131,3 +131,21 @@ def test_the_code_cache_is_bounded_in_entries_and_characters(monkeypatch):
     namespace = {}
     exec(cache.compiled(sources[3]), namespace)  # dropped, compiled again: still right
     assert namespace["zz_3"] == 3
+
+
+def test_a_repeated_pull_reads_the_current_value_each_time():
+    pull = _serialize.dumps(("pull", "zz_pulled"))
+    _worker.namespace.pop("zz_pulled", None)
+    for i in range(2):  # missing: the same remote NameError each time
+        status, frames = _worker.run_task(i, list(pull))
+        assert status == 1 and _result(frames)[1]["ename"] == "NameError"
+    for i, value in enumerate([1, [2], "three"]):
+        _worker.run_task(10 + i, _serialize.dumps(("push", {"zz_pulled": value})))
+        assert _result(_worker.run_task(20 + i, list(pull))[1])[1] == value
+    assert pull[0] in _worker._noarg_calls
+    # A pushed value is unpickled afresh every time: a push is never a shortcut.
+    push = _serialize.dumps(("push", {"zz_list": []}))
+    _worker.run_task(30, list(push))
+    _worker.namespace["zz_list"].append(1)
+    _worker.run_task(31, list(push))
+    assert _worker.namespace["zz_list"] == [] and push[0] not in _worker._noarg_calls
