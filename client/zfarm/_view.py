@@ -206,8 +206,9 @@ class DirectView(_View):
     def execute(self, code: str, block: Optional[bool] = None) -> Any:
         """Runs ``code`` in each engine's namespace.
 
-        Engines keep the compiled code of recent sources (up to 64 KiB
-        each), so running the same code again skips compiling it.
+        Engines keep the compiled code of recent sources (up to 65,536
+        characters each), so running the same code again skips compiling
+        it (docs/multiengine.rst).
         """
         if type(code) is str:  # plain: pickled as is, without dumps()'s check
             return self._send_all([pickle.dumps(("execute", code), protocol=_serialize.PROTOCOL)], "execute", block)

@@ -114,7 +114,7 @@ class _CodeCache:
     first.
 
     Parsing and compiling even ``"pass"`` cost more than the rest of the
-    engine's work for the task (callgrind: about 45,000 of 77,000
+    engine's work for the task (callgrind: about 48,000 of 77,000
     instructions), and the same source comes again and again (every engine
     of a DirectView gets the same cell; loops call the same statement).
     A code object runs the same however often it is executed; its file
