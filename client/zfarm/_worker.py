@@ -260,15 +260,15 @@ def _run(op: str, args: Tuple[Any, ...]) -> Any:
 
 
 def _repeatable(task: Tuple[Any, ...]) -> Optional[Callable[[], Any]]:
-    """What runs ``task`` when its payload comes again, for the operations
-    whose payload says all there is to do: execute (its compiled code, for
-    sources the code cache keeps) and pull of one name.  None for the rest
-    (push, say, must unpickle fresh values every time)."""
-    if len(task) == 2 and type(task[1]) is str:
-        if task[0] == "execute" and len(task[1]) <= CODE_CACHE_ENTRY_CHARS:
-            return functools.partial(exec, _codes.compiled(task[1]), namespace)
-        if task[0] == "pull":
-            return functools.partial(_lookup, task[1])
+    """What runs ``task``, an ``(op, str)`` pair, when its payload comes
+    again, for the operations whose payload says all there is to do:
+    execute (its compiled code, for sources the code cache keeps) and pull
+    of one name.  None for the rest (push, say, must unpickle fresh values
+    every time)."""
+    if task[0] == "execute" and len(task[1]) <= CODE_CACHE_ENTRY_CHARS:
+        return functools.partial(exec, _codes.compiled(task[1]), namespace)
+    if task[0] == "pull":
+        return functools.partial(_lookup, task[1])
     return None
 
 
@@ -352,7 +352,8 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
                         _noarg_calls[frames[0]] = fn
                     value = fn(*task[2], **task[3])
                 else:
-                    run = _repeatable(task)
+                    # (The check first: no call for push, map and the like.)
+                    run = _repeatable(task) if len(task) == 2 and type(task[1]) is str else None
                     if run is None:
                         value = _run(task[0], task[1:])
                     else:
