@@ -304,25 +304,40 @@ class Core {
     io->send(std::move(wire));
   }
 
-  // A load-balanced Submit without options whose frames are all bytes: what
-  // apply_async sends per task.  Same message as send(kSubmit, id, [-1], 0,
-  // "", frames); without the general path's conversions (a targets list, an
-  // option dict, a buffer request per frame), which cost more than the
-  // send itself.  Anything else goes through send().
-  void submit(std::uint64_t id, const py::list& frames) {
+  // A Submit without options whose frames are all bytes: what apply_async
+  // sends per task (load-balanced: `targets` None) and what a DirectView
+  // call sends to its engines (`targets` a list of engine ids).  Same
+  // message as send(kSubmit, id, targets or [-1], 0, "", frames); without
+  // the general path's conversions (an option dict, a buffer request per
+  // frame, pybind11's casts of the targets), which cost more than the send
+  // itself.  Anything else goes through send().
+  void submit(std::uint64_t id, const py::list& frames, const py::object& targets) {
+    proto::Header h;
+    h.type = proto::MsgType::kSubmit;
+    h.id = id;
+    if (targets.is_none()) {
+      h.targets.push_back(proto::kLoadBalanced);
+    } else if (!PyList_Check(targets.ptr())) {
+      h.targets = targets.cast<std::vector<std::int64_t>>();
+    } else {
+      PyObject* list = targets.ptr();
+      const Py_ssize_t k = PyList_GET_SIZE(list);
+      h.targets.reserve(static_cast<std::size_t>(k));
+      for (Py_ssize_t i = 0; i < k; ++i) {
+        const long long t = PyLong_AsLongLong(PyList_GET_ITEM(list, i));
+        if (t == -1 && PyErr_Occurred() != nullptr) throw py::error_already_set();
+        h.targets.push_back(static_cast<std::int64_t>(t));
+      }
+    }
     const Py_ssize_t n = PyList_GET_SIZE(frames.ptr());
     bool plain = true;
     for (Py_ssize_t i = 0; i < n && plain; ++i) plain = PyBytes_CheckExact(PyList_GET_ITEM(frames.ptr(), i));
     if (!plain) {
-      send(static_cast<int>(proto::MsgType::kSubmit), id, {proto::kLoadBalanced}, 0, std::string(), frames,
+      send(static_cast<int>(proto::MsgType::kSubmit), id, std::move(h.targets), 0, std::string(), frames,
            py::none());
       return;
     }
     auto io = open_io();
-    proto::Header h;
-    h.type = proto::MsgType::kSubmit;
-    h.id = id;
-    h.targets.push_back(proto::kLoadBalanced);
     Frames wire;
     wire.reserve(2 + static_cast<std::size_t>(n));
     proto::encode_header(h, wire);
@@ -512,7 +527,7 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<const std::string&, const py::object&>(), py::arg("endpoint"), py::arg("curve") = py::none())
       .def("send", &Core::send, py::arg("type"), py::arg("id"), py::arg("targets"), py::arg("aux"),
            py::arg("text"), py::arg("frames"), py::arg("opts") = py::none())
-      .def("submit", &Core::submit, py::arg("id"), py::arg("frames"))
+      .def("submit", &Core::submit, py::arg("id"), py::arg("frames"), py::arg("targets") = py::none())
       .def("send_many", &Core::send_many, py::arg("messages"))
       .def("send_raw", &Core::send_raw, py::arg("frames"))
       .def("recv", &Core::recv, py::arg("timeout_ms"), py::arg("max_batch") = 4096)

@@ -285,6 +285,12 @@ class AsyncResult(concurrent.futures.Future):
                 ended = True
             elif finished and self._one_value and not callbacks and not self._on_ended and not self._cancelling:
                 ended = self._end_locked(outcome.ok, outcome.value)
+            elif (finished and self._combine is None and not self._single and not self._flatten and self._ordered
+                  and not callbacks and not self._on_ended and not self._cancelling):
+                # A list with one value per task (execute, apply, push, pull on
+                # several engines): ended here when every task succeeded, as
+                # _finish would, without its passes over the outcomes.
+                ended = self._end_list_locked()
             else:
                 ended = False
         finally:
@@ -301,6 +307,16 @@ class AsyncResult(concurrent.futures.Future):
             if self._on_ended:  # complete now: nothing is added any more
                 self._run_ended()
             self._finish()
+
+    def _end_list_locked(self) -> bool:
+        """Ends with the list of every task's value; False if a task failed
+        (then _finish makes the error) or the result had ended already."""
+        values = []
+        for o in self._outcomes:
+            if not o.ok:  # type: ignore[union-attr]
+                return False
+            values.append(o.value)  # type: ignore[union-attr]
+        return self._end_locked(True, values)
 
     def _end(self, ok: bool, value: Any) -> bool:
         """Future.set_result / set_exception without the done callbacks (the

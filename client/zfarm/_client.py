@@ -289,7 +289,7 @@ class Client:
             elif balanced:
                 self._core.submit(task_id, frames)
             else:
-                self._core.send(MSG_SUBMIT, task_id, targets, 0, "", frames)
+                self._core.submit(task_id, frames, targets)
         except BaseException:
             # Not sent (e.g. over the broker's frame size limit): forget it.
             with self._lock:

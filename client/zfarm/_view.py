@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import itertools
 import math
+import pickle
 import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -160,9 +161,21 @@ class DirectView(_View):
         return f"<DirectView {self.targets}>"
 
     def _all(self, op: tuple, label: str, block: Optional[bool], combine: Optional[Callable] = None) -> Any:
-        ar = AsyncResult(self.client, len(self._ids), single=self._single, combine=combine, label=label)
-        self.client._submit([(self._ids, _serialize.dumps(op), None)], ar)
-        return self._finish(ar, block)
+        return self._send_all(_serialize.dumps(op), label, block, combine)
+
+    def _send_all(self, frames: List[Any], label: str, block: Optional[bool],
+                  combine: Optional[Callable] = None) -> Any:
+        """One message for every engine of the view: the same frames each."""
+        # AsyncResult(client, n, combine=..., single=..., label=...), positionally
+        # (keywords cost a dict per call).
+        ar = AsyncResult(self.client, len(self._ids), combine, self._single, True, False, label)
+        if len(frames) == 1:
+            self.client._submit_one(self._ids, frames, None, ar)  # nothing for shared memory
+        else:
+            self.client._submit([(self._ids, frames, None)], ar)
+        if block or (block is None and self.block):
+            return ar.get()
+        return ar
 
     def _each(self, ops: List[tuple], label: str, block: Optional[bool], combine: Optional[Callable] = None,
               flatten: bool = False) -> Any:
@@ -191,18 +204,27 @@ class DirectView(_View):
 
     # -- code and functions ------------------------------------------------------
     def execute(self, code: str, block: Optional[bool] = None) -> Any:
-        """Runs ``code`` in each engine's namespace."""
+        """Runs ``code`` in each engine's namespace.
+
+        Engines keep the compiled code of recent sources (up to 65,536
+        characters each), so running the same code again skips compiling
+        it (docs/multiengine.rst).
+        """
+        if type(code) is str:  # plain: pickled as is, without dumps()'s check
+            return self._send_all([pickle.dumps(("execute", code), protocol=_serialize.PROTOCOL)], "execute", block)
         return self._all(("execute", code), "execute", block)
 
+    # The payload as a load-balanced apply makes it (dumps_apply: a call
+    # without arguments of a function pickled by reference reuses its pickle).
     def apply(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
         """Calls ``f(*args, **kwargs)`` on every engine (honours ``self.block``)."""
-        return self._all(("apply", _serialize.dumps_function(f), args, kwargs), "apply", None)
+        return self._send_all(_serialize.dumps_apply(f, args, kwargs), "apply", None)
 
     def apply_async(self, f: Callable, *args: Any, **kwargs: Any) -> AsyncResult:
-        return self._all(("apply", _serialize.dumps_function(f), args, kwargs), "apply", False)
+        return self._send_all(_serialize.dumps_apply(f, args, kwargs), "apply", False)
 
     def apply_sync(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
-        return self._all(("apply", _serialize.dumps_function(f), args, kwargs), "apply", True)
+        return self._send_all(_serialize.dumps_apply(f, args, kwargs), "apply", True)
 
     def map(self, f: Callable, *seqs: Iterable[Any], block: Optional[bool] = None) -> Any:
         """Maps ``f`` over ``seqs``: each engine takes one contiguous block."""

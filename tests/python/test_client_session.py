@@ -29,9 +29,10 @@ class FakeCore:
     def send(self, *m):
         self.sent.append(m)
 
-    def submit(self, task_id, frames):
-        # The core's shortcut for send(SUBMIT, id, [-1], 0, "", frames).
-        self.sent.append((_client.MSG_SUBMIT, task_id, [_client.LOAD_BALANCED], 0, "", frames))
+    def submit(self, task_id, frames, targets=None):
+        # The core's shortcut for send(SUBMIT, id, targets or [-1], 0, "", frames).
+        self.sent.append((_client.MSG_SUBMIT, task_id, [_client.LOAD_BALANCED] if targets is None else targets, 0,
+                          "", frames))
 
     def send_many(self, messages):
         self.sent.extend(messages)

@@ -142,6 +142,41 @@ def test_errors_from_several_engines_come_together(rc):
     assert all(e.ename == "ZeroDivisionError" for e in errors)
 
 
+def test_the_same_code_again_runs_again_and_fails_again_alike(rc):
+    dv = rc[:]
+    dv.execute("me_runs = 0", block=True)
+    ars = [dv.execute("me_runs += 1") for _ in range(5)]
+    assert [ar.get(timeout=WAIT) for ar in ars] == [[None, None]] * 5
+    assert dv.pull("me_runs", block=True) == [5, 5]
+    for _ in range(2):
+        with pytest.raises(zfarm.CompositeError) as info:
+            dv.execute("def me_fail():\n    return me_undefined\nme_fail()", block=True)
+        assert [e.ename for e in info.value.errors] == ["NameError", "NameError"]
+        for e in info.value.errors:
+            assert 'File "<zfarm-execute>", line 2, in me_fail' in e.traceback
+            assert 'File "<zfarm-execute>", line 3, in <module>' in e.traceback
+        with pytest.raises(zfarm.CompositeError) as info:
+            dv.execute("me_ok = 1\nme_bad = )", block=True)
+        assert [e.ename for e in info.value.errors] == ["SyntaxError", "SyntaxError"]
+        assert all("line 2" in e.evalue for e in info.value.errors)
+
+
+def test_a_list_result_ends_once_for_waiters_and_callbacks(rc):
+    dv = rc[:]
+    called = []
+    ar = dv.apply_async(os.getpid)
+    ar.add_done_callback(lambda f: called.append(f.result()))
+    pids = ar.get(timeout=WAIT)
+    assert len(set(pids)) == 2 and ar.successful()
+    ar.add_done_callback(lambda f: called.append(f.result()))
+    assert called == [pids, pids]
+    # One engine fails: the list is not made, the error is.
+    failing = dv.apply_async(lambda: 1 / (os.getpid() - min(pids)))
+    with pytest.raises(zfarm.RemoteError) as info:
+        failing.get(timeout=WAIT)
+    assert info.value.ename == "ZeroDivisionError" and failing.progress == 2
+
+
 def test_reset_and_keys(rc):
     dv = rc[:]
     dv["k1"] = 1
