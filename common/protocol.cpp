@@ -460,6 +460,27 @@ Status decode(std::vector<zmq::message_t>& frames, std::size_t first, Message* o
   return Status{};
 }
 
+TimingField read_timing(const Header& h, Timing* out) {
+  *out = Timing{};
+  if (h.targets.empty()) return TimingField::kAbsent;
+  if (h.targets.size() != 2) return TimingField::kMalformed;
+  const std::int64_t started = h.targets[0];
+  const std::int64_t run = h.targets[1];
+  if (started < 0 || run < 0 || started > kMaxTimestampUs || run / 1000 > kMaxTimestampUs - started) {
+    return TimingField::kMalformed;
+  }
+  out->started_us = started;
+  out->run_ns = run;
+  return TimingField::kOk;
+}
+
+void put_timing(const Timing& t, Header* h) {
+  h->targets.clear();
+  if (!t.present()) return;
+  h->targets.push_back(t.started_us);
+  h->targets.push_back(t.run_ns);
+}
+
 Status check_output(const Header& h, const std::vector<zmq::message_t>& payload) {
   if (payload.size() != 2) {
     return fail(DecodeError::kBadOutput,
