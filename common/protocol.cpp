@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <algorithm>
+#include <bit>
 #include <limits>
 #include <string_view>
 
@@ -255,10 +256,36 @@ class FastReader {
   }
 
  private:
+  // An n-byte big-endian unsigned integer.  The common widths with one
+  // load and a byte swap: a Result's timing and a client's task ids are
+  // 8-byte integers, read for every task by broker, engine and client.
   bool big_endian(std::size_t n, std::uint64_t* v) {
     if (static_cast<std::size_t>(end_ - p_) < n) return false;
     std::uint64_t x = 0;
-    for (std::size_t k = 0; k < n; ++k) x = (x << 8) | p_[k];
+    if constexpr (std::endian::native == std::endian::little) {
+      switch (n) {
+        case 2: {
+          std::uint16_t t;
+          std::memcpy(&t, p_, 2);
+          x = __builtin_bswap16(t);
+          break;
+        }
+        case 4: {
+          std::uint32_t t;
+          std::memcpy(&t, p_, 4);
+          x = __builtin_bswap32(t);
+          break;
+        }
+        case 8:
+          std::memcpy(&x, p_, 8);
+          x = __builtin_bswap64(x);
+          break;
+        default:
+          for (std::size_t k = 0; k < n; ++k) x = (x << 8) | p_[k];
+      }
+    } else {
+      for (std::size_t k = 0; k < n; ++k) x = (x << 8) | p_[k];
+    }
     p_ += n;
     *v = x;
     return true;
