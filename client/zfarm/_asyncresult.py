@@ -185,6 +185,7 @@ class AsyncResult(concurrent.futures.Future):
     _on_ended: Sequence[Callable[[], None]] = ()  # see _when_ended
     _cancelling = False
     _submission_known = True  # False: a get_result, submitted elsewhere
+    _submitted_wall_cache: Optional[float] = None  # see _submitted_wall
 
     # Task indexes in the order their outcomes came; a list from the first
     # outcome on (one object less per pending task).
@@ -639,12 +640,16 @@ class AsyncResult(concurrent.futures.Future):
 
     def _submitted_wall(self) -> Optional[float]:
         """The submission on the wall clock: the monotonic reading made then
-        (elapsed needs it anyway), moved by the two clocks' offset now.  No
-        clock read per call; a wall-clock step since shifts it by the step."""
+        (elapsed needs it anyway), moved by the two clocks' offset when first
+        asked, and kept, so that it reads the same every time.  No clock read
+        per call; a wall-clock step in between shifts it by the step."""
         if not self._submission_known:
             return None
-        offset = _wall_clock() - _monotonic()  # wall first: any error makes it earlier, never later
-        return self._submitted_at + offset
+        wall = self._submitted_wall_cache
+        if wall is None:
+            offset = _wall_clock() - _monotonic()  # wall first: any error makes it earlier, never later
+            wall = self._submitted_wall_cache = self._submitted_at + offset
+        return wall
 
     @property
     def submitted(self) -> Any:
