@@ -301,8 +301,11 @@ void Scheduler::handle_result(Engine& engine, Message&& msg, Outbox& out) {
     return;
   }
   ++engine.done;
+  proto::Timing timing;
+  // A malformed timing costs the client its timing only, not its result.
+  if (proto::read_timing(msg.header, &timing) == proto::TimingField::kMalformed) ++counters_.bad_timing;
   finish(id, static_cast<ResultStatus>(msg.header.status), engine.id, std::move(msg.header.text),
-         std::move(msg.payload), out);
+         std::move(msg.payload), out, timing);
   dispatch(out);
 }
 
@@ -641,12 +644,12 @@ void Scheduler::send_task(Engine& engine, Task& task, Outbox& out) {
 // ---- results ------------------------------------------------------------------
 
 void Scheduler::finish(std::uint64_t task_id, ResultStatus status, std::int64_t aux, std::string text,
-                       Frames payload, Outbox& out) {
+                       Frames payload, Outbox& out, const proto::Timing& timing) {
   auto node = tasks_.extract(task_id);
   if (node.empty()) return;
   retire(node.mapped(), status);
   send_result(*node.mapped().client, task_id, static_cast<std::uint32_t>(status), aux, std::move(text),
-              std::move(payload), out);
+              std::move(payload), out, timing);
   notify_watchers(task_id, *node.mapped().client, out);
   if (spare_tasks_.size() < kSpareTasks) {
     node.mapped() = Task{};  // frees what the task held (payload, extras)
@@ -669,11 +672,15 @@ void Scheduler::reject(const std::string& client, std::uint64_t task_id, std::in
 }
 
 void Scheduler::send_result(const std::string& client, std::uint64_t task_id, std::uint32_t status,
-                            std::int64_t aux, std::string text, Frames payload, Outbox& out) {
-  Header h = make_header(MsgType::kResult, task_id);
+                            std::int64_t aux, std::string text, Frames payload, Outbox& out,
+                            const proto::Timing& timing) {
+  Header& h = result_header_;
+  h.type = MsgType::kResult;
+  h.id = task_id;
   h.status = status;
   h.aux = aux;
   h.text = std::move(text);
+  proto::put_timing(timing, &h);
   ++counters_.done;
   if (status != static_cast<std::uint32_t>(ResultStatus::kOk)) ++counters_.failed;
   // `client` is a session: the store keeps the result until that session

@@ -113,6 +113,7 @@ struct Counters {
   std::uint64_t credits_ignored = 0;    // ... ignored whole: unknown engine or an earlier registration
   std::uint64_t given_back = 0;         // tasks an engine gave back, queued again
   std::uint64_t give_back_ignored = 0;  // given-back ids not in flight on that engine
+  std::uint64_t bad_timing = 0;         // Results whose timing was malformed (sent on without it)
 };
 
 class Scheduler {
@@ -313,9 +314,10 @@ class Scheduler {
   // finished task when one is spare: a task per message otherwise costs a
   // node allocated and freed.
   Task& new_task(std::uint64_t id);
-  // Ends a task: one Result to its client, then forgets it.
+  // Ends a task: one Result to its client, then forgets it.  `timing`:
+  // when it ran, as its engine said (absent for the broker's own Results).
   void finish(std::uint64_t task_id, proto::ResultStatus status, std::int64_t aux, std::string text,
-              Frames payload, Outbox& out);
+              Frames payload, Outbox& out, const proto::Timing& timing = {});
   // Rejected results for the tasks of a Submit that had too many frames to
   // decode (the header alone still names them).
   void reject_oversized_submit(const std::string& identity, const Frames& frames, const std::string& why,
@@ -324,7 +326,8 @@ class Scheduler {
   void reject(const std::string& client, std::uint64_t task_id, std::int64_t aux, std::string text,
               Outbox& out);
   void send_result(const std::string& client, std::uint64_t task_id, std::uint32_t status,
-                   std::int64_t aux, std::string text, Frames payload, Outbox& out);
+                   std::int64_t aux, std::string text, Frames payload, Outbox& out,
+                   const proto::Timing& timing = {});
   void send_error(Outgoing::Side side, const std::string& identity, std::uint64_t id, std::string text,
                   Outbox& out);
 
@@ -397,6 +400,9 @@ class Scheduler {
   // The decoded message being handled: reused, so that the vectors and
   // strings of its header keep their storage from one message to the next.
   proto::Message scratch_;
+  // The header of every Result sent to a client, reused for the same reason
+  // (its targets carry the timing).
+  proto::Header result_header_;
   FairQueue shared_;                               // load-balanced work not yet sent, by client session
   std::size_t blocked_ = 0;                        // tasks waiting for dependencies
   std::uint64_t next_seq_ = 1;

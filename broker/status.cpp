@@ -17,7 +17,7 @@ Frames Scheduler::status_payload() const {
   msgpack::packer<msgpack::sbuffer> pk(buf);
   // + auth_refused; + the result store and sessions; + task options, timeouts, events; + output;
   // + failed handshakes and expired sessions; + credit
-  pk.pack_map(13 + 1 + 7 + 9 + 3 + 5 + 4);
+  pk.pack_map(13 + 1 + 7 + 9 + 3 + 5 + 4 + 1);
 
   key(pk, "engines");
   pk.pack_array(static_cast<std::uint32_t>(engines_.size()));
@@ -127,6 +127,9 @@ Frames Scheduler::status_payload() const {
   pk.pack_uint64(counters_.given_back);
   key(pk, "give_back_ignored");
   pk.pack_uint64(counters_.give_back_ignored);
+  // Result timing (revision 3).
+  key(pk, "bad_timing");
+  pk.pack_uint64(counters_.bad_timing);
 
   Frames frames;
   frames.emplace_back(buf.data(), buf.size());

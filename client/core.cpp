@@ -240,10 +240,25 @@ py::object new_ref(PyObject* o) {
   return py::reinterpret_steal<py::object>(o);
 }
 
-// (type, id, status, aux, text, payload) of one Result, made with the C API:
-// pybind11's casters cost more than the rest of the receive for small
-// results.
-py::tuple result_tuple(proto::Message& msg) {
+// Seconds since the Unix epoch, as a float: one clock read per received
+// batch, the `received` of each Result in it.
+py::object wall_clock_now() {
+  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+  return new_ref(PyFloat_FromDouble(static_cast<double>(ns) * 1e-9));
+}
+
+// (type, id, status, aux, text, payload, started, run time, received) of
+// one Result, made with the C API: pybind11's casters cost more than the
+// rest of the receive for small results.  The timing: seconds since the
+// epoch by the engine's clock, seconds, and seconds since the epoch by ours
+// (`received`, one object for the whole batch).  Started and run time are
+// None without timing (the task did not run, an older engine or broker, or
+// a malformed field, which is only counted).  Three items rather than a
+// tuple of them: a tuple per result, tracked by the garbage collector, cost
+// more than the rest of the timing together.
+py::tuple result_tuple(proto::Message& msg, const py::object& received, std::uint64_t* bad_timing) {
   py::list payload;
   for (std::size_t i = 0; i < msg.payload.size(); ++i) {
     zmq::message_t& f = msg.payload[i];
@@ -256,13 +271,21 @@ py::tuple result_tuple(proto::Message& msg) {
     }
   }
   py::object text = msg.header.text.empty() ? new_ref(PyUnicode_New(0, 0)) : py::object(decode_text(msg.header.text));
-  py::object items[6] = {new_ref(PyLong_FromLong(static_cast<long>(msg.header.type))),
+  proto::Timing timing;
+  if (proto::read_timing(msg.header, &timing) == proto::TimingField::kMalformed) ++*bad_timing;
+  py::object started = py::none();
+  py::object ran = py::none();
+  if (timing.present()) {
+    started = new_ref(PyFloat_FromDouble(static_cast<double>(timing.started_us) * 1e-6));
+    ran = new_ref(PyFloat_FromDouble(static_cast<double>(timing.run_ns) * 1e-9));
+  }
+  py::object items[9] = {new_ref(PyLong_FromLong(static_cast<long>(msg.header.type))),
                          new_ref(PyLong_FromUnsignedLongLong(msg.header.id)),
                          new_ref(PyLong_FromLongLong(static_cast<long long>(msg.header.status))),
                          new_ref(PyLong_FromLongLong(static_cast<long long>(msg.header.aux))),
-                         std::move(text), std::move(payload)};
-  py::tuple t(6);
-  for (int i = 0; i < 6; ++i) PyTuple_SET_ITEM(t.ptr(), i, items[i].release().ptr());
+                         std::move(text), std::move(payload), std::move(started), std::move(ran), received};
+  py::tuple t(9);
+  for (int i = 0; i < 9; ++i) PyTuple_SET_ITEM(t.ptr(), i, items[i].release().ptr());
   return t;
 }
 
@@ -393,9 +416,10 @@ class Core {
   }
 
   // Returns a list of (type, id, status, aux, text, [Frame, ...], targets,
-  // opts-dict-or-None), a Result as the first six items only (it has no
-  // targets or options, and a Result per task is the bulk of the traffic);
-  // messages that do not decode are counted in bad_messages and skipped.
+  // opts-dict-or-None), a Result as (type, id, status, aux, text, [Frame,
+  // ...], started, run time, received) (see result_tuple; it has no
+  // options, and a Result per task is the bulk of the traffic); messages
+  // that do not decode are counted in bad_messages and skipped.
   py::list recv(int timeout_ms, std::size_t max_batch) {
     py::list out;
     // A copy of the pointer, taken under the GIL: close() on another thread
@@ -415,15 +439,18 @@ class Core {
       ended.clear();
       io->recv(got, timeout_ms, max_batch);
     }
+    py::object received = got.empty() ? py::none() : wall_clock_now();
+    // One decoded message for the whole batch: its header's vectors keep
+    // their storage (a Result's timing would otherwise allocate per result).
+    proto::Message msg;
     for (auto& frames : got) {
-      proto::Message msg;
       proto::Status st = proto::decode(frames, 0, &msg);
       if (!st.ok()) {
         ++bad_messages_;
         continue;
       }
       if (msg.header.type == proto::MsgType::kResult) {
-        out.append(result_tuple(msg));
+        out.append(result_tuple(msg, received, &bad_timing_));
         continue;
       }
       py::list payload;
@@ -460,6 +487,7 @@ class Core {
   std::int64_t max_message_bytes() const { return max_message_bytes_; }
   void set_max_message_bytes(std::int64_t n) { max_message_bytes_ = n; }
   std::uint64_t bad_messages() const { return bad_messages_; }
+  std::uint64_t bad_timing() const { return bad_timing_; }
 
  private:
   // The broker disconnects a peer sending a frame over its limit
@@ -486,6 +514,7 @@ class Core {
   std::shared_ptr<SharedSocket> io_;
   std::vector<std::shared_ptr<Latch>> later_;  // only touched with the GIL held
   std::uint64_t bad_messages_ = 0;
+  std::uint64_t bad_timing_ = 0;  // Results with a malformed timing (delivered without it)
   std::int64_t max_message_bytes_ = -1;  // -1: no check
 };
 
@@ -536,6 +565,7 @@ PYBIND11_MODULE(_core, m) {
       .def("close", &Core::close)
       .def_property_readonly("closed", &Core::closed)
       .def_property_readonly("bad_messages", &Core::bad_messages)
+      .def_property_readonly("bad_timing", &Core::bad_timing)
       .def_property("max_message_bytes", &Core::max_message_bytes, &Core::set_max_message_bytes,
                     "frames larger than this are refused by send (ValueError); -1: no check");
 

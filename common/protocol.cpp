@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <algorithm>
+#include <bit>
 #include <limits>
 #include <string_view>
 
@@ -255,10 +256,36 @@ class FastReader {
   }
 
  private:
+  // An n-byte big-endian unsigned integer.  The common widths with one
+  // load and a byte swap: a Result's timing and a client's task ids are
+  // 8-byte integers, read for every task by broker, engine and client.
   bool big_endian(std::size_t n, std::uint64_t* v) {
     if (static_cast<std::size_t>(end_ - p_) < n) return false;
     std::uint64_t x = 0;
-    for (std::size_t k = 0; k < n; ++k) x = (x << 8) | p_[k];
+    if constexpr (std::endian::native == std::endian::little) {
+      switch (n) {
+        case 2: {
+          std::uint16_t t;
+          std::memcpy(&t, p_, 2);
+          x = __builtin_bswap16(t);
+          break;
+        }
+        case 4: {
+          std::uint32_t t;
+          std::memcpy(&t, p_, 4);
+          x = __builtin_bswap32(t);
+          break;
+        }
+        case 8:
+          std::memcpy(&x, p_, 8);
+          x = __builtin_bswap64(x);
+          break;
+        default:
+          for (std::size_t k = 0; k < n; ++k) x = (x << 8) | p_[k];
+      }
+    } else {
+      for (std::size_t k = 0; k < n; ++k) x = (x << 8) | p_[k];
+    }
     p_ += n;
     *v = x;
     return true;
@@ -458,6 +485,27 @@ Status decode(std::vector<zmq::message_t>& frames, std::size_t first, Message* o
   for (std::size_t i = first + 2; i < frames.size(); ++i) out->payload.push_back(std::move(frames[i]));
   if (out->header.type == MsgType::kOutput) return check_output(out->header, out->payload);
   return Status{};
+}
+
+TimingField read_timing(const Header& h, Timing* out) {
+  *out = Timing{};
+  if (h.targets.empty()) return TimingField::kAbsent;
+  if (h.targets.size() != 2) return TimingField::kMalformed;
+  const std::int64_t started = h.targets[0];
+  const std::int64_t run = h.targets[1];
+  if (started < 0 || run < 0 || started > kMaxTimestampUs || run / 1000 > kMaxTimestampUs - started) {
+    return TimingField::kMalformed;
+  }
+  out->started_us = started;
+  out->run_ns = run;
+  return TimingField::kOk;
+}
+
+void put_timing(const Timing& t, Header* h) {
+  h->targets.clear();
+  if (!t.present()) return;
+  h->targets.push_back(t.started_us);
+  h->targets.push_back(t.run_ns);
 }
 
 Status check_output(const Header& h, const std::vector<zmq::message_t>& payload) {

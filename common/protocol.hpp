@@ -79,7 +79,27 @@ inline constexpr std::uint8_t kMaxMsgType = 19;
 //      2 or later; such a broker keeps the payload of every task it sends to
 //      an engine that announced revision 2, so a task given back can go out
 //      again.
-inline constexpr std::int64_t kRevision = 2;
+//   3: Result timing (see Timing below).  Needs no announcement: the field
+//      it uses was always empty in a Result and was ignored by every peer,
+//      so an older broker drops the timing and an older client ignores it.
+inline constexpr std::int64_t kRevision = 3;
+
+// Result{targets = [started, run time]} (revision 3): when the task started
+// on its engine, in microseconds since the Unix epoch by the engine's wall
+// clock, and how long it ran, in nanoseconds by the engine's monotonic
+// clock.  Empty targets: no timing (the task did not run on an engine, or
+// the engine or broker is of an older revision).  A start and a duration
+// rather than two wall-clock times: the engine reads the monotonic clock
+// at both ends anyway (its credit policy), so the timing costs one clock
+// read more, and a run time is not bent by a wall-clock step.
+struct Timing {
+  std::int64_t started_us = 0;
+  std::int64_t run_ns = -1;  // -1: absent
+  bool present() const { return run_ns >= 0; }
+};
+// 10000-01-01T00:00:00Z: later start or end times are refused (a client
+// could not show them as dates).
+inline constexpr std::int64_t kMaxTimestampUs = 253402300800LL * 1000000;
 
 // Credit{targets = [engine id], aux = credit, opts.ids = given back}: the
 // engine's credit from now on (at least 1), and the tasks it gives back:
@@ -153,6 +173,13 @@ struct Header {
   std::string text;
   Options opts;
 };
+
+enum class TimingField { kAbsent, kOk, kMalformed };
+// Reads a Result's timing.  kMalformed (and *out absent): not two items, a
+// negative one, or a start or end past kMaxTimestampUs.
+TimingField read_timing(const Header& h, Timing* out);
+// Puts the timing in h.targets (clears them when t is absent).
+void put_timing(const Timing& t, Header* h);
 
 struct Message {
   Header header;

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import warnings
+from datetime import datetime, timezone
 from _thread import RLock
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
@@ -25,8 +26,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 from . import _core, _serialize
 from ._errors import (
     FAILURE_TYPES,
+    STATUS_ABORTED,
+    STATUS_ENGINE_DIED,
+    STATUS_IMPOSSIBLE,
+    STATUS_LOST,
     STATUS_OK,
+    STATUS_REJECTED,
     STATUS_REMOTE_ERROR,
+    STATUS_TIMED_OUT,
     CompositeError,
     RemoteError,
     TaskAborted,
@@ -66,14 +73,24 @@ class _Live:
 
 
 class _Outcome:
-    __slots__ = ("ok", "value", "engine_id", "stdout", "stderr")
+    """One task's end.  Its timing as the client core gives it: ``started``
+    (seconds since the epoch, the engine's clock) and ``ran`` (seconds),
+    None when the task did not run on an engine (or its engine or broker
+    gives no timing); ``received`` (seconds since the epoch, this host's
+    clock), None for an outcome made here (no message came)."""
 
-    def __init__(self, ok: bool, value: Any, engine_id: Optional[int], stdout: str = "", stderr: str = ""):
+    __slots__ = ("ok", "value", "engine_id", "stdout", "stderr", "started", "ran", "received")
+
+    def __init__(self, ok: bool, value: Any, engine_id: Optional[int], stdout: str = "", stderr: str = "",
+                 started: Optional[float] = None, ran: Optional[float] = None, received: Optional[float] = None):
         self.ok = ok
         self.value = value
         self.engine_id = engine_id
         self.stdout = stdout
         self.stderr = stderr
+        self.started = started
+        self.ran = ran
+        self.received = received
 
 
 # The pickled results an engine sends for the commonest values with no
@@ -86,29 +103,33 @@ _SMALL_RESULTS: Dict[bytes, Any] = {
 }
 
 
-def decode_outcome(task_id: int, status: int, engine_id: int, text: str, frames: Sequence[Any]) -> _Outcome:
-    """Turns one Result message into a value or an exception."""
+def decode_outcome(task_id: int, status: int, engine_id: int, text: str, frames: Sequence[Any],
+                   started: Optional[float] = None, ran: Optional[float] = None,
+                   received: Optional[float] = None) -> _Outcome:
+    """Turns one Result message into a value or an exception (the timing as
+    in :class:`_Outcome`)."""
     if status == STATUS_OK and len(frames) == 1 and type(frames[0]) is bytes:
         value = _SMALL_RESULTS.get(frames[0], _MISSING)
         if value is not _MISSING:
-            return _Outcome(True, value, engine_id)
+            return _Outcome(True, value, engine_id, "", "", started, ran, received)
     if status in (STATUS_OK, STATUS_REMOTE_ERROR) and frames:
         try:
             kind, value, out, err = pickle.loads(frames[0]) if len(frames) == 1 else _serialize.loads(frames)
         except Exception as exc:  # noqa: BLE001 - a result we cannot read is a failure, not a crash
             return _Outcome(False, TaskFailure(f"result of task {task_id} could not be read: {exc!r}",
-                                               task_id, engine_id), engine_id)
+                                               task_id, engine_id), engine_id, "", "", started, ran, received)
         if kind == "ok":
-            return _Outcome(True, value, engine_id, out, err)
+            return _Outcome(True, value, engine_id, out, err, started, ran, received)
         error = RemoteError(value.get("ename", "Exception"), value.get("evalue", ""),
                             value.get("traceback", ""), engine_id, task_id)
-        return _Outcome(False, error, engine_id, out, err)
+        return _Outcome(False, error, engine_id, out, err, started, ran, received)
     if status == STATUS_REMOTE_ERROR:  # the engine could not even pickle its answer
-        return _Outcome(False, RemoteError("EngineError", text or "no details", "", engine_id, task_id), engine_id)
+        return _Outcome(False, RemoteError("EngineError", text or "no details", "", engine_id, task_id), engine_id,
+                        "", "", started, ran, received)
     cls = FAILURE_TYPES.get(status, TaskFailure)
     message = text or cls.__doc__ or "task failed"
     return _Outcome(False, cls(f"task {task_id}: {message}", task_id, engine_id if engine_id >= 0 else None),
-                    engine_id if engine_id >= 0 else None)
+                    engine_id if engine_id >= 0 else None, "", "", started, ran, received)
 
 
 _ENDED = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED})
@@ -122,6 +143,7 @@ _CANCELLED = frozenset({CANCELLED, CANCELLED_AND_NOTIFIED})
 # a thread first waits on it.
 _LOCK = RLock()
 _monotonic = time.monotonic
+_wall_clock = time.time
 # _completion of a single task that ended (index 0): shared, never changed.
 _FIRST_ONLY = (0,)
 
@@ -167,6 +189,8 @@ class AsyncResult(concurrent.futures.Future):
     _output_callbacks: Sequence[OutputCallback] = ()
     _on_ended: Sequence[Callable[[], None]] = ()  # see _when_ended
     _cancelling = False
+    _submission_known = True  # False: a get_result, submitted elsewhere
+    _submitted_wall_cache: Optional[float] = None  # see _submitted_wall
 
     # Task indexes in the order their outcomes came; a list from the first
     # outcome on (one object less per pending task).
@@ -197,7 +221,7 @@ class AsyncResult(concurrent.futures.Future):
         self._label = label
         self._one_value = single and n_tasks == 1 and not flatten  # apply: one task, one value
         self.task_ids: List[int] = []
-        self.submitted = time.monotonic()
+        self._submitted_at = _monotonic()
         if n_tasks == 0:
             self._finish()
 
@@ -636,14 +660,93 @@ class AsyncResult(concurrent.futures.Future):
     def elapsed(self) -> float:
         """Seconds since submission; once every task has ended, :attr:`wall_time`."""
         ended = self._ended_at
-        return (time.monotonic() if ended is None else ended) - self.submitted
+        return (time.monotonic() if ended is None else ended) - self._submitted_at
 
     @property
     def wall_time(self) -> Optional[float]:
         """Seconds from submission until the last task's outcome arrived here
         (None while a task has not ended)."""
         ended = self._ended_at
-        return None if ended is None else ended - self.submitted
+        return None if ended is None else ended - self._submitted_at
+
+    # -- per-task timing (ipyparallel's names) ----------------------------------
+    # Datetimes are timezone-aware (UTC).  submitted and received are read on
+    # this host, started and completed on the task's engine: engines on other
+    # hosts compare only as well as the clocks agree.
+    def _per_task(self, values: List[Any]) -> Any:
+        return values[0] if self._single else values
+
+    def _submitted_wall(self) -> Optional[float]:
+        """The submission on the wall clock: the monotonic reading made then
+        (elapsed needs it anyway), moved by the two clocks' offset when first
+        asked, and kept, so that it reads the same every time.  No clock read
+        per call; a wall-clock step in between shifts it by the step."""
+        if not self._submission_known:
+            return None
+        wall = self._submitted_wall_cache
+        if wall is None:
+            offset = _wall_clock() - _monotonic()  # wall first: any error makes it earlier, never later
+            wall = self._submitted_wall_cache = self._submitted_at + offset
+        return wall
+
+    @property
+    def submitted(self) -> Any:
+        """When the call was submitted (a datetime; a list of them, one per
+        task, for a call of several tasks).  None for :meth:`Client.get_result`
+        results: the submission happened elsewhere."""
+        when = _datetime(self._submitted_wall())
+        return self._per_task([when] * self._n)
+
+    @property
+    def started(self) -> Any:
+        """When each task started on its engine (a datetime, or a list); None
+        for a task that has not ended, or never ran (aborted, rejected, lost,
+        timed out while queued...)."""
+        return self._per_task([_datetime(_moment(o, 0)) for o in self._outcomes])
+
+    @property
+    def completed(self) -> Any:
+        """When each task finished on its engine (as :attr:`started`)."""
+        return self._per_task([_datetime(_moment(o, 1)) for o in self._outcomes])
+
+    @property
+    def received(self) -> Any:
+        """When each task's result arrived here (a datetime, or a list); None
+        while it has not, and for an outcome this client made itself (it was
+        closed, or the broker restarted)."""
+        return self._per_task([_datetime(_moment(o, 2)) for o in self._outcomes])
+
+    @property
+    def serial_time(self) -> float:
+        """Seconds the engines spent running this call's tasks, summed over the
+        tasks that ran and ended so far; ``serial_time / wall_time`` is the
+        speed-up over running them one after another."""
+        total = 0.0
+        for o in self._outcomes:
+            if o is not None and o.ran is not None:
+                total += o.ran
+        return total
+
+    @property
+    def metadata(self) -> Any:
+        """Per task, a dict of ``task_id``, ``engine_id``, ``status`` (``"ok"``,
+        ``"error"``, ``"aborted"``, ... or None while pending), ``submitted``,
+        ``started``, ``completed`` and ``received`` (one dict for a single
+        task, else a list)."""
+        submitted = _datetime(self._submitted_wall())
+        ids = self.task_ids
+        rows = []
+        for i, o in enumerate(self._outcomes):
+            rows.append({
+                "task_id": ids[i] if i < len(ids) else None,
+                "engine_id": o.engine_id if o is not None else None,
+                "status": _status_name(o),
+                "submitted": submitted,
+                "started": _datetime(_moment(o, 0)),
+                "completed": _datetime(_moment(o, 1)),
+                "received": _datetime(_moment(o, 2)),
+            })
+        return self._per_task(rows)
 
     def wait_interactive(self, interval: float = 0.1, timeout: Optional[float] = None,
                          output: bool = True) -> bool:
@@ -704,6 +807,44 @@ class AsyncResult(concurrent.futures.Future):
     def __repr__(self) -> str:
         state = "done" if self.done() else f"{self.progress}/{self._n}"
         return f"<AsyncResult {self._label}: {state}>"
+
+
+def _moment(outcome: Optional[_Outcome], which: int) -> Optional[float]:
+    """Seconds since the epoch at which the task started (0), completed (1)
+    or its result arrived here (2); None if unknown."""
+    if outcome is None:
+        return None
+    if which == 2:
+        return outcome.received
+    started = outcome.started
+    if started is None or which == 0:
+        return started
+    return started + outcome.ran
+
+
+def _datetime(seconds: Optional[float]) -> Optional[datetime]:
+    if seconds is None:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, timezone.utc)
+    except (OverflowError, OSError, ValueError):  # a clock far off; the core already refuses such timing
+        return None
+
+
+# metadata's "status" of a failed task, by its exception type.
+_STATUS_NAMES = {FAILURE_TYPES[status]: name for status, name in (
+    (STATUS_ENGINE_DIED, "engine_died"), (STATUS_ABORTED, "aborted"), (STATUS_REJECTED, "rejected"),
+    (STATUS_TIMED_OUT, "timed_out"), (STATUS_LOST, "lost"), (STATUS_IMPOSSIBLE, "impossible"))}
+
+
+def _status_name(outcome: Optional[_Outcome]) -> Optional[str]:
+    if outcome is None:
+        return None
+    if outcome.ok:
+        return "ok"
+    if isinstance(outcome.value, RemoteError):
+        return "error"
+    return _STATUS_NAMES.get(type(outcome.value), "failed")
 
 
 def _std(stream: int) -> Any:

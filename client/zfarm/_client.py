@@ -321,7 +321,9 @@ class Client:
         opts: Optional[Dict[str, Any]] = None,
     ) -> None:
         if mtype == MSG_RESULT:
-            self._on_result(mid, status, aux, text, frames)
+            # A Result handed here alone, without timing: the core's Results
+            # are tuples of their own shape, for _on_results.
+            self._on_results([(MSG_RESULT, mid, status, aux, text, frames, None, None, None)])
         elif mtype == MSG_OUTPUT:
             self._on_output(mid, status, aux, frames, targets or [0, 0])
         elif mtype == MSG_WELCOME:
@@ -341,11 +343,9 @@ class Client:
             if len(self.errors) > 100:
                 del self.errors[:50]
 
-    def _on_result(self, mid: int, status: int, aux: int, text: str, frames: List[Any]) -> None:
-        self._on_results([(MSG_RESULT, mid, status, aux, text, frames)])
-
     def _on_results(self, batch: Sequence[Tuple[Any, ...]]) -> None:
-        """Result messages (type, id, status, aux, text, frames, ...): the
+        """Result messages (type, id, status, aux, text, frames, started,
+        run time, received; see _core.Core.recv): the
         bookkeeping of the whole batch under one lock, then each delivery."""
         mine = []
         with self._lock:
@@ -364,7 +364,7 @@ class Client:
                     if mid in recent or mid in self._recent_old or mid in unclaimed:
                         _shm.discard(m[5])
                         continue  # a second copy (a resend racing a Fetch)
-                    unclaimed[mid] = decode_outcome(mid, m[2], m[3], m[4], m[5])
+                    unclaimed[mid] = decode_outcome(mid, m[2], m[3], m[4], m[5], m[6], m[7], m[8])
                     while len(unclaimed) > MAX_UNCLAIMED:
                         unclaimed.popitem(last=False)
                     continue
@@ -381,9 +381,9 @@ class Client:
                 if m[2] == STATUS_OK and len(frames) == 1 and type(frames[0]) is bytes:
                     value = small.get(frames[0], _NOT_SMALL)
                     if value is not _NOT_SMALL:
-                        ar._deliver(index, _Outcome(True, value, m[3]))
+                        ar._deliver(index, _Outcome(True, value, m[3], "", "", m[6], m[7], m[8]))
                         continue
-                ar._deliver(index, decode_outcome(m[1], m[2], m[3], m[4], frames))
+                ar._deliver(index, decode_outcome(m[1], m[2], m[3], m[4], frames, m[6], m[7], m[8]))
             except Exception as exc:  # noqa: BLE001 - never let one bad result stop delivery
                 warnings.warn(f"zfarm: could not deliver a result: {exc!r}", RuntimeWarning, stacklevel=1)
 
@@ -490,6 +490,7 @@ class Client:
         single = isinstance(jobs, int)
         ids = task_ids_of(jobs)
         ar = AsyncResult(self, len(ids), single=single, label="get_result")
+        ar._submission_known = False  # submitted elsewhere, at a time not known here
         ready: List[Tuple[int, _Outcome]] = []
         fetch: List[int] = []
         with self._lock:

@@ -77,7 +77,7 @@ def _from_probe(client: Client, outcomes: List[Any]) -> AsyncResult:
     for i, o in enumerate(outcomes):
         if o.ok:
             value = o.value[1] if o.value[0] == "value" else o.value[3]
-            o = _Outcome(True, value, o.engine_id, o.stdout, o.stderr)
+            o = _Outcome(True, value, o.engine_id, o.stdout, o.stderr, o.started, o.ran, o.received)
         ar._deliver(i, o)
     return ar
 

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -566,4 +567,100 @@ TEST_CASE("Options: revision round trip; absent is 0; the wrong type is refused"
           pk.pack(17), pk.pack(0), pk.pack_array(0), pk.pack(0), pk.pack(0), pk.pack(std::string(""));
           pk.pack_map(1), pk.pack(std::string("revision")), pk.pack(std::string("one"));
         })) == DecodeError::kBadHeaderShape);
+}
+
+// ---- Result timing (revision 3) ---------------------------------------------
+
+namespace {
+
+// A Result with these targets, encoded and decoded again.
+proto::Header result_with_targets(std::vector<std::int64_t> targets) {
+  proto::Header h;
+  h.type = proto::MsgType::kResult;
+  h.id = 7;
+  h.aux = 1;
+  h.targets = std::move(targets);
+  auto f = proto::encode(h);
+  proto::Message m;
+  REQUIRE(proto::decode(f, 0, &m).ok());
+  return m.header;
+}
+
+}  // namespace
+
+TEST_CASE("Timing: a round trip keeps the start and the run time, on the plain header's fast path") {
+  proto::Header h;
+  h.type = proto::MsgType::kResult;
+  h.id = 42;
+  const proto::Timing t{1'764'400'000'123'456, 2'500'000'001};  // 2025-11-29, 2.5 s
+  proto::put_timing(t, &h);
+  CHECK(h.targets == std::vector<std::int64_t>{t.started_us, t.run_ns});
+  auto f = proto::encode(h);
+  proto::Message m;
+  REQUIRE(proto::decode(f, 0, &m).ok());
+  proto::Timing back;
+  CHECK(proto::read_timing(m.header, &back) == proto::TimingField::kOk);
+  CHECK(back.started_us == t.started_us);
+  CHECK(back.run_ns == t.run_ns);
+  CHECK(back.present());
+  // The same bytes as any 6-item header: the fast reader takes it.
+  proto::Header fast;
+  CHECK(proto::decode_header(f[1].data(), f[1].size(), &fast, proto::Limits{}).ok());
+  CHECK(fast.targets == h.targets);
+}
+
+TEST_CASE("Timing: zero start and zero run time are valid; putting an absent timing clears the targets") {
+  proto::Timing t;
+  CHECK(!t.present());
+  CHECK(proto::read_timing(result_with_targets({0, 0}), &t) == proto::TimingField::kOk);
+  CHECK(t.present());
+  CHECK(t.run_ns == 0);
+  proto::Header h;
+  h.targets = {1, 2};
+  proto::put_timing(proto::Timing{}, &h);
+  CHECK(h.targets.empty());
+}
+
+TEST_CASE("Timing: empty targets are no timing (an older engine or broker)") {
+  proto::Timing t{5, 5};
+  CHECK(proto::read_timing(result_with_targets({}), &t) == proto::TimingField::kAbsent);
+  CHECK(!t.present());
+}
+
+TEST_CASE("Timing: short, long, negative or out-of-range fields are malformed, never a crash") {
+  const std::vector<std::vector<std::int64_t>> bad = {
+      {1},                                                     // short: no run time
+      {1, 2, 3},                                               // too long
+      {-1, 5},                                                 // negative start
+      {5, -1},                                                 // negative run time
+      {std::numeric_limits<std::int64_t>::min(), 0},           // the most negative
+      {proto::kMaxTimestampUs + 1, 0},                         // starts after year 9999
+      {proto::kMaxTimestampUs, 1000},                          // ends after it
+      {proto::kMaxTimestampUs - 10, 11'000},                   // ends 1 us after it
+      {std::numeric_limits<std::int64_t>::max(), std::numeric_limits<std::int64_t>::max()},
+  };
+  for (const auto& targets : bad) {
+    CAPTURE(targets.size());
+    proto::Timing t{5, 5};
+    CHECK(proto::read_timing(result_with_targets(targets), &t) == proto::TimingField::kMalformed);
+    CHECK(!t.present());  // nothing half-read is left behind
+  }
+  proto::Timing t;
+  CHECK(proto::read_timing(result_with_targets({proto::kMaxTimestampUs, 0}), &t) == proto::TimingField::kOk);
+  CHECK(proto::read_timing(result_with_targets({proto::kMaxTimestampUs - 1, 999}), &t) == proto::TimingField::kOk);
+}
+
+TEST_CASE("Timing: a Result header whose targets are not integers is refused by the decoder") {
+  const std::string bad = packed([](auto& pk) {
+    pk.pack_array(6);
+    pk.pack(6);
+    pk.pack(1);
+    pk.pack_array(2);
+    pk.pack("x");
+    pk.pack(1.5);
+    pk.pack(0);
+    pk.pack(0);
+    pk.pack("");
+  });
+  CHECK(decode_raw(bad) == DecodeError::kBadHeaderShape);
 }

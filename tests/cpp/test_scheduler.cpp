@@ -1458,3 +1458,69 @@ TEST_CASE("a message after one with options and payload is read on its own (the 
   h.from_engine("e0", header(MsgType::kShutdown));  // both tasks die with it
   CHECK(h.s.counters().retried == 1);                // only the first had retries
 }
+
+TEST_CASE("timing: a Result's timing reaches the client as the engine sent it; none when it sent none") {
+  Harness h;
+  h.add_engine("e0", 2);
+  h.submit("alice", 1, kBalanced);
+  h.submit("alice", 2, kBalanced);
+  proto::Header r = header(MsgType::kResult, 1);
+  proto::put_timing({1'764'400'000'000'000, 1'500}, &r);
+  auto got = h.from_engine("e0", r);
+  REQUIRE(got.size() == 1);
+  proto::Timing t;
+  CHECK(proto::read_timing(got[0].header, &t) == proto::TimingField::kOk);
+  CHECK(t.started_us == 1'764'400'000'000'000);
+  CHECK(t.run_ns == 1'500);
+  // An engine of an older revision sends none: the client gets none (and
+  // the reused header carries nothing over from the Result before).
+  got = h.result("e0", 2);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.targets.empty());
+  CHECK(h.s.counters().bad_timing == 0);
+}
+
+TEST_CASE("timing: a malformed timing is counted and dropped; the result itself still goes through") {
+  Harness h;
+  h.add_engine("e0", 3);
+  h.submit("alice", 1, kBalanced);
+  h.submit("alice", 2, kBalanced);
+  h.submit("alice", 3, kBalanced);
+  const std::vector<std::vector<std::int64_t>> bad = {{7}, {-1, 5}, {1, 2, 3}};
+  for (std::uint64_t id = 1; id <= 3; ++id) {
+    proto::Header r = header(MsgType::kResult, id);
+    r.targets = bad[id - 1];
+    auto got = h.from_engine("e0", r, payload_of("value"));
+    REQUIRE(got.size() == 1);
+    CHECK(got[0].header.type == MsgType::kResult);
+    CHECK(got[0].header.id == id);
+    CHECK(got[0].header.status == st(ResultStatus::kOk));
+    CHECK(got[0].header.targets.empty());
+    REQUIRE(got[0].payload.size() == 1);
+    CHECK(got[0].payload[0].to_string() == "value");
+  }
+  CHECK(h.s.counters().bad_timing == 3);
+  CHECK(h.s.counters().bad_messages == 0);
+  CHECK(h.s.pending() == 0);
+}
+
+TEST_CASE("timing: the broker's own Results (aborted, rejected, engine died) carry none") {
+  Harness h;
+  h.add_engine("e0", 1);
+  h.submit("alice", 1, kBalanced);  // runs on e0
+  h.submit("alice", 2, kBalanced);  // queued
+  proto::Header abort = header(MsgType::kAbort);
+  abort.opts.ids = {2};
+  auto got = of_type(h.from_client("alice", abort), MsgType::kResult);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.status == st(ResultStatus::kAborted));
+  CHECK(got[0].header.targets.empty());
+  got = of_type(h.submit("alice", 3, {99}), MsgType::kResult);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.status == st(ResultStatus::kRejected));
+  CHECK(got[0].header.targets.empty());
+  got = of_type(h.from_engine("e0", header(MsgType::kShutdown)), MsgType::kResult);
+  REQUIRE(got.size() == 1);
+  CHECK(got[0].header.status == st(ResultStatus::kEngineDied));
+  CHECK(got[0].header.targets.empty());
+}

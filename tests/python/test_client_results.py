@@ -73,7 +73,7 @@ def test_done_callbacks_and_waiters_before_and_after_the_end(bare):
     waiter.start()
     blocked = threading.Thread(target=lambda: got.append(ar.get(timeout=WAIT)))
     blocked.start()
-    bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(2))])
+    bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(2), None, None, None)])
     waiter.join(WAIT)
     blocked.join(WAIT)
     assert not waiter.is_alive() and not blocked.is_alive()
@@ -83,14 +83,14 @@ def test_done_callbacks_and_waiters_before_and_after_the_end(bare):
     ar.add_done_callback(lambda f: called.append(("after", f.result())))
     assert called == [("before", 2), ("after", 2)]
     # A second copy changes nothing.
-    bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(99))])
+    bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(99), None, None, None)])
     assert ar.get(timeout=0) == 2 and called == [("before", 2), ("after", 2)]
 
 
 def test_a_result_for_a_future_cancelled_through_the_future_api_is_dropped_quietly(bare):
     ar = bare.load_balanced_view().apply_async(abs, -2)
     assert concurrent.futures.Future.cancel(ar)  # the plain Future's cancel, not AsyncResult.cancel
-    bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(2))])
+    bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(2), None, None, None)])
     assert ar.cancelled() and bare.outstanding == 0
 
 
@@ -100,7 +100,7 @@ def test_a_batch_of_many_results_resolves_each_task_once_with_its_own_value(bare
     ended = []
     for ar in ars:
         ar.add_done_callback(ended.append)
-    batch = [(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(i)) for i, ar in enumerate(ars)]
+    batch = [(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(i), None, None, None) for i, ar in enumerate(ars)]
     bare._on_results(batch + batch[:10])  # the copies at the end are ignored
     assert [ar.get(timeout=0) for ar in ars] == list(range(1000))
     assert len(ended) == 1000 and len({id(a) for a in ended}) == 1000
@@ -112,9 +112,9 @@ def test_a_second_copy_is_recognised_across_a_turn_of_the_recent_ids(bare, monke
     lv = bare.load_balanced_view()
     ars = [lv.apply_async(abs, -i) for i in range(6)]
     for i, ar in enumerate(ars):
-        bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(i))])
+        bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(i), None, None, None)])
     # The first four moved to the older generation; all six are still known.
-    bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(-1)) for ar in ars])
+    bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(-1), None, None, None) for ar in ars])
     assert bare.unclaimed == []
     assert [ar.get(timeout=0) for ar in ars] == list(range(6))
 
@@ -180,7 +180,7 @@ def test_threads_waiting_on_different_results_each_get_their_own(bare):
         t.start()
     started.wait()
     for i in reversed(range(len(ars))):  # out of order, one at a time
-        bare._on_results([(_client.MSG_RESULT, ars[i].task_ids[0], 0, 0, "", ok_frames(i * 10))])
+        bare._on_results([(_client.MSG_RESULT, ars[i].task_ids[0], 0, 0, "", ok_frames(i * 10), None, None, None)])
     for t in threads:
         t.join(WAIT)
     assert not any(t.is_alive() for t in threads)

@@ -12,6 +12,10 @@ from zfarm._errors import STATUS_ABORTED, STATUS_REMOTE_ERROR
 from conftest import WAIT, Gate, gated
 from test_client_session import bare, ok_frames  # noqa: F401 - the fixture
 
+# The last three items of a Result from the core (started, run time,
+# received): none here.
+NO_TIMING = (None, None, None)
+
 
 def test_a_burst_of_results_each_reach_their_own_task(rc):
     lv = rc.load_balanced_view()
@@ -87,12 +91,12 @@ def test_a_batch_of_results_is_handled_in_order_each_to_its_task(bare):
     bare._on_welcome("inc-1", [0, 1], 1000)
     stray = idc + 100
     bare._on_results([
-        (_client.MSG_RESULT, idb, 0, 1, "", ok_frames("b")),
-        (_client.MSG_RESULT, stray, 0, 0, "", ok_frames("nobody's")),
-        (_client.MSG_RESULT, ida, STATUS_ABORTED, -1, "gone", []),
-        (_client.MSG_RESULT, idb, 0, 1, "", ok_frames("b again")),  # a second copy: ignored
+        (_client.MSG_RESULT, idb, 0, 1, "", ok_frames("b"), *NO_TIMING),
+        (_client.MSG_RESULT, stray, 0, 0, "", ok_frames("nobody's"), *NO_TIMING),
+        (_client.MSG_RESULT, ida, STATUS_ABORTED, -1, "gone", [], *NO_TIMING),
+        (_client.MSG_RESULT, idb, 0, 1, "", ok_frames("b again"), *NO_TIMING),  # a second copy: ignored
         (_client.MSG_RESULT, idc, STATUS_REMOTE_ERROR, 0, "",
-         _serialize.dumps(("error", {"ename": "KeyError", "evalue": "k"}, "", ""))),
+         _serialize.dumps(("error", {"ename": "KeyError", "evalue": "k"}, "", "")), *NO_TIMING),
     ])
     assert b.get(timeout=WAIT) == "b" and b.engine_id == 1
     with pytest.raises(zfarm.TaskAborted, match="gone"):
@@ -119,7 +123,7 @@ def test_a_pending_result_is_a_future_to_wait_on_from_other_threads(bare):
         t.start()
     with ar._cond:  # the progress condition shares the future's lock
         assert not ar.done()
-    bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(1))])
+    bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(1), *NO_TIMING)])
     for t in waiters:
         t.join(WAIT)
         assert not t.is_alive()

@@ -69,6 +69,7 @@ class FakeBroker:
         self.engines: Dict[bytes, int] = {}
         self.first_id = first_id
         self.results: List[Tuple[int, int, str, List[bytes]]] = []
+        self.timings: Dict[int, List[int]] = {}  # task id -> its Result's targets (timing)
         self.registers = 0
         self.heartbeats = 0
 
@@ -100,6 +101,7 @@ class FakeBroker:
                 self.send(identity, header(HEARTBEAT))
             elif mtype == RESULT:
                 self.results.append((h[1], h[3], h[5], payload))
+                self.timings[h[1]] = h[2]
 
     def send(self, identity: bytes, hdr: bytes, *payload) -> None:
         self.sock.send_multipart([identity, SIG, hdr, *payload])

@@ -264,8 +264,15 @@ void engine_thread(zmq::context_t& ctx, const std::string& endpoint, int count, 
         }
         switch (msg.header.type) {
           case MsgType::kTask: {
-            Frames out = zfarm::proto::encode(Header{MsgType::kResult, msg.header.id, {}, 0, e.id, {}, {}},
-                                              std::move(msg.payload));
+            // Timed as a real engine times its tasks (revision 3): a start
+            // and a run time, here nil.
+            Header result{MsgType::kResult, msg.header.id, {}, 0, e.id, {}, {}};
+            zfarm::proto::put_timing({std::chrono::duration_cast<std::chrono::microseconds>(
+                                          std::chrono::system_clock::now().time_since_epoch())
+                                          .count(),
+                                      0},
+                                     &result);
+            Frames out = zfarm::proto::encode(result, std::move(msg.payload));
             zfarm::send_frames(e.socket, out, true);
             stats.tasks.fetch_add(1, std::memory_order_relaxed);
             break;
