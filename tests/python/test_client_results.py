@@ -242,6 +242,6 @@ def test_a_result_ended_on_another_thread_wakes_its_waiter_at_once(bare):
     t = threading.Thread(target=wait)
     t.start()
     waiting.wait(WAIT)
-    bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(1))])
+    bare._on_results([(_client.MSG_RESULT, ar.task_ids[0], 0, 0, "", ok_frames(1), None, None, None)])
     t.join(WAIT)
     assert not t.is_alive() and got == [1]
