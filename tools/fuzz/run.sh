@@ -80,19 +80,31 @@ mv "$OUT/build.ninja.new" "$OUT/build.ninja"
 echo "fuzz: building fuzz_codec and fuzz_scheduler"
 "$NINJA" -C "$OUT" -j 2 --quiet fuzz_codec fuzz_scheduler
 
-status=0
-for target in codec scheduler; do
-  work="$OUT/corpus-$target"  # new inputs go here, not into the committed seeds
+# Both targets run at once, one core each (libFuzzer runs one process per
+# target here); each still gets its full time.
+fuzz() {  # target
+  local target=$1 work="$OUT/corpus-$1"  # new inputs go here, not into the committed seeds
   mkdir -p "$work"
+  ASAN_OPTIONS=detect_leaks=1 "$OUT/fuzz_$target" "$work" "tools/fuzz/corpus/$target" \
+    -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -max_len=4096 \
+    -artifact_prefix="$OUT/$target-" -print_final_stats=1 >"$OUT/$target.log" 2>&1
+}
+TARGETS=(codec scheduler)
+pids=()
+for target in "${TARGETS[@]}"; do
   echo "fuzz: running fuzz_$target for ${SECONDS_PER_TARGET}s"
-  if ! ASAN_OPTIONS=detect_leaks=1 "$OUT/fuzz_$target" "$work" "tools/fuzz/corpus/$target" \
-      -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -max_len=4096 \
-      -artifact_prefix="$OUT/$target-" -print_final_stats=1 >"$OUT/$target.log" 2>&1; then
+  fuzz "$target" &
+  pids+=($!)
+done
+status=0
+for i in "${!TARGETS[@]}"; do
+  target=${TARGETS[$i]}
+  if ! wait "${pids[$i]}"; then
     echo "fuzz: fuzz_$target FAILED; log: $OUT/$target.log" >&2
     tail -40 "$OUT/$target.log" >&2
     status=1
   else
-    grep -E 'stat::number_of_executed_units|Done [0-9]+ runs' "$OUT/$target.log" | tail -1 || true
+    echo "fuzz_$target: $(grep -E 'stat::number_of_executed_units|Done [0-9]+ runs' "$OUT/$target.log" | tail -1)"
   fi
 done
 exit $status
