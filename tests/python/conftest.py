@@ -132,6 +132,13 @@ class Gate:
     def started(self, name: str) -> bool:
         return os.path.exists(os.path.join(self.folder, f"started-{name}"))
 
+    def hold(self, view, x, name: str):
+        """Submits gated(x) through view and waits until it runs: the
+        engine stays busy with it until the gate opens."""
+        ar = view.apply_async(gated, x, self.path, self.folder, name)
+        wait_until(lambda: self.started(name), what=f"task {name!r} started")
+        return ar
+
 
 class OpenGateWhenShown(io.StringIO):
     """A stand-in for sys.stdout that opens the gate file once every needle

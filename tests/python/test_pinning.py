@@ -28,9 +28,14 @@ def thread_cpus(pid: int) -> list:
     return found
 
 
-def engine_cpus_by_pid(client) -> dict:
-    pids = client[:].apply_sync(os.getpid)
-    sets = client[:].apply_sync(os.sched_getaffinity, 0)
+def engine_cpus_by_pid(cluster) -> dict:
+    """Each engine's CPU set, as the engine itself reports it, by pid."""
+    client = cluster.connect(timeout=WAIT)
+    try:
+        pids = client[:].apply_sync(os.getpid)
+        sets = client[:].apply_sync(os.sched_getaffinity, 0)
+    finally:
+        client.close()
     return dict(zip(pids, sets))
 
 
@@ -52,11 +57,7 @@ def test_placement_rules():
 @needs_two_cpus
 def test_pinned_cluster_binds_every_thread_of_broker_and_engines(own_cluster):
     c = own_cluster(2, pin=True)
-    client = c.connect(timeout=WAIT)
-    try:
-        by_pid = engine_cpus_by_pid(client)
-    finally:
-        client.close()
+    by_pid = engine_cpus_by_pid(c)
     expected = {p.pid: {CPUS[i]} for i, p in enumerate(c.engines)}
     assert by_pid == expected
     for p in c.engines:
@@ -70,11 +71,7 @@ def test_pinned_cluster_binds_every_thread_of_broker_and_engines(own_cluster):
 @needs_two_cpus
 def test_unpinned_cluster_leaves_processes_on_every_usable_cpu(own_cluster):
     c = own_cluster(2, pin=False)
-    client = c.connect(timeout=WAIT)
-    try:
-        by_pid = engine_cpus_by_pid(client)
-    finally:
-        client.close()
+    by_pid = engine_cpus_by_pid(c)
     assert list(by_pid.values()) == [set(CPUS)] * 2
     assert os.sched_getaffinity(c.broker.pid) == set(CPUS)
     assert c.cpus is None
@@ -85,11 +82,7 @@ def test_auto_pins_one_engine_per_cpu_and_leaves_extra_engines_free(own_cluster)
     c = own_cluster(len(CPUS))  # pin="auto"
     c.add_engines(1)
     extra = c.engines[-1]
-    client = c.connect(timeout=WAIT)
-    try:
-        by_pid = engine_cpus_by_pid(client)
-    finally:
-        client.close()
+    by_pid = engine_cpus_by_pid(c)
     assert by_pid[extra.pid] == set(CPUS)
     assert [by_pid[p.pid] for p in c.engines[:-1]] == [{cpu} for cpu in CPUS]
     assert c.cpus["engines"][-1] is None

@@ -188,8 +188,7 @@ def test_priority_runs_higher_first(own_cluster, tmp_path):
     with c.connect(timeout=WAIT) as rc:
         gate = Gate(tmp_path)
         lv = rc.load_balanced_view()
-        blocker = lv.apply_async(gated, 1, gate.path, gate.folder, "blocker")
-        wait_until(lambda: gate.started("blocker"), what="the blocking task started")
+        blocker = gate.hold(lv, 1, "blocker")
         low = lv.map(stamp, range(4), chunksize=1, priority=-1)
         mid = lv.map(stamp, range(4), chunksize=1)
         high = lv.map(stamp, range(4), chunksize=1, priority=5)
@@ -208,8 +207,7 @@ def test_abort_drops_queued_tasks_only(own_cluster, tmp_path):
     with c.connect(timeout=WAIT) as rc:
         gate = Gate(tmp_path)
         lv = rc.load_balanced_view()
-        running = lv.apply_async(gated, 3, gate.path, gate.folder, "running")
-        wait_until(lambda: gate.started("running"), what="the first task started")
+        running = gate.hold(lv, 3, "running")
         queued = lv.map(abs, range(-5, 0), chunksize=1)
         queued.abort()
         running.abort()  # running: untouched
@@ -227,8 +225,7 @@ def test_client_abort_of_everything_pending(own_cluster, tmp_path):
     with c.connect(timeout=WAIT) as rc:
         gate = Gate(tmp_path)
         lv = rc.load_balanced_view()
-        running = lv.apply_async(gated, 2, gate.path, gate.folder, "running")
-        wait_until(lambda: gate.started("running"), what="the first task started")
+        running = gate.hold(lv, 2, "running")
         queued = [lv.apply_async(abs, -i) for i in range(4)]
         rc.abort()
         for ar in queued:

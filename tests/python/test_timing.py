@@ -116,8 +116,7 @@ def test_aborted_tasks_never_ran_and_have_no_start(own_cluster, tmp_path):
     with c.connect(timeout=WAIT) as rc:
         gate = Gate(tmp_path)
         lv = rc.load_balanced_view()
-        running = lv.apply_async(gated, 3, gate.path, gate.folder, "running")
-        wait_until(lambda: gate.started("running"), what="the first task started")
+        running = gate.hold(lv, 3, "running")
         queued = lv.map(nap, [0.5, 0.5, 0.5], chunksize=1)
         queued.abort()
         with pytest.raises(zfarm.CompositeError):
@@ -137,8 +136,7 @@ def test_outcomes_made_by_the_client_have_no_times(own_cluster, tmp_path):
     rc = c.connect(timeout=WAIT)
     gate = Gate(tmp_path)
     try:
-        ar = rc.load_balanced_view().apply_async(gated, 1, gate.path, gate.folder, "held")
-        wait_until(lambda: gate.started("held"), what="the task started")
+        ar = gate.hold(rc.load_balanced_view(), 1, "held")
     finally:
         rc.close()  # ends the task here: TaskAborted, no message from the broker
         gate.open()
