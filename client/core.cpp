@@ -19,6 +19,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "protocol.hpp"
@@ -426,12 +427,11 @@ class Core {
     // may drop Core's reference meanwhile, and the socket must outlive this
     // wait (close() wakes it).
     std::shared_ptr<SharedSocket> io = io_;
-    std::vector<std::shared_ptr<Latch>> ended = std::move(later_);
-    later_.clear();
     if (!io) {
-      for (auto& l : ended) l->fire();
+      fire_kept();
       return out;
     }
+    std::vector<std::shared_ptr<Latch>> ended = std::exchange(later_, {});
     std::vector<Frames> got;
     {
       py::gil_scoped_release nogil;

@@ -71,18 +71,18 @@ def parse(text: str):
 
 
 def on_cpu(trip, names: dict, main_tid: int) -> dict:
-    """Time each cluster thread ran within one round trip, and time none did."""
+    """Time each cluster thread ran within one round trip, and time none did
+    (``names``: tid -> role for every cluster thread, main_tid's included)."""
     t0, t1 = trip[0][0], trip[-1][0]
     running = {trip[0][1]: main_tid}  # the marker's CPU runs the client's main thread
     since = {trip[0][1]: t0}
     spent: dict = {}
-    busy_until = t0
     idle = 0.0
     last = t0
 
     def account(upto):
         nonlocal idle, last
-        if not any(tid in names or tid == main_tid for tid in running.values()):
+        if not any(tid in names for tid in running.values()):
             idle += upto - last
         last = upto
 
@@ -91,14 +91,13 @@ def on_cpu(trip, names: dict, main_tid: int) -> dict:
         if ev == "switch":
             prev, nxt = data
             if cpu in since and running.get(cpu) is not None:
-                role = "client main thread" if prev == main_tid else names.get(prev, "other processes")
+                role = names.get(prev, "other processes")
                 spent[role] = spent.get(role, 0.0) + ts - since[cpu]
             running[cpu] = nxt
             since[cpu] = ts
-        busy_until = ts
     for cpu, tid in running.items():
         if tid is not None and cpu in since:
-            role = "client main thread" if tid == main_tid else names.get(tid, "other processes")
+            role = names.get(tid, "other processes")
             spent[role] = spent.get(role, 0.0) + t1 - since[cpu]
     account(t1)
     spent["no cluster thread on a CPU"] = idle
@@ -128,7 +127,7 @@ def main() -> None:
         pids.update({p.pid: f"engine{i}" for i, p in enumerate(cluster.engines)})
         names = thread_names(pids)
         main_tid = threading.get_native_id()
-        names.pop(main_tid, None)
+        names[main_tid] = "client main thread"
         write("trace", "")
         write("buffer_size_kb", "16384")
         for ev in ("sched_switch", "sched_wakeup"):
@@ -166,10 +165,9 @@ def main() -> None:
         t0 = trips[mid][0][0]
         for ts, cpu, ev, data in trips[mid]:
             if ev == "switch":
-                what = f"{names.get(data[0], 'client main' if data[0] == main_tid else 'other')} -> " \
-                       f"{names.get(data[1], 'client main' if data[1] == main_tid else 'other')}"
+                what = f"{names.get(data[0], 'other')} -> {names.get(data[1], 'other')}"
             elif ev == "wakeup":
-                what = f"wakes {names.get(data, 'client main' if data == main_tid else 'other')}"
+                what = f"wakes {names.get(data, 'other')}"
             else:
                 what = ev
             print(f"  {ts - t0:7.1f} us  cpu{cpu}  {what}")
