@@ -22,6 +22,7 @@ const char* to_string(DecodeError e) {
     case DecodeError::kBadHeaderShape: return "bad header shape";
     case DecodeError::kUnknownType: return "unknown message type";
     case DecodeError::kBadOutput: return "bad output message";
+    case DecodeError::kBadBatch: return "bad batch message";
   }
   return "unknown error";
 }
@@ -47,6 +48,7 @@ const char* to_string(MsgType t) {
     case MsgType::kWelcome: return "welcome";
     case MsgType::kOutput: return "output";
     case MsgType::kCredit: return "credit";
+    case MsgType::kBatch: return "batch";
   }
   return "unknown";
 }
@@ -484,6 +486,129 @@ Status decode(std::vector<zmq::message_t>& frames, std::size_t first, Message* o
   out->payload.reserve(frames.size() - first - 2 + room);
   for (std::size_t i = first + 2; i < frames.size(); ++i) out->payload.push_back(std::move(frames[i]));
   if (out->header.type == MsgType::kOutput) return check_output(out->header, out->payload);
+  if (out->header.type == MsgType::kBatch) {
+    if (out->payload.size() != 1) {
+      return fail(DecodeError::kBadBatch,
+                  "batch needs 1 payload frame (the records), not " + std::to_string(out->payload.size()));
+    }
+    if (out->header.aux < 1 || static_cast<std::uint64_t>(out->header.aux) > limits.max_batch_records) {
+      return fail(DecodeError::kBadBatch, "batch of " + std::to_string(out->header.aux) +
+                                              " records; 1 to " + std::to_string(limits.max_batch_records) +
+                                              " allowed");
+    }
+  }
+  return Status{};
+}
+
+// ---- Batch (revision 4) ----------------------------------------------------
+
+namespace {
+
+bool batched_type(MsgType t) {
+  return t == MsgType::kSubmit || t == MsgType::kTask || t == MsgType::kResult;
+}
+
+void put_u32(unsigned char*& p, std::size_t v) {
+  const auto x = static_cast<std::uint32_t>(v);
+  p[0] = static_cast<unsigned char>(x >> 24);
+  p[1] = static_cast<unsigned char>(x >> 16);
+  p[2] = static_cast<unsigned char>(x >> 8);
+  p[3] = static_cast<unsigned char>(x);
+  p += 4;
+}
+
+bool get_u32(const unsigned char*& p, const unsigned char* end, std::size_t* v) {
+  if (end - p < 4) return false;
+  *v = (std::size_t{p[0]} << 24) | (std::size_t{p[1]} << 16) | (std::size_t{p[2]} << 8) | std::size_t{p[3]};
+  p += 4;
+  return true;
+}
+
+}  // namespace
+
+bool batchable(MsgType type, const std::vector<zmq::message_t>& frames) {
+  if (!batched_type(type) || frames.size() < 2) return false;
+  std::size_t bytes = 0;
+  for (std::size_t i = 2; i < frames.size(); ++i) {
+    bytes += frames[i].size();
+    if (bytes > kBatchRecordBytes) return false;
+  }
+  return true;
+}
+
+std::size_t batch_bytes(const std::vector<zmq::message_t>& frames) {
+  std::size_t n = 4;  // frame count
+  for (std::size_t i = 1; i < frames.size(); ++i) n += 4 + frames[i].size();
+  return n;
+}
+
+std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::message_t>*>& messages) {
+  std::size_t body_size = 0;
+  for (const auto* m : messages) body_size += batch_bytes(*m);
+  zmq::message_t body(body_size);
+  auto* p = static_cast<unsigned char*>(body.data());
+  for (const auto* m : messages) {
+    put_u32(p, m->size() - 1);  // without the signature
+    for (std::size_t i = 1; i < m->size(); ++i) {
+      const zmq::message_t& f = (*m)[i];
+      put_u32(p, f.size());
+      if (f.size() != 0) std::memcpy(p, f.data(), f.size());
+      p += f.size();
+    }
+  }
+  Header h;
+  h.type = MsgType::kBatch;
+  h.aux = static_cast<std::int64_t>(messages.size());
+  std::vector<zmq::message_t> out;
+  out.reserve(3);
+  encode_header(h, out);
+  out.push_back(std::move(body));
+  return out;
+}
+
+Status decode_batch(const Message& batch, std::vector<Message>& out, const Limits& limits) {
+  auto bad = [&](std::string detail) {
+    out.clear();
+    return fail(DecodeError::kBadBatch, std::move(detail));
+  };
+  if (batch.header.type != MsgType::kBatch || batch.payload.size() != 1 || batch.header.aux < 1 ||
+      static_cast<std::uint64_t>(batch.header.aux) > limits.max_batch_records) {
+    return bad("not a batch of 1 to " + std::to_string(limits.max_batch_records) + " records in one frame");
+  }
+  const auto n = static_cast<std::size_t>(batch.header.aux);
+  const auto* p = static_cast<const unsigned char*>(batch.payload[0].data());
+  const auto* const end = p + batch.payload[0].size();
+  std::size_t r = 0;
+  auto bad_record = [&](const std::string& detail) { return bad("batch record " + std::to_string(r) + ": " + detail); };
+  out.resize(n);
+  for (; r < n; ++r) {
+    std::size_t frames = 0, len = 0;
+    if (!get_u32(p, end, &frames)) return bad_record("truncated");
+    // A record is a message without its signature: the same frame limit.
+    if (frames < 1 || frames + 1 > limits.max_frames) {
+      return bad_record(std::to_string(frames) + " frames; 1 to " + std::to_string(limits.max_frames - 1) +
+                        " allowed");
+    }
+    if (!get_u32(p, end, &len) || len > static_cast<std::size_t>(end - p)) return bad_record("truncated");
+    Message& m = out[r];
+    Status st = decode_header(p, len, &m.header, limits);
+    if (!st.ok()) return bad_record(st.detail);
+    if (!batched_type(m.header.type)) {
+      return bad_record(std::string("a ") + to_string(m.header.type) +
+                        " cannot be batched (only submit, task, result)");
+    }
+    p += len;
+    m.payload.clear();
+    m.payload.reserve(frames - 1 + (m.header.type == MsgType::kResult ? 2 : 0));
+    for (std::size_t i = 1; i < frames; ++i) {
+      if (!get_u32(p, end, &len) || len > static_cast<std::size_t>(end - p)) return bad_record("truncated");
+      m.payload.emplace_back(p, len);
+      p += len;
+    }
+  }
+  if (p != end) {
+    return bad(std::to_string(end - p) + " bytes after the last of " + std::to_string(n) + " records");
+  }
   return Status{};
 }
 

@@ -37,6 +37,7 @@ struct Limits {
   std::size_t max_targets = 65536;         // entries of Header::targets
   std::size_t max_text_bytes = 16 * 1024;  // Header::text
   std::size_t max_ids = 65536;             // entries of each Options list
+  std::size_t max_batch_records = 4096;    // records in one Batch
 };
 
 enum class MsgType : std::uint8_t {
@@ -66,8 +67,11 @@ enum class MsgType : std::uint8_t {
   kCredit = 19,        // engine -> broker: targets = [engine id], aux = new
                        //   credit, opts.ids = prefetched tasks given back
                        //   (revision 2; see "Credit" below)
+  kBatch = 20,         // any way: aux = record count, one payload frame holding
+                       //   Submit, Task or Result records (revision 4; see
+                       //   "Batch" below)
 };
-inline constexpr std::uint8_t kMaxMsgType = 19;
+inline constexpr std::uint8_t kMaxMsgType = 20;
 
 // Additions to protocol version 1 that do not change the wire format of
 // older messages.  A peer names the revision it speaks in opts.revision of
@@ -82,7 +86,26 @@ inline constexpr std::uint8_t kMaxMsgType = 19;
 //   3: Result timing (see Timing below).  Needs no announcement: the field
 //      it uses was always empty in a Result and was ignored by every peer,
 //      so an older broker drops the timing and an older client ignores it.
-inline constexpr std::int64_t kRevision = 3;
+//   4: Batch.  A peer sends a Batch only to one that announced revision 4
+//      or later: a client and an engine to a broker that did (Welcome,
+//      RegisterReply), the broker to a client that did in Hello and to an
+//      engine that did in Register.
+inline constexpr std::int64_t kRevision = 4;
+
+// Batch{aux = n} + exactly one payload frame, the body: n records, one after
+// another, each the frames of one message without its signature:
+//
+//   record := frame count:u32  frame*      (the header frame, then payload frames)
+//   frame  := length:u32  bytes            (u32: big-endian)
+//
+// A record is a Submit, a Task or a Result, decoded with the same limits as
+// a message of its own; a Batch is one message on the wire where n small
+// messages would have been n, which spares libzmq its per-message and
+// per-frame work (most of the broker's cost per task).  Only small records
+// are batched: their payload bytes are copied into the body and out again.
+inline constexpr std::size_t kBatchRecordBytes = 4 * 1024;  // payload bytes of a record a sender batches
+inline constexpr std::size_t kBatchMaxRecords = 1024;       // records a sender puts in one Batch
+inline constexpr std::size_t kBatchBodyBytes = 256 * 1024;  // body bytes a sender stops adding at
 
 // Result{targets = [started, run time]} (revision 3): when the task started
 // on its engine, in microseconds since the Unix epoch by the engine's wall
@@ -197,6 +220,8 @@ enum class DecodeError {
   kBadHeaderShape,
   kUnknownType,
   kBadOutput,  // an Output message of the wrong shape (see check_output)
+  kBadBatch,   // a Batch of the wrong shape, or a record in it that is not
+               //   a well-formed Submit, Task or Result (see decode_batch)
 };
 
 // An error as a value: what went wrong and a sentence for the peer or log.
@@ -230,6 +255,25 @@ Status check_output(const Header& h, const std::vector<zmq::message_t>& payload)
 // The signature frame: magic and version (used by decode, and by the broker
 // to read the header of a message that failed on its frame count).
 Status check_signature(const zmq::message_t& sig);
+
+// Whether the message `frames` (signature, header, payload ...: what encode
+// makes) may go into a Batch: a Submit, Task or Result whose payload is at
+// most kBatchRecordBytes.  `type` is its header's type.
+bool batchable(MsgType type, const std::vector<zmq::message_t>& frames);
+
+// A Batch of encoded messages (each as encode makes it: signature, header,
+// payload ...), in order: its signature, header and body frames.  The
+// messages are only read.  At least one; the caller keeps to
+// kBatchMaxRecords and kBatchBodyBytes (batch_bytes tells a message's share).
+std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::message_t>*>& messages);
+std::size_t batch_bytes(const std::vector<zmq::message_t>& frames);
+
+// The records of a decoded Batch, into out[0..n) (resized; the storage of
+// earlier calls is reused).  All or nothing: on an error `out` is left
+// empty.  A record may not be a Batch, and only Submit, Task and Result
+// may be batched (kBadBatch); its header and frame count are checked as
+// decode() checks a message's.
+Status decode_batch(const Message& batch, std::vector<Message>& out, const Limits& limits = Limits{});
 
 // Header alone, from raw bytes (used by decode and by tests and the fuzzer).
 Status decode_header(const void* data, std::size_t size, Header* out, const Limits& limits);

@@ -98,16 +98,21 @@ TEST_CASE("RoundTrip of every message type") {
     h.type = static_cast<proto::MsgType>(t);
     std::vector<zmq::message_t> payload;
     const bool output = h.type == proto::MsgType::kOutput;
-    if (output) {  // the one type with a fixed shape
+    const bool batch = h.type == proto::MsgType::kBatch;
+    if (output) {  // the types with a fixed shape
       h.targets = {0, 0};
       payload.emplace_back();
+      payload.emplace_back();
+    }
+    if (batch) {
+      h.aux = 1;
       payload.emplace_back();
     }
     auto f = proto::encode(h, std::move(payload));
     proto::Message m;
     REQUIRE(proto::decode(f, 0, &m).ok());
     CHECK(static_cast<int>(m.header.type) == t);
-    CHECK(m.payload.size() == (output ? 2u : 0u));
+    CHECK(m.payload.size() == (output ? 2u : batch ? 1u : 0u));
   }
 }
 
@@ -663,4 +668,189 @@ TEST_CASE("Timing: a Result header whose targets are not integers is refused by 
     pk.pack("");
   });
   CHECK(decode_raw(bad) == DecodeError::kBadHeaderShape);
+}
+
+// ---- Batch (revision 4) -------------------------------------------------------
+
+namespace {
+
+std::vector<zmq::message_t> task_message(proto::MsgType type, std::uint64_t id,
+                                         std::initializer_list<std::string> payload) {
+  proto::Header h;
+  h.type = type;
+  h.id = id;
+  h.targets = {proto::kLoadBalanced};
+  h.text = "t" + std::to_string(id);
+  if (id % 2 == 1) h.opts.priority = static_cast<std::int64_t>(id);  // some records with options
+  std::vector<zmq::message_t> p;
+  for (const auto& s : payload) p.emplace_back(s.data(), s.size());
+  return proto::encode(h, std::move(p));
+}
+
+// A batch's body written by hand: records of (header bytes, payload frames).
+std::string body_of(const std::vector<std::vector<std::string>>& records) {
+  std::string b;
+  auto u32 = [&](std::size_t v) {
+    for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<char>((v >> s) & 0xff));
+  };
+  for (const auto& r : records) {
+    u32(r.size());
+    for (const auto& f : r) {
+      u32(f.size());
+      b += f;
+    }
+  }
+  return b;
+}
+
+std::string header_bytes(proto::MsgType type, std::uint64_t id = 1) {
+  std::vector<zmq::message_t> f;
+  proto::Header h;
+  h.type = type;
+  h.id = id;
+  proto::encode_header(h, f);
+  return f[1].to_string();
+}
+
+// Decodes a Batch message of `n` records with the given body.
+proto::Status decode_body(std::int64_t n, const std::string& body, std::vector<proto::Message>& out,
+                          const proto::Limits& limits = proto::Limits{}) {
+  proto::Header h;
+  h.type = proto::MsgType::kBatch;
+  h.aux = n;
+  std::vector<zmq::message_t> payload;
+  payload.emplace_back(body.data(), body.size());
+  auto f = proto::encode(h, std::move(payload));
+  proto::Message m;
+  const proto::Status st = proto::decode(f, 0, &m, limits);
+  if (!st.ok()) return st;
+  return proto::decode_batch(m, out, limits);
+}
+
+}  // namespace
+
+TEST_CASE("Batch: records come back in order with their headers and payload frames") {
+  std::vector<std::vector<zmq::message_t>> msgs;
+  msgs.push_back(task_message(proto::MsgType::kSubmit, 7, {"payload of 7"}));
+  msgs.push_back(task_message(proto::MsgType::kResult, 8, {}));
+  msgs.push_back(task_message(proto::MsgType::kTask, 9, {"a", "", std::string(proto::kBatchRecordBytes - 1, 'z')}));
+  std::vector<const std::vector<zmq::message_t>*> refs;
+  std::size_t bytes = 0;
+  for (const auto& m : msgs) refs.push_back(&m), bytes += proto::batch_bytes(m);
+  auto wire = proto::pack_batch(refs);
+  REQUIRE(wire.size() == 3);
+  CHECK(wire[2].size() == bytes);
+  CHECK(msgs[0][2].to_string() == "payload of 7");  // the messages are only read
+
+  proto::Message batch;
+  REQUIRE(proto::decode(wire, 0, &batch).ok());
+  CHECK(batch.header.type == proto::MsgType::kBatch);
+  CHECK(batch.header.aux == 3);
+  std::vector<proto::Message> out;
+  REQUIRE(proto::decode_batch(batch, out).ok());
+  REQUIRE(out.size() == 3);
+  for (std::size_t i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    proto::Message single;
+    REQUIRE(proto::decode(msgs[i], 0, &single).ok());
+    CHECK(out[i].header.type == single.header.type);
+    CHECK(out[i].header.id == single.header.id);
+    CHECK(out[i].header.text == single.header.text);
+    CHECK(out[i].header.targets == single.header.targets);
+    CHECK(out[i].header.opts.priority == single.header.opts.priority);
+    REQUIRE(out[i].payload.size() == single.payload.size());
+    for (std::size_t k = 0; k < single.payload.size(); ++k) {
+      CHECK(out[i].payload[k].to_string() == single.payload[k].to_string());
+    }
+  }
+  // The storage of `out` is reused: a second, shorter batch resizes it.
+  auto wire2 = proto::pack_batch({refs[2]});
+  REQUIRE(proto::decode(wire2, 0, &batch).ok());
+  REQUIRE(proto::decode_batch(batch, out).ok());
+  REQUIRE(out.size() == 1);
+  CHECK(out[0].header.id == 9);
+  CHECK(out[0].payload.size() == 3);
+}
+
+TEST_CASE("Batch: only small Submits, Tasks and Results are batchable") {
+  CHECK(proto::batchable(proto::MsgType::kSubmit, task_message(proto::MsgType::kSubmit, 1, {"x"})));
+  CHECK(proto::batchable(proto::MsgType::kResult, task_message(proto::MsgType::kResult, 1, {})));
+  CHECK(proto::batchable(proto::MsgType::kTask,
+                         task_message(proto::MsgType::kTask, 1, {std::string(proto::kBatchRecordBytes, 'x')})));
+  CHECK_FALSE(proto::batchable(
+      proto::MsgType::kTask, task_message(proto::MsgType::kTask, 1, {std::string(proto::kBatchRecordBytes, 'x'), "y"})));
+  CHECK_FALSE(proto::batchable(proto::MsgType::kHeartbeat, task_message(proto::MsgType::kHeartbeat, 1, {})));
+  CHECK_FALSE(proto::batchable(proto::MsgType::kOutput, task_message(proto::MsgType::kOutput, 1, {"", ""})));
+  CHECK_FALSE(proto::batchable(proto::MsgType::kBatch, task_message(proto::MsgType::kBatch, 1, {""})));
+}
+
+TEST_CASE("BadBatch: no body, two bodies, a record count of 0, negative or over the limit") {
+  proto::Header h;
+  h.type = proto::MsgType::kBatch;
+  h.aux = 1;
+  auto no_body = proto::encode(h);
+  proto::Message m;
+  CHECK(proto::decode(no_body, 0, &m).code == DecodeError::kBadBatch);
+  auto two = proto::encode(h, frames_of({"", ""}));
+  CHECK(proto::decode(two, 0, &m).code == DecodeError::kBadBatch);
+  std::vector<proto::Message> out;
+  const std::string one = body_of({{header_bytes(proto::MsgType::kSubmit)}});
+  CHECK(decode_body(1, one, out).ok());
+  CHECK(decode_body(0, one, out).code == DecodeError::kBadBatch);
+  CHECK(decode_body(-1, one, out).code == DecodeError::kBadBatch);
+  proto::Limits limits;
+  limits.max_batch_records = 2;
+  const std::string three = body_of({{header_bytes(proto::MsgType::kSubmit)},
+                                     {header_bytes(proto::MsgType::kSubmit)},
+                                     {header_bytes(proto::MsgType::kSubmit)}});
+  CHECK(decode_body(3, three, out).ok());
+  CHECK(decode_body(3, three, out, limits).code == DecodeError::kBadBatch);
+}
+
+TEST_CASE("BadBatch: a count that does not match the records, truncation, trailing bytes") {
+  std::vector<proto::Message> out;
+  const std::string two = body_of({{header_bytes(proto::MsgType::kTask, 1), "p"},
+                                   {header_bytes(proto::MsgType::kTask, 2), "q"}});
+  REQUIRE(decode_body(2, two, out).ok());
+  CHECK(decode_body(3, two, out).code == DecodeError::kBadBatch);  // one record short
+  CHECK(out.empty());                                               // all or nothing
+  CHECK(decode_body(1, two, out).code == DecodeError::kBadBatch);  // bytes left over
+  for (std::size_t cut = 0; cut < two.size(); ++cut) {             // cut anywhere
+    CAPTURE(cut);
+    CHECK(decode_body(2, two.substr(0, cut), out).code == DecodeError::kBadBatch);
+  }
+  CHECK(decode_body(2, two + "x", out).code == DecodeError::kBadBatch);
+}
+
+TEST_CASE("BadBatch: huge announced lengths fail before anything is allocated") {
+  std::vector<proto::Message> out;
+  // Frame count 2^32-1, then a frame length of 2^32-1 with nothing behind it.
+  CHECK(decode_body(1, std::string("\xff\xff\xff\xff", 4), out).code == DecodeError::kBadBatch);
+  CHECK(decode_body(1, std::string("\x00\x00\x00\x01\xff\xff\xff\xff", 8), out).code == DecodeError::kBadBatch);
+  CHECK(decode_body(4096, std::string(), out).code == DecodeError::kBadBatch);
+  proto::Limits limits;
+  limits.max_frames = 3;  // signature + header + 1 payload frame
+  const std::string ok = body_of({{header_bytes(proto::MsgType::kTask), "a"}});
+  const std::string over = body_of({{header_bytes(proto::MsgType::kTask), "a", "b"}});
+  CHECK(decode_body(1, ok, out, limits).ok());
+  CHECK(decode_body(1, over, out, limits).code == DecodeError::kBadBatch);
+  CHECK(decode_body(1, body_of({{}}), out).code == DecodeError::kBadBatch);  // a record without a header
+}
+
+TEST_CASE("BadBatch: a record that is not a Submit, Task or Result, or whose header is malformed") {
+  std::vector<proto::Message> out;
+  for (auto t : {proto::MsgType::kHeartbeat, proto::MsgType::kRegister, proto::MsgType::kBatch,
+                 proto::MsgType::kShutdown, proto::MsgType::kOutput, proto::MsgType::kAck}) {
+    CAPTURE(static_cast<int>(t));
+    const std::string body = body_of({{header_bytes(proto::MsgType::kSubmit)}, {header_bytes(t), "", ""}});
+    const proto::Status st = decode_body(2, body, out);
+    CHECK(st.code == DecodeError::kBadBatch);
+    CHECK(st.detail.find("record 1") != std::string::npos);
+  }
+  CHECK(decode_body(1, body_of({{"\xdd\xff\xff\xff\xff"}}), out).code == DecodeError::kBadBatch);
+  CHECK(decode_body(1, body_of({{std::string("\x96\x00", 2)}}), out).code == DecodeError::kBadBatch);
+  proto::Limits limits;
+  limits.max_header_bytes = 8;
+  CHECK(decode_body(1, body_of({{header_bytes(proto::MsgType::kSubmit, 1ull << 40)}}), out, limits).code ==
+        DecodeError::kBadBatch);
 }

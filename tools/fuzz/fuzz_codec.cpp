@@ -65,6 +65,41 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   require(msg.header.targets.size() <= limits.max_targets, "targets over the limit");
   require(msg.header.text.size() <= limits.max_text_bytes, "text over the limit");
 
+  if (msg.header.type == proto::MsgType::kBatch) {
+    // A Batch's records: each must be a well-formed Submit, Task or Result
+    // within the limits, and packing them again must give the same records.
+    std::vector<proto::Message> records;
+    const proto::Status sb = proto::decode_batch(msg, records, limits);
+    if (!sb.ok()) {
+      require(!sb.detail.empty() && records.empty(), "a failed batch without a detail, or half decoded");
+    } else {
+      require(records.size() == static_cast<std::size_t>(msg.header.aux), "batch records lost or invented");
+      std::vector<std::vector<zmq::message_t>> encoded;
+      encoded.reserve(records.size());
+      std::vector<const std::vector<zmq::message_t>*> refs;
+      for (auto& r : records) {
+        require(r.header.type == proto::MsgType::kSubmit || r.header.type == proto::MsgType::kTask ||
+                    r.header.type == proto::MsgType::kResult,
+                "a batch record of a type that cannot be batched");
+        require(r.payload.size() + 2 <= limits.max_frames, "a batch record over the frame limit");
+        std::vector<zmq::message_t> payload;
+        for (auto& f : r.payload) payload.emplace_back(f.data(), f.size());
+        encoded.push_back(proto::encode(r.header, std::move(payload)));
+      }
+      for (auto& e : encoded) refs.push_back(&e);
+      auto wire = proto::pack_batch(refs);
+      proto::Message again;
+      std::vector<proto::Message> back;
+      require(proto::decode(wire, 0, &again, limits).ok() && proto::decode_batch(again, back, limits).ok(),
+              "re-packed batch records did not decode");
+      require(back.size() == records.size(), "the batch round trip changed the record count");
+      for (std::size_t i = 0; i < back.size(); ++i) {
+        require(same_header(back[i].header, records[i].header), "the batch round trip changed a header");
+        require(back[i].payload.size() == records[i].payload.size(), "the batch round trip changed a payload");
+      }
+    }
+  }
+
   // Round trip: what decoded re-encodes (minimally) and decodes the same.
   const std::size_t payload_size = msg.payload.size();
   std::vector<zmq::message_t> again = proto::encode(msg.header, std::move(msg.payload));

@@ -17,6 +17,8 @@ SIG = b"ZFRM\x01"
 REGISTER, REGISTER_REPLY, HEARTBEAT, SUBMIT, TASK, RESULT, STATUS = 1, 2, 3, 4, 5, 6, 7
 SHUTDOWN, ERROR, HELLO, ABORT, INTERRUPT, ACK, FETCH = 9, 10, 11, 12, 13, 14, 15
 OUTPUT = 18
+REGISTER_REV = 4  # the revision a Register announces to be sent Batches
+BATCH = 20
 
 
 def mp(v) -> bytes:
@@ -46,6 +48,18 @@ def header(t, id=0, targets=(), status=0, aux=0, text="", opts=None) -> bytes:
     if opts:
         items.append(opts)
     return mp(items)
+
+
+def body(*records) -> bytes:
+    """A Batch's body: each record a list of frames (header, payload ...)."""
+    out = b""
+    for frames in records:
+        out += struct.pack(">I", len(frames)) + b"".join(struct.pack(">I", len(f)) + f for f in frames)
+    return out
+
+
+def batch(*records) -> bytes:
+    return header(BATCH, 0, [], 0, len(records))
 
 
 def block(*frames: bytes) -> bytes:
@@ -90,6 +104,10 @@ def main() -> None:
     write("codec", codec(1, header(RESULT, 1, [], 0, 0, "x", opts={"retries": "no"})))
     write("codec", codec(0, SIG, header(OUTPUT, 4, [0, 6], 1, 2), b"line\n", b""))
     write("codec", codec(0, SIG, header(OUTPUT, 4, [0], 8, 2), b"one frame"))
+    subs = [[header(SUBMIT, 1, [-1]), b"a"], [header(SUBMIT, 2, [-1], opts={"priority": 1}), b"b", b""]]
+    write("codec", codec(1, batch(*subs), body(*subs)))
+    res = [[header(RESULT, 1, [5, 7]), b"r"], [header(HEARTBEAT)]]
+    write("codec", codec(1, batch(*res), body(*res)))
     # -- scheduler -----------------------------------------------------------
     reg = lambda credit: header(REGISTER, 0, [], 0, credit, "host:1")  # noqa: E731
     write("scheduler", engine(0, reg(2)) + client(0, header(HELLO, opts={"session": "s"}))
@@ -114,6 +132,12 @@ def main() -> None:
           + engine(1, header(OUTPUT, 1, [0, 0]), b"x", b"") + engine(0, header(OUTPUT, 1, [4, 0], 2), b"", b"")
           + engine(0, header(OUTPUT, 1, [-1, 0]), b"bad") + engine(0, header(RESULT, 1, [], 0, 0), b"r")
           + engine(0, header(OUTPUT, 1, [4, 0]), b"late", b""))
+    regb = header(REGISTER, 0, [], 0, 4, "host:1", opts={"revision": REGISTER_REV})
+    subs = [[header(SUBMIT, i, [-1]), b"t"] for i in (1, 2, 3)]
+    res = [[header(RESULT, i, [1, 2], 0, 0), b"r"] for i in (1, 2)]
+    write("scheduler", engine(0, regb) + client(0, header(HELLO, opts={"session": "s", "revision": 4}))
+          + client(0, batch(*subs), body(*subs)) + engine(0, batch(*res), body(*res))
+          + client(0, header(ACK, opts={"ids": [1, 2]})) + engine(0, header(RESULT, 3, [], 0, 0), b"r"))
     write("scheduler", bytes([0, 0, 0]) + block(b"junk") + bytes([1, 1, 2]) + block(SIG, b"\xc1"))
 
 
