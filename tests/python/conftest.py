@@ -14,20 +14,26 @@ import zfarm
 # generous so a loaded machine does not declare healthy engines dead.
 TEST_HEARTBEAT_MS = 250
 TEST_LIVENESS = 8
+# The shared cluster is never damaged on purpose, so nothing waits for it to
+# notice a death: 10 s of silence before the broker and its engines give up
+# on each other.  Two seconds were too short for it at a load average of 8
+# (an engine starved that long re-registered under a new id in the middle of
+# a long test, and the tests after it that name engines 0 and 1 failed).
+SHARED_LIVENESS = 40
 
 
-def _liveness_args(kwargs):
+def _liveness_args(kwargs, liveness: int = TEST_LIVENESS):
     kwargs.setdefault("heartbeat_ms", TEST_HEARTBEAT_MS)
-    kwargs["broker_args"] = ["--liveness", str(TEST_LIVENESS), *kwargs.get("broker_args", ())]
-    kwargs["engine_args"] = ["--liveness", str(TEST_LIVENESS), *kwargs.get("engine_args", ())]
+    kwargs["broker_args"] = ["--liveness", str(liveness), *kwargs.get("broker_args", ())]
+    kwargs["engine_args"] = ["--liveness", str(liveness), *kwargs.get("engine_args", ())]
     return kwargs
 WAIT = 60.0  # upper bound for any single wait in the tests
 
 
 @contextlib.contextmanager
-def running_cluster(n: int = 2, **kwargs):
+def running_cluster(n: int = 2, liveness: int = TEST_LIVENESS, **kwargs):
     """A started Cluster with the test heartbeats, stopped and checked at the end."""
-    c = zfarm.Cluster(n=n, **_liveness_args(kwargs))
+    c = zfarm.Cluster(n=n, **_liveness_args(kwargs, liveness))
     c.start()
     try:
         yield c
@@ -40,7 +46,7 @@ def running_cluster(n: int = 2, **kwargs):
 @pytest.fixture(scope="session")
 def cluster():
     """One cluster of 2 engines shared by the tests that do not break it."""
-    with running_cluster(2) as c:
+    with running_cluster(2, liveness=SHARED_LIVENESS) as c:
         yield c
 
 
