@@ -133,6 +133,10 @@ void EngineIo::send(Frames frames) {
 }
 
 void EngineIo::hold(Frames result) {
+  // What other threads queued meanwhile (the task's Output, sent while the
+  // watch thread held the socket) is older than this Result: it goes first,
+  // so that whatever is queued from now on is newer than every held Result.
+  flush_locked(/*release_held=*/false);
   const auto now = Clock::now();
   if (held_.empty()) held_since_ = now;
   held_.push_back(std::move(result));

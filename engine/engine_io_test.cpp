@@ -299,3 +299,25 @@ TEST_CASE("engine io: held results a new epoch made stale are dropped, and stop 
   CHECK(m.header.type == proto::MsgType::kResult);
   CHECK(m.header.id == 3);
 }
+
+TEST_CASE("engine io: what another thread queued before a result was held leaves before it") {
+  Pair p("eio-hold-queued");
+  proto::Header output;
+  output.type = proto::MsgType::kOutput;  // the task's last Output, say
+  output.targets = {0, 0};
+  std::thread printer([&] {
+    Frames text;
+    text.emplace_back(std::string("printed"));
+    text.emplace_back();
+    p.io->send(proto::encode(output, std::move(text)));  // the main thread owns the socket: queued
+  });
+  printer.join();
+  p.io->hold(result_of(1));
+  p.io->hold(result_of(2));
+  p.io->serve(milliseconds(0), [] { return true; });
+  std::vector<proto::Message> records;
+  CHECK(next_message(p, &records).header.type == proto::MsgType::kOutput);
+  next_message(p, &records);
+  CHECK(ids_of(records) == std::vector<std::uint64_t>{1, 2});
+  p.io->stop();
+}
