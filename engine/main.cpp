@@ -541,8 +541,8 @@ int main(int argc, char** argv) {
       // The next task is already here: this Result may wait for its end and
       // leave with it in one Batch (EngineIo::hold bounds the wait).  Never
       // when nothing runs next, so a lone task's Result leaves at once.
-      if (!by_signal && board.ready() && session.state() == Session::State::kRegistered &&
-          session.broker_revision() >= 4 && proto::batchable(proto::MsgType::kResult, out)) {
+      if (!by_signal && session.broker_revision() >= 4 && session.state() == Session::State::kRegistered &&
+          board.ready() && proto::batchable(proto::MsgType::kResult, out)) {
         io.hold(std::move(out));
       } else {
         io.send(std::move(out));
