@@ -7,11 +7,11 @@
 // arrival order, and sends each Result at once, or, when the next task is
 // already here and the broker takes Batches, holds it briefly to send a run
 // of Results as one Batch (EngineIo::hold).  A Batch of Tasks from the
-// broker is taken record by record, each as a Task of its own.  A task that runs longer than
-// a moment hands the socket to the watch thread, which keeps the Session
-// (registration, heartbeats) and Interrupts going in plain C++, never
-// needing the GIL, so a task computing in Python for an hour does not make
-// the engine look dead.  The Session is only touched by the socket's owner.
+// broker is taken record by record, each as a Task of its own.  A task that
+// runs longer than a moment hands the socket to the watch thread, which
+// keeps the Session (registration, heartbeats) and Interrupts going in
+// plain C++, never needing the GIL, so a task computing in Python for an
+// hour does not make the engine look dead.  The Session is only touched by the socket's owner.
 //
 // The tasks the engine holds live on a TaskBoard shared by both threads.
 // An Interrupt from the broker is handled by the socket's owner (the watch
