@@ -176,6 +176,47 @@ Frames build_frames(const Outgoing& o) {
   return frames;
 }
 
+// Packs each run of consecutive small Submits in `wire` (the messages of
+// `batch`, encoded) into Batches of at most kBatchMaxRecords records and
+// about kBatchBodyBytes (revision 4; the caller checked the broker's), in
+// place and in order: the broker reads one message where it would have
+// read one per task.  A run of one stays as it is.  Returns how many
+// Batches it made.  Needs no GIL.
+std::uint64_t batch_submits(const std::vector<Outgoing>& batch, std::vector<Frames>& wire) {
+  std::vector<Frames> out;
+  out.reserve(wire.size());
+  std::vector<const Frames*> records;
+  std::size_t first = 0, count = 0, bytes = 0;  // the run: wire[first, first + count)
+  std::uint64_t made = 0;
+  auto close_run = [&] {
+    if (count == 1) {
+      out.push_back(std::move(wire[first]));
+    } else if (count > 1) {
+      records.clear();
+      for (std::size_t i = first; i < first + count; ++i) records.push_back(&wire[i]);
+      out.push_back(proto::pack_batch(records));
+      ++made;
+    }
+    count = 0;
+    bytes = 0;
+  };
+  for (std::size_t i = 0; i < wire.size(); ++i) {
+    if (batch[i].header.type == proto::MsgType::kSubmit && proto::batchable(proto::MsgType::kSubmit, wire[i])) {
+      const std::size_t b = proto::batch_bytes(wire[i]);
+      if (count > 0 && (count >= proto::kBatchMaxRecords || bytes + b > proto::kBatchBodyBytes)) close_run();
+      if (count == 0) first = i;
+      ++count;
+      bytes += b;
+      continue;
+    }
+    close_run();
+    out.push_back(std::move(wire[i]));
+  }
+  close_run();
+  wire = std::move(out);
+  return made;
+}
+
 // Header text as str; bytes that are not UTF-8 become U+FFFD.
 py::str decode_text(const std::string& text) {
   PyObject* s = PyUnicode_DecodeUTF8(text.data(), static_cast<Py_ssize_t>(text.size()), "replace");
@@ -395,12 +436,17 @@ class Core {
     for (const auto& o : batch) total += payload_bytes(o);
     std::vector<Frames> wire;
     wire.reserve(batch.size());
+    const bool batches = broker_revision_ >= 4;
+    std::uint64_t packed = 0;
     if (total < kReleaseGilBytes) {
       for (const auto& o : batch) wire.push_back(build_frames(o));
+      if (batches) packed = batch_submits(batch, wire);
     } else {
       py::gil_scoped_release nogil;
       for (const auto& o : batch) wire.push_back(build_frames(o));
+      if (batches) packed = batch_submits(batch, wire);
     }
+    batches_sent_ += packed;
     io->send_many(wire);
   }
 
@@ -449,15 +495,19 @@ class Core {
         ++bad_messages_;
         continue;
       }
-      if (msg.header.type == proto::MsgType::kResult) {
-        out.append(result_tuple(msg, received, &bad_timing_));
+      if (msg.header.type != proto::MsgType::kBatch) {
+        append_message(out, msg, received);
         continue;
       }
-      py::list payload;
-      for (auto& f : msg.payload) payload.append(py::cast(Frame{std::move(f)}));
-      out.append(py::make_tuple(static_cast<int>(msg.header.type), msg.header.id, msg.header.status,
-                                msg.header.aux, decode_text(msg.header.text),
-                                payload, py::cast(msg.header.targets), from_options(msg.header.opts)));
+      // A Batch (revision 4): each record as if it had come alone, in
+      // order; a bad one is dropped whole (decode_batch is all or nothing).
+      st = proto::decode_batch(msg, records_);
+      if (!st.ok()) {
+        ++bad_messages_;
+        continue;
+      }
+      ++batches_received_;
+      for (auto& record : records_) append_message(out, record, received);
     }
     return out;
   }
@@ -484,6 +534,9 @@ class Core {
   }
 
   bool closed() const { return !io_; }
+  std::int64_t broker_revision() const { return broker_revision_; }
+  std::uint64_t batches_received() const { return batches_received_; }
+  std::uint64_t batches_sent() const { return batches_sent_; }
   std::int64_t max_message_bytes() const { return max_message_bytes_; }
   void set_max_message_bytes(std::int64_t n) { max_message_bytes_ = n; }
   std::uint64_t bad_messages() const { return bad_messages_; }
@@ -505,6 +558,22 @@ class Core {
     }
   }
 
+  // One decoded message into recv()'s list (see recv).
+  void append_message(py::list& out, proto::Message& msg, const py::object& received) {
+    if (msg.header.type == proto::MsgType::kResult) {
+      out.append(result_tuple(msg, received, &bad_timing_));
+      return;
+    }
+    // Every Welcome names the broker's revision (a restarted broker may be
+    // an older one): whether Submits may go in Batches.
+    if (msg.header.type == proto::MsgType::kWelcome) broker_revision_ = msg.header.opts.revision;
+    py::list payload;
+    for (auto& f : msg.payload) payload.append(py::cast(Frame{std::move(f)}));
+    out.append(py::make_tuple(static_cast<int>(msg.header.type), msg.header.id, msg.header.status,
+                              msg.header.aux, decode_text(msg.header.text), payload,
+                              py::cast(msg.header.targets), from_options(msg.header.opts)));
+  }
+
   std::shared_ptr<SharedSocket> open_io() const {
     if (!io_) throw std::runtime_error("the connection is closed");
     return io_;
@@ -515,6 +584,10 @@ class Core {
   std::vector<std::shared_ptr<Latch>> later_;  // only touched with the GIL held
   std::uint64_t bad_messages_ = 0;
   std::uint64_t bad_timing_ = 0;  // Results with a malformed timing (delivered without it)
+  std::vector<proto::Message> records_;  // a received Batch's records, reused (GIL held)
+  std::int64_t broker_revision_ = 0;     // from the last Welcome (GIL held)
+  std::uint64_t batches_received_ = 0;
+  std::uint64_t batches_sent_ = 0;
   std::int64_t max_message_bytes_ = -1;  // -1: no check
 };
 
@@ -566,6 +639,10 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("closed", &Core::closed)
       .def_property_readonly("bad_messages", &Core::bad_messages)
       .def_property_readonly("bad_timing", &Core::bad_timing)
+      .def_property_readonly("broker_revision", &Core::broker_revision,
+                             "the protocol revision of the broker's last Welcome (0 before one)")
+      .def_property_readonly("batches_received", &Core::batches_received)
+      .def_property_readonly("batches_sent", &Core::batches_sent)
       .def_property("max_message_bytes", &Core::max_message_bytes, &Core::set_max_message_bytes,
                     "frames larger than this are refused by send (ValueError); -1: no check");
 

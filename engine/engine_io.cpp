@@ -57,7 +57,7 @@ void EngineIo::stop() {
   mu_.unlock();
   watcher_.join();
   std::lock_guard lock(mu_);
-  if (!flush_locked()) dropped_sends_ += blocked_.size();  // no peer to take them
+  if (!flush_locked()) dropped_sends_ += blocked_.size();  // no peer to take them (held Results included)
   blocked_.clear();
   socket_.set(zmq::sockopt::linger, 1000);
   socket_.close();
@@ -74,7 +74,7 @@ void EngineIo::serve(std::chrono::milliseconds timeout, const std::function<bool
 
 void EngineIo::service() {
   tick_if_due_locked(Clock::now());
-  flush_locked();
+  flush_locked(/*release_held=*/false);  // a task runs next: held Results may wait for its end
   drain_incoming_locked();
 }
 
@@ -130,6 +130,36 @@ void EngineIo::send(Frames frames) {
     outgoing_.push_back(std::move(frames));
   }
   if (was_empty) signal();
+}
+
+void EngineIo::hold(Frames result) {
+  // What other threads queued meanwhile (the task's Output, sent while the
+  // watch thread held the socket) is older than this Result: it goes first,
+  // so that whatever is queued from now on is newer than every held Result.
+  flush_locked(/*release_held=*/false);
+  const auto now = Clock::now();
+  if (held_.empty()) held_since_ = now;
+  held_.push_back(std::move(result));
+  if (held_.size() >= kMaxHeld || now - held_since_ >= kMaxHoldAge) flush_locked();
+}
+
+std::size_t EngineIo::drop_held() {
+  const std::size_t n = held_.size();
+  held_.clear();
+  return n;
+}
+
+void EngineIo::release_held_locked() {
+  if (held_.size() == 1) {
+    blocked_.push_back(std::move(held_.front()));
+  } else {
+    pack_.clear();
+    for (const Frames& f : held_) pack_.push_back(&f);
+    blocked_.push_back(proto::pack_batch(pack_));
+    ++batches_sent_;
+    results_batched_ += held_.size();
+  }
+  held_.clear();
 }
 
 void EngineIo::send_now(Frames& frames) {
@@ -222,9 +252,11 @@ void EngineIo::tick_if_due_locked(Clock::time_point now) {
   next_tick_ = Clock::now() + tick_;
 }
 
-bool EngineIo::flush_locked() {
+bool EngineIo::flush_locked(bool release_held) {
   {
     std::lock_guard lock(out_mu_);
+    // Nothing overtakes a held Result: whatever is queued goes after it.
+    if (!held_.empty() && (release_held || !outgoing_.empty())) release_held_locked();
     if (outgoing_.empty() && blocked_.empty()) return true;
     if (blocked_.empty()) {
       blocked_.swap(outgoing_);

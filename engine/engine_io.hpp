@@ -24,6 +24,20 @@
 // does not hold it (a task's Output, printed from Python) wait in outgoing_
 // and leave, in order, with the owner's next flush; every send flushes that
 // queue first, so a task's Output always leaves before its Result.
+//
+// Results held for a Batch (revision 4): the main thread may hold() the
+// Result of a task that ended while the next task is already queued here,
+// so that a run of short tasks answers in one message instead of one each.
+// Held Results leave, packed into one Batch (a lone one as it is), before
+// anything sent after them, and at the latest when
+//   - kMaxHeld are held, or the oldest has waited kMaxHoldAge (checked at
+//     each hold, i.e. as each task ends),
+//   - the main thread runs out of tasks and waits (serve),
+//   - the watch thread takes the socket from a long task (so a Result
+//     waits behind a long next task at most about kTakeoverAfter +
+//     kLookWhileBusy),
+//   - any other message is sent through the queue, or stop().
+// Only the socket's owner touches them (mu_).
 #pragma once
 
 #include <atomic>
@@ -33,8 +47,10 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "io_thread.hpp"  // Frames, send_frames, recv_frames
+#include "protocol.hpp"
 
 namespace zfarm::engine {
 
@@ -62,6 +78,12 @@ class EngineIo {
   // How soon a message the socket would not take (no peer connected yet) is
   // tried again.
   static constexpr std::chrono::milliseconds kRetryBlocked{10};
+  // Held Results (see above): at most this many, the oldest at most this
+  // old.  16: the engine's default --prefetch-max, so a full credit of
+  // short tasks answers in one message; 300 us: about ten no-op tasks, and
+  // nothing beside a round trip to the client (~150 us or more).
+  static constexpr std::size_t kMaxHeld = 16;
+  static constexpr std::chrono::microseconds kMaxHoldAge{300};
 
   EngineIo(zmq::socket_t socket, std::chrono::milliseconds tick, IncomingFn on_incoming, TickFn on_tick,
            LongTaskFn on_long_task = {});
@@ -90,9 +112,20 @@ class EngineIo {
   void send(Frames frames);
   // Only from on_incoming or on_tick.
   void send_now(Frames& frames);
+  // The main thread, owning the socket (between tasks): keeps an encoded
+  // Result to leave in a Batch with the next ones (see above).  The caller
+  // holds only batchable Results (proto::batchable), only for a broker of
+  // revision 4, and only while another task is queued to run next.
+  void hold(Frames result);
+  // The socket's owner: forgets the held Results (the broker no longer
+  // knows their tasks) and returns how many.
+  std::size_t drop_held();
 
   std::uint64_t dropped_sends() const { return dropped_sends_.load(); }
   std::uint64_t takeovers() const { return takeovers_.load(); }
+  // Messages that left as a Batch, and the Results in them.
+  std::uint64_t batches_sent() const { return batches_sent_.load(); }
+  std::uint64_t results_batched() const { return results_batched_.load(); }
 
  private:
   void watch();
@@ -103,7 +136,12 @@ class EngineIo {
   void serve_locked(Clock::time_point deadline, const std::function<bool()>& done);
   void drain_incoming_locked();
   void tick_if_due_locked(Clock::time_point now);
-  bool flush_locked();  // false: the socket would block; the rest stays queued
+  // false: the socket would block; the rest stays queued.  release_held:
+  // the held Results go too (they always do when something follows them).
+  bool flush_locked(bool release_held = true);
+  // Requires mu_ and out_mu_: the held Results as one message, at the end
+  // of blocked_.
+  void release_held_locked();
   void signal();
 
   zmq::socket_t socket_;
@@ -118,6 +156,9 @@ class EngineIo {
   std::mutex mu_;  // the socket's ownership
   Clock::time_point next_tick_{};
   std::deque<Frames> blocked_;  // taken from outgoing_, not yet accepted by the socket (mu_)
+  std::vector<Frames> held_;    // Results held for a Batch (mu_)
+  Clock::time_point held_since_{};
+  std::vector<const Frames*> pack_;  // pack_batch's argument, reused (mu_)
 
   std::mutex out_mu_;
   std::deque<Frames> outgoing_;
@@ -131,6 +172,8 @@ class EngineIo {
   std::uint64_t kicks_ = 0;          // task_started() woke it (watch_mu_)
   std::atomic<std::uint64_t> dropped_sends_{0};
   std::atomic<std::uint64_t> takeovers_{0};
+  std::atomic<std::uint64_t> batches_sent_{0};
+  std::atomic<std::uint64_t> results_batched_{0};
 };
 
 }  // namespace zfarm::engine

@@ -175,3 +175,149 @@ TEST_CASE("engine io: stop sends what is queued") {
   p.io->stop();
   CHECK(p.from_engine() == "leaving");
 }
+
+// ---- Results held for a Batch (revision 4) ----------------------------------
+
+namespace {
+
+Frames result_of(std::uint64_t id) {
+  proto::Header h;
+  h.type = proto::MsgType::kResult;
+  h.id = id;
+  Frames payload;
+  payload.emplace_back(std::string("value ") + std::to_string(id));
+  return proto::encode(h, std::move(payload));
+}
+
+// The next message the engine sent, decoded; a Batch into *records.
+// Fails the test after kWait.
+proto::Message next_message(Pair& p, std::vector<proto::Message>* records) {
+  proto::Message msg;
+  zmq::pollitem_t item{static_cast<void*>(p.router), 0, ZMQ_POLLIN, 0};
+  REQUIRE(zmq::poll(&item, 1, std::chrono::duration_cast<milliseconds>(kWait)) == 1);
+  Frames frames;
+  REQUIRE(recv_frames(p.router, frames));
+  REQUIRE(proto::decode(frames, 1, &msg).ok());
+  records->clear();
+  if (msg.header.type == proto::MsgType::kBatch) REQUIRE(proto::decode_batch(msg, *records).ok());
+  return msg;
+}
+
+std::vector<std::uint64_t> ids_of(const std::vector<proto::Message>& records) {
+  std::vector<std::uint64_t> ids;
+  for (const auto& r : records) {
+    CHECK(r.header.type == proto::MsgType::kResult);
+    REQUIRE(r.payload.size() == 1);
+    CHECK(r.payload[0].to_string() == "value " + std::to_string(r.header.id));
+    ids.push_back(r.header.id);
+  }
+  return ids;
+}
+
+}  // namespace
+
+TEST_CASE("engine io: held results leave as one batch once the main thread waits for work") {
+  Pair p("eio-hold-serve");
+  p.io->hold(result_of(1));
+  p.io->service();  // a task runs next: they stay
+  p.io->hold(result_of(2));
+  p.io->hold(result_of(3));
+  CHECK(p.io->batches_sent() == 0);
+  p.io->serve(milliseconds(0), [] { return true; });  // no task next
+  std::vector<proto::Message> records;
+  const proto::Message m = next_message(p, &records);
+  CHECK(m.header.type == proto::MsgType::kBatch);
+  CHECK(ids_of(records) == std::vector<std::uint64_t>{1, 2, 3});
+  CHECK(p.io->batches_sent() == 1);
+  CHECK(p.io->results_batched() == 3);
+  p.io->stop();
+}
+
+TEST_CASE("engine io: a lone held result leaves as a result of its own") {
+  Pair p("eio-hold-one");
+  p.io->hold(result_of(7));
+  p.io->serve(milliseconds(0), [] { return true; });
+  std::vector<proto::Message> records;
+  const proto::Message m = next_message(p, &records);
+  CHECK(m.header.type == proto::MsgType::kResult);
+  CHECK(m.header.id == 7);
+  CHECK(p.io->batches_sent() == 0);
+  p.io->stop();
+}
+
+TEST_CASE("engine io: nothing sent after held results overtakes them") {
+  Pair p("eio-hold-order");
+  p.io->hold(result_of(1));
+  p.io->hold(result_of(2));
+  p.io->send(result_of(3));  // too large to batch, say, or the last one
+  std::vector<proto::Message> records;
+  proto::Message m = next_message(p, &records);
+  CHECK(ids_of(records) == std::vector<std::uint64_t>{1, 2});
+  m = next_message(p, &records);
+  CHECK(m.header.type == proto::MsgType::kResult);
+  CHECK(m.header.id == 3);
+  p.io->stop();
+}
+
+TEST_CASE("engine io: the results held reach kMaxHeld and leave at once") {
+  Pair p("eio-hold-full");
+  std::vector<std::uint64_t> want;
+  for (std::uint64_t id = 1; id <= EngineIo::kMaxHeld; ++id) {
+    CHECK(p.io->batches_sent() == 0);
+    p.io->hold(result_of(id));
+    want.push_back(id);
+  }
+  CHECK(p.io->batches_sent() == 1);  // no wait, no serve
+  std::vector<proto::Message> records;
+  next_message(p, &records);
+  CHECK(ids_of(records) == want);
+  p.io->stop();
+}
+
+TEST_CASE("engine io: the watch thread sends held results when it takes over a long task") {
+  Pair p("eio-hold-long");
+  p.io->hold(result_of(1));
+  p.io->hold(result_of(2));
+  p.io->task_started();  // runs on until the batch has arrived
+  std::vector<proto::Message> records;
+  next_message(p, &records);
+  CHECK(ids_of(records) == std::vector<std::uint64_t>{1, 2});
+  CHECK(p.io->takeovers() == 1);
+  p.io->task_ended();
+  p.io->stop();
+}
+
+TEST_CASE("engine io: held results a new epoch made stale are dropped, and stop sends the rest") {
+  Pair p("eio-hold-drop");
+  p.io->hold(result_of(1));
+  p.io->hold(result_of(2));
+  CHECK(p.io->drop_held() == 2);
+  p.io->hold(result_of(3));
+  p.io->stop();
+  std::vector<proto::Message> records;
+  const proto::Message m = next_message(p, &records);
+  CHECK(m.header.type == proto::MsgType::kResult);
+  CHECK(m.header.id == 3);
+}
+
+TEST_CASE("engine io: what another thread queued before a result was held leaves before it") {
+  Pair p("eio-hold-queued");
+  proto::Header output;
+  output.type = proto::MsgType::kOutput;  // the task's last Output, say
+  output.targets = {0, 0};
+  std::thread printer([&] {
+    Frames text;
+    text.emplace_back(std::string("printed"));
+    text.emplace_back();
+    p.io->send(proto::encode(output, std::move(text)));  // the main thread owns the socket: queued
+  });
+  printer.join();
+  p.io->hold(result_of(1));
+  p.io->hold(result_of(2));
+  p.io->serve(milliseconds(0), [] { return true; });
+  std::vector<proto::Message> records;
+  CHECK(next_message(p, &records).header.type == proto::MsgType::kOutput);
+  next_message(p, &records);
+  CHECK(ids_of(records) == std::vector<std::uint64_t>{1, 2});
+  p.io->stop();
+}

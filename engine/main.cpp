@@ -4,11 +4,14 @@
 // Two threads share the DEALER socket (EngineIo).  The main thread holds the
 // interpreter: with the GIL released it serves the socket itself while it
 // waits for a Task (and between tasks), then runs the tasks one at a time, in
-// arrival order, and sends each Result at once.  A task that runs longer than
-// a moment hands the socket to the watch thread, which keeps the Session
-// (registration, heartbeats) and Interrupts going in plain C++, never
-// needing the GIL, so a task computing in Python for an hour does not make
-// the engine look dead.  The Session is only touched by the socket's owner.
+// arrival order, and sends each Result at once, or, when the next task is
+// already here and the broker takes Batches, holds it briefly to send a run
+// of Results as one Batch (EngineIo::hold).  A Batch of Tasks from the
+// broker is taken record by record, each as a Task of its own.  A task that
+// runs longer than a moment hands the socket to the watch thread, which
+// keeps the Session (registration, heartbeats) and Interrupts going in
+// plain C++, never needing the GIL, so a task computing in Python for an
+// hour does not make the engine look dead.  The Session is only touched by the socket's owner.
 //
 // The tasks the engine holds live on a TaskBoard shared by both threads.
 // An Interrupt from the broker is handled by the socket's owner (the watch
@@ -245,7 +248,12 @@ int main(int argc, char** argv) {
     CreditPolicy credit(prefetch, prefetch_max);
     SessionOptions options;
     options.credit = prefetch;
-    options.revision = credit.adaptive() ? proto::kRevision : 1;
+    // Always the current revision, a fixed credit too: revision 4 is what
+    // gets the engine its Tasks in Batches.  The price for a fixed-credit
+    // engine, which never gives tasks back, is that the broker keeps a
+    // shared copy of each task's payload while it runs here (a reference,
+    // not the bytes; docs/protocol.rst, Revisions).
+    options.revision = proto::kRevision;
     options.heartbeat = std::chrono::milliseconds(heartbeat_ms);
     options.liveness = liveness;
     options.host_pid = host_pid();
@@ -255,6 +263,8 @@ int main(int argc, char** argv) {
     std::atomic<bool> shutdown_requested{false};
     std::atomic<bool> gave_up{false};
     std::atomic<std::uint64_t> stale_tasks{0};
+    std::atomic<std::uint64_t> stale_results{0};
+    std::uint64_t batches_received = 0;  // the socket's owner
     std::atomic<std::uint64_t> aborted_queued{0};
     EngineIo* io_ptr = nullptr;
     // Runs on the watch thread (the socket's owner while a task runs), under
@@ -305,13 +315,8 @@ int main(int argc, char** argv) {
       // held here.
       io_ptr->send(proto::encode(h));
     };
-    auto on_incoming = [&](Frames& frames) {
-      proto::Message msg;
-      const proto::Status st = proto::decode(frames, 0, &msg);
-      if (!st.ok()) {
-        bad.note(st.detail);
-        return;
-      }
+    // One message from the broker, alone or a record of a Batch.
+    auto on_message = [&](proto::Message& msg) {
       std::vector<proto::Header> replies;
       const Session::State before = session.state();
       const std::uint64_t epoch_before = session.epoch();
@@ -320,6 +325,7 @@ int main(int argc, char** argv) {
         // The broker forgot what we hold: results could not be routed.
         const std::size_t dropped = board.new_epoch();
         stale_tasks += dropped;
+        stale_results += io_ptr->drop_held();
         if (dropped > 0 || board.running()) {
           log_info("the broker no longer knows this engine's tasks: dropped %zu queued%s", dropped,
                    board.running() ? ", the running one's result will not be sent" : "");
@@ -370,6 +376,29 @@ int main(int argc, char** argv) {
       }
       return;
     };
+    // The records of a Batch, reused (their header vectors keep their storage).
+    std::vector<proto::Message> records;
+    auto on_incoming = [&](Frames& frames) {
+      proto::Message msg;
+      const proto::Status st = proto::decode(frames, 0, &msg);
+      if (!st.ok()) {
+        bad.note(st.detail);
+        return;
+      }
+      if (msg.header.type != proto::MsgType::kBatch) {
+        on_message(msg);
+        return;
+      }
+      // Each record as if it had come alone, in order; a bad Batch is
+      // dropped whole (decode_batch is all or nothing).
+      const proto::Status bst = proto::decode_batch(msg, records);
+      if (!bst.ok()) {
+        bad.note(bst.detail);
+        return;
+      }
+      ++batches_received;
+      for (auto& record : records) on_message(record);
+    };
     auto on_tick = [&] {
       std::vector<proto::Header> out;
       const Session::State before = session.state();
@@ -413,7 +442,6 @@ int main(int argc, char** argv) {
     result.type = proto::MsgType::kResult;
     std::uint64_t tasks_run = 0;
     std::uint64_t interrupted = 0;
-    std::uint64_t stale_results = 0;
     bool by_signal = false;
     while (true) {
       if (shutdown_requested || gave_up) break;
@@ -509,7 +537,16 @@ int main(int argc, char** argv) {
         h.status = outcome.status;
         if (!outcome.error.empty()) h.text = outcome.error.substr(0, 1024);
       }
-      io.send(proto::encode(h, std::move(outcome.frames)));
+      Frames out = proto::encode(h, std::move(outcome.frames));
+      // The next task is already here: this Result may wait for its end and
+      // leave with it in one Batch (EngineIo::hold bounds the wait).  Never
+      // when nothing runs next, so a lone task's Result leaves at once.
+      if (!by_signal && session.broker_revision() >= 4 && session.state() == Session::State::kRegistered &&
+          board.ready() && proto::batchable(proto::MsgType::kResult, out)) {
+        io.hold(std::move(out));
+      } else {
+        io.send(std::move(out));
+      }
       if (by_signal) break;
     }
 
@@ -520,11 +557,13 @@ int main(int argc, char** argv) {
     io.stop();  // sends what is queued, then closes the socket
     set_output_pipe(nullptr);
     log_info("exiting%s: %llu tasks run, %llu interrupted, %llu dropped before they started, %llu stale tasks "
-             "skipped, %llu stale results dropped, %llu bad messages",
+             "skipped, %llu stale results dropped, %llu bad messages, %llu batches received, %llu results in "
+             "%llu batches sent",
              by_signal ? " on a signal" : "", static_cast<unsigned long long>(tasks_run),
              static_cast<unsigned long long>(interrupted), static_cast<unsigned long long>(aborted_queued.load()),
-             static_cast<unsigned long long>(stale_tasks.load()), static_cast<unsigned long long>(stale_results),
-             static_cast<unsigned long long>(bad.count.load()));
+             static_cast<unsigned long long>(stale_tasks.load()), static_cast<unsigned long long>(stale_results.load()),
+             static_cast<unsigned long long>(bad.count.load()), static_cast<unsigned long long>(batches_received),
+             static_cast<unsigned long long>(io.results_batched()), static_cast<unsigned long long>(io.batches_sent()));
     if (gave_up) exit_code = 1;
   }
   if (!stop_python()) exit_code = exit_code == 0 ? 1 : exit_code;

@@ -46,9 +46,9 @@ struct SessionOptions {
   int liveness = 3;                                // silent intervals before re-registering
   std::chrono::milliseconds register_retry{1000};  // Register resend while unanswered
   std::string host_pid;                            // Register text, "host:pid"
-  // The protocol revision Register names: proto::kRevision for an engine
-  // that may give tasks back (the broker then keeps the payload of every
-  // task it sends), 1 for one that never does (a fixed credit).
+  // The protocol revision Register names (zfarm-engine: always
+  // proto::kRevision; the broker then keeps the payload of every task it
+  // sends, in case it is given back, and may send Tasks in Batches).
   std::int64_t revision = proto::kRevision;
   // Give up (state Stopped, gave_up()) after hearing nothing from the broker
   // for this long; 0 waits forever.  For remote engines with no parent to

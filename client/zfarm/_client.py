@@ -451,7 +451,10 @@ class Client:
                 warnings.warn(f"zfarm: event callback failed: {exc!r}", RuntimeWarning, stacklevel=1)
 
     def _hello(self, mid: int = 0) -> None:
-        self._core.send(MSG_HELLO, mid, [], 0, "", [], {"session": self.session})
+        # The revision tells the broker what this client takes: from 4 on,
+        # Results in Batches (the core unpacks them).
+        opts = {"session": self.session, "revision": _core.PROTOCOL_REVISION}
+        self._core.send(MSG_HELLO, mid, [], 0, "", [], opts)
 
     def _housekeeping(self) -> None:
         """Heartbeats and batched acknowledgements (receiver thread)."""

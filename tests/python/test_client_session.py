@@ -99,13 +99,13 @@ def test_a_new_incarnation_ends_pending_tasks_as_lost_and_says_hello(bare):
         ar.get(timeout=WAIT)
     assert all(isinstance(e, zfarm.TaskLost) for e in info.value.errors)
     hello = [m for m in bare.sent if m[0] == _client.MSG_HELLO]
-    assert hello and hello[0][6] == {"session": bare.session}
+    assert hello and hello[0][6] == {"session": bare.session, "revision": _client._core.PROTOCOL_REVISION}
     assert bare.outstanding == 0
 
 
 def test_hello_first_then_heartbeats_once_welcomed(bare):
     assert bare.sent[0][0] == _client.MSG_HELLO
-    assert bare.sent[0][6] == {"session": bare.session}
+    assert bare.sent[0][6] == {"session": bare.session, "revision": _client._core.PROTOCOL_REVISION}
     bare._last_beat = 0
     bare._housekeeping()
     assert bare.sent[-1][0] == _client.MSG_HELLO  # not welcomed yet: Hello again
