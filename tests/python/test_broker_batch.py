@@ -123,8 +123,9 @@ def test_a_batch_of_submits_runs_every_task_once_and_a_bad_batch_is_refused(own_
         assert "batch" in error[0][5]
 
         status = client.status(2)
-        assert status["batches_in"] == 1
-        assert status["batch_records_in"] == n
+        # Ours, and the engines' Batches of Results if they send any.
+        assert status["batches_in"] >= 1
+        assert status["batch_records_in"] >= n
         assert status["bad_messages"] == 1
         assert status["pending"] == 0
         assert status["done"] == n  # task 500 never ran
