@@ -1,5 +1,6 @@
 #include "batcher.hpp"
 
+#include <algorithm>
 #include <utility>
 
 namespace zfarm::broker {
@@ -39,6 +40,12 @@ void Batcher::flush(Pending& p, Outbox& in, Outbox& out) {
 }
 
 void Batcher::pack(Outbox& in, Outbox& out) {
+  // Nothing to pack (peers of older revisions, large payloads): the
+  // messages change vectors, not places.
+  if (out.empty() && std::none_of(in.begin(), in.end(), [](const Outgoing& o) { return o.batchable; })) {
+    out.swap(in);
+    return;
+  }
   last_ = nullptr;
   for (std::size_t i = 0; i < in.size(); ++i) {
     Outgoing& o = in[i];
