@@ -20,6 +20,7 @@
 #include <CLI/CLI.hpp>
 #include <zmq.hpp>
 
+#include "batcher.hpp"
 #include "endpoint.hpp"
 #include "io_thread.hpp"
 #include "scheduler.hpp"
@@ -87,19 +88,25 @@ bool send_to(zmq::socket_t& socket, const std::string& identity, Frames& frames)
   return true;
 }
 
-// Sends the Outbox; says which sides were sent to (see the main loop for why).
+// Sends the Outbox, its small Tasks and Results packed into Batches for
+// peers that take them (batcher.hpp); `packed` is the caller's, so its
+// storage is reused.  Says which sides were sent to (see the main loop for
+// why).
 struct Sent {
   bool engines = false;
   bool clients = false;
 };
-Sent send_all(zmq::socket_t& clients, zmq::socket_t& engines, Outbox& out, Scheduler& scheduler) {
+Sent send_all(zmq::socket_t& clients, zmq::socket_t& engines, Outbox& out, Outbox& packed,
+              zfarm::broker::Batcher& batcher, Scheduler& scheduler) {
   Sent sent;
-  for (Outgoing& o : out) {
+  batcher.pack(out, packed);
+  for (Outgoing& o : packed) {
     const bool to_client = o.side == Outgoing::kClient;
     (to_client ? sent.clients : sent.engines) = true;
-    if (!send_to(to_client ? clients : engines, o.identity, o.frames)) scheduler.count_unroutable();
+    if (!send_to(to_client ? clients : engines, o.identity, o.frames)) scheduler.count_unroutable(o.records);
   }
-  out.clear();
+  packed.clear();
+  scheduler.set_batches_out(batcher.stats().batches, batcher.stats().records);
   return sent;
 }
 
@@ -262,7 +269,8 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "zfarm-broker: clients at %s, engines at %s (pid %ld)%s\n", client_actual.c_str(),
                engine_actual.c_str(), static_cast<long>(::getpid()), plan.curve ? ", CURVE on" : "");
 
-  Outbox out;
+  Outbox out, packed;
+  zfarm::broker::Batcher batcher;
   Frames frames;
   const auto tick_every = scheduler.tick_interval();
   auto next_tick = Clock::now() + tick_every;
@@ -322,13 +330,13 @@ int main(int argc, char** argv) {
       scheduler.tick(now, out);
       if (now >= next_tick) next_tick = now + tick_every;
     }
-    const Sent sent = send_all(clients, engines, out, scheduler);
+    const Sent sent = send_all(clients, engines, out, packed, batcher, scheduler);
     if (sent.engines && !pending_engines) pending_engines = readable(engines);
     if (sent.clients && !pending_clients) pending_clients = readable(clients);
   }
   if (!scheduler.shutting_down()) {
     scheduler.shutdown("the broker was stopped by a signal", out);
-    send_all(clients, engines, out, scheduler);
+    send_all(clients, engines, out, packed, batcher, scheduler);
   }
   const auto& c = scheduler.counters();
   std::fprintf(stderr,

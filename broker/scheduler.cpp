@@ -160,6 +160,9 @@ void Scheduler::on_client(const std::string& identity, Message&& msg, Clock::tim
     case MsgType::kInterrupt:
       handle_interrupt(msg, out);
       return;
+    case MsgType::kBatch:
+      on_client_batch(identity, msg, now, out);
+      return;
     case MsgType::kError:
       ++counters_.errors_received;  // never answer an Error with an Error
       return;
@@ -184,6 +187,7 @@ void Scheduler::on_engine(const std::string& identity, Message&& msg, Clock::tim
     switch (msg.header.type) {
       case MsgType::kHeartbeat:
       case MsgType::kResult:
+      case MsgType::kBatch:  // one Error for the lot: its Results are dropped alike
       case MsgType::kCredit:
         // Most likely an engine we declared dead; it will register again.
         // (A Credit's tasks were dealt with when it was removed.)
@@ -221,6 +225,9 @@ void Scheduler::on_engine(const std::string& identity, Message&& msg, Clock::tim
     case MsgType::kCredit:
       handle_credit(engine, msg, out);
       return;
+    case MsgType::kBatch:
+      on_engine_batch(identity, msg, now, out);
+      return;
     case MsgType::kShutdown:
       remove_engine(engine.id, "the engine shut down", out);
       dispatch(out);
@@ -234,6 +241,39 @@ void Scheduler::on_engine(const std::string& identity, Message&& msg, Clock::tim
                  std::string("unexpected message type from an engine: ") + proto::to_string(msg.header.type),
                  out);
       return;
+  }
+}
+
+void Scheduler::on_client_batch(const std::string& identity, const Message& batch, Clock::time_point now,
+                                Outbox& out) {
+  const proto::Status st = proto::decode_batch(batch, batch_, options_.limits);
+  if (!st.ok()) {
+    ++counters_.bad_messages;
+    send_error(Outgoing::kClient, identity, batch.header.id, st.detail, out);
+    return;
+  }
+  ++counters_.batches_in;
+  counters_.batch_records_in += batch_.size();
+  // Records are never Batches (decode_batch), so batch_ is not reused below.
+  for (Message& m : batch_) {
+    on_client(identity, std::move(m), now, out);
+    m.payload.clear();  // as on_client_frames does after each message
+  }
+}
+
+void Scheduler::on_engine_batch(const std::string& identity, const Message& batch, Clock::time_point now,
+                                Outbox& out) {
+  const proto::Status st = proto::decode_batch(batch, batch_, options_.limits);
+  if (!st.ok()) {
+    ++counters_.bad_messages;
+    send_error(Outgoing::kEngine, identity, batch.header.id, st.detail, out);
+    return;
+  }
+  ++counters_.batches_in;
+  counters_.batch_records_in += batch_.size();
+  for (Message& m : batch_) {
+    on_engine(identity, std::move(m), now, out);
+    m.payload.clear();
   }
 }
 
@@ -260,6 +300,7 @@ void Scheduler::handle_register(const std::string& identity, const Message& msg,
     e.host = msg.header.text;
     e.credit = std::min(msg.header.aux, options_.max_credit);
     e.gives_back = msg.header.opts.revision >= 2;
+    e.batches = msg.header.opts.revision >= 4;
     e.last_seen = now;
     refile(e);
     engine_by_identity_[identity] = id;
@@ -269,6 +310,7 @@ void Scheduler::handle_register(const std::string& identity, const Message& msg,
     // base credit): it forgot any it announced with Credit since.
     Engine& e = engines_.at(id);
     e.credit = std::min(msg.header.aux, options_.max_credit);
+    e.batches = msg.header.opts.revision >= 4;
     refile(e);
   }
   // A repeated Register (say, our reply was lost) gets the same answer.
@@ -638,7 +680,8 @@ void Scheduler::send_task(Engine& engine, Task& task, Outbox& out) {
                                                                               : std::move(task.payload);
   engine.inflight.push_back(task.id);
   refile(engine);
-  out.push_back({Outgoing::kEngine, engine.identity, proto::encode(h, std::move(payload))});
+  Outgoing& o = out.emplace_back(Outgoing{Outgoing::kEngine, engine.identity, proto::encode(h, std::move(payload))});
+  o.batchable = engine.batches && proto::batchable(MsgType::kTask, o.frames);
 }
 
 // ---- results ------------------------------------------------------------------
@@ -686,8 +729,10 @@ void Scheduler::send_result(const std::string& client, std::uint64_t task_id, st
   // `client` is a session: the store keeps the result until that session
   // acknowledges it, and a shared copy goes to the session's identity now.
   Frames now = results_.add(client, task_id, proto::encode(h, std::move(payload)));
-  if (const std::string* identity = sessions_.identity_of(client)) {
-    out.push_back({Outgoing::kClient, *identity, std::move(now)});
+  std::int64_t revision = 0;
+  if (const std::string* identity = sessions_.identity_of(client, &revision)) {
+    Outgoing& o = out.emplace_back(Outgoing{Outgoing::kClient, *identity, std::move(now)});
+    o.batchable = revision >= 4 && proto::batchable(MsgType::kResult, o.frames);
   }
 }
 

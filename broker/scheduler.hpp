@@ -50,6 +50,12 @@ struct Outgoing {
   Side side;
   std::string identity;
   Frames frames;  // signature, header, payload (no routing envelope)
+  // It may go into a Batch (batcher.hpp): a small Task or Result to a peer
+  // that announced revision 4.  Set by the Scheduler, which knows the peer.
+  bool batchable = false;
+  // The messages it carries: more than 1 for a Batch (counted as that many
+  // when it cannot be delivered).
+  std::uint32_t records = 1;
 };
 using Outbox = std::vector<Outgoing>;
 
@@ -114,6 +120,12 @@ struct Counters {
   std::uint64_t given_back = 0;         // tasks an engine gave back, queued again
   std::uint64_t give_back_ignored = 0;  // given-back ids not in flight on that engine
   std::uint64_t bad_timing = 0;         // Results whose timing was malformed (sent on without it)
+  // Batches (revision 4): received and decoded, and their records; made by
+  // the socket loop (set_batches_out) and the messages in them.
+  std::uint64_t batches_in = 0;
+  std::uint64_t batch_records_in = 0;
+  std::uint64_t batches_out = 0;
+  std::uint64_t batch_records_out = 0;
 };
 
 class Scheduler {
@@ -147,7 +159,12 @@ class Scheduler {
   bool shutting_down() const { return shutting_down_; }
 
   // The socket loop reports a message it could not deliver.
-  void count_unroutable() { ++counters_.unroutable; }
+  void count_unroutable(std::uint64_t n = 1) { counters_.unroutable += n; }
+  // ... and the Batches it made of the Outbox (batcher.hpp), in total.
+  void set_batches_out(std::uint64_t batches, std::uint64_t records) {
+    counters_.batches_out = batches;
+    counters_.batch_records_out = records;
+  }
   // The socket loop reports the ZAP handler's refusal count (curve.hpp), so
   // the queue status shows it as auth_refused.
   void set_auth_refused(std::uint64_t n) { counters_.auth_refused = n; }
@@ -271,6 +288,8 @@ class Scheduler {
     // It speaks revision 2 (Credit): it may give tasks back, so the payload
     // of each task sent to it is kept (a shared copy) until the task ends.
     bool gives_back = false;
+    // It speaks revision 4: small Tasks to it may go out in Batches.
+    bool batches = false;
     std::vector<std::uint64_t> inflight;  // in dispatch order (abandoned ones too)
     TaskQueue queue;                      // targeted, follow and restricted work not yet sent
     std::uint64_t done = 0;
@@ -287,6 +306,13 @@ class Scheduler {
     std::int64_t free_credit() const { return credit - static_cast<std::int64_t>(inflight.size()); }
   };
 
+  // The records of a Batch, each handled as if it had come alone, in order
+  // (a Batch that does not decode is answered with Error, and nothing in it
+  // is acted on).
+  void on_client_batch(const std::string& identity, const proto::Message& batch, Clock::time_point now,
+                       Outbox& out);
+  void on_engine_batch(const std::string& identity, const proto::Message& batch, Clock::time_point now,
+                       Outbox& out);
   // Per message type.
   void handle_register(const std::string& identity, const proto::Message& msg, Clock::time_point now,
                        Outbox& out);
@@ -400,6 +426,8 @@ class Scheduler {
   // The decoded message being handled: reused, so that the vectors and
   // strings of its header keep their storage from one message to the next.
   proto::Message scratch_;
+  // The records of the Batch being handled, reused likewise.
+  std::vector<proto::Message> batch_;
   // The header of every Result sent to a client, reused for the same reason
   // (its targets carry the timing).
   proto::Header result_header_;

@@ -22,7 +22,7 @@ void Scheduler::handle_hello(const std::string& identity, const Message& msg, Ou
                "hello: session name longer than " + std::to_string(Sessions::kMaxName) + " bytes", out);
     return;
   }
-  const Sessions::Bind bind = sessions_.bind(msg.header.opts.session, identity);
+  const Sessions::Bind bind = sessions_.bind(msg.header.opts.session, identity, msg.header.opts.revision);
   send_welcome(identity, msg.header.id, out, bind == Sessions::Bind::kNew);
   if (bind != Sessions::Bind::kRebound) return;
   // A client back on a new socket: everything it has not acknowledged, in

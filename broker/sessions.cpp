@@ -29,12 +29,13 @@ const std::string& Sessions::session_of(const std::string& identity) {
   return *peers_.at(identity).name;
 }
 
-Sessions::Bind Sessions::bind(const std::string& session, const std::string& identity) {
+Sessions::Bind Sessions::bind(const std::string& session, const std::string& identity, std::int64_t revision) {
   const std::string& name = session.empty() ? identity : session;
   Peer& p = peer(identity);
   auto [it, added] = by_name_.try_emplace(name, Session{identity, p.last_seen});
   p.session = &it->second;
   p.name = &it->first;
+  it->second.revision = revision;
   if (added) return Bind::kNew;
   if (it->second.identity == identity) return Bind::kSame;
   // The old identity no longer speaks for this session; if it talks again it
@@ -54,9 +55,11 @@ const std::string* Sessions::find(const std::string& identity) const {
   return it == peers_.end() ? nullptr : it->second.name;
 }
 
-const std::string* Sessions::identity_of(const std::string& session) const {
+const std::string* Sessions::identity_of(const std::string& session, std::int64_t* revision) const {
   auto it = by_name_.find(session);
-  return it == by_name_.end() ? nullptr : &it->second.identity;
+  if (it == by_name_.end()) return nullptr;
+  if (revision != nullptr) *revision = it->second.revision;
+  return &it->second.identity;
 }
 
 std::vector<std::string> Sessions::identities() const {

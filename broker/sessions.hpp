@@ -19,6 +19,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <string>
 #include <unordered_map>
@@ -52,15 +53,18 @@ class Sessions {
     kRebound,  // known, bound to another identity until now
   };
   // Binds `session` to `identity` (Hello).  An empty session name means the
-  // identity's implicit session.
-  Bind bind(const std::string& session, const std::string& identity);
+  // identity's implicit session.  `revision`: the one the Hello named
+  // (protocol.hpp, kRevision); the session's identity speaks it from now on.
+  Bind bind(const std::string& session, const std::string& identity, std::int64_t revision = 0);
 
   // The session `identity` speaks for (interned, as session_of), or nullptr
   // if it has none.
   const std::string* find(const std::string& identity) const;
 
-  // The identity results of `session` go to, or nullptr if it is unknown.
-  const std::string* identity_of(const std::string& session) const;
+  // The identity results of `session` go to, or nullptr if it is unknown;
+  // with `revision`, also the revision that identity named in its Hello (0
+  // for an implicit session).
+  const std::string* identity_of(const std::string& session, std::int64_t* revision = nullptr) const;
 
   // The current identity of every session, each once, sorted.
   std::vector<std::string> identities() const;
@@ -83,6 +87,7 @@ class Sessions {
   struct Session {
     std::string identity;        // where its results go
     Clock::time_point last_seen;  // its identity's last message
+    std::int64_t revision = 0;    // the one its identity's Hello named
   };
   struct Peer {
     Clock::time_point last_seen;

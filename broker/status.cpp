@@ -16,8 +16,8 @@ Frames Scheduler::status_payload() const {
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk(buf);
   // + auth_refused; + the result store and sessions; + task options, timeouts, events; + output;
-  // + failed handshakes and expired sessions; + credit
-  pk.pack_map(13 + 1 + 7 + 9 + 3 + 5 + 4 + 1);
+  // + failed handshakes and expired sessions; + credit; + timing; + batches
+  pk.pack_map(13 + 1 + 7 + 9 + 3 + 5 + 4 + 1 + 4);
 
   key(pk, "engines");
   pk.pack_array(static_cast<std::uint32_t>(engines_.size()));
@@ -130,6 +130,15 @@ Frames Scheduler::status_payload() const {
   // Result timing (revision 3).
   key(pk, "bad_timing");
   pk.pack_uint64(counters_.bad_timing);
+  // Batches (revision 4).
+  key(pk, "batches_in");
+  pk.pack_uint64(counters_.batches_in);
+  key(pk, "batch_records_in");
+  pk.pack_uint64(counters_.batch_records_in);
+  key(pk, "batches_out");
+  pk.pack_uint64(counters_.batches_out);
+  key(pk, "batch_records_out");
+  pk.pack_uint64(counters_.batch_records_out);
 
   Frames frames;
   frames.emplace_back(buf.data(), buf.size());

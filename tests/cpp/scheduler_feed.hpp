@@ -1,5 +1,7 @@
 // A Scheduler fed whole messages, its output decoded back with payloads as
-// strings: the base of the message-by-message tests of Output and Credit.
+// strings: the base of the message-by-message tests of Output, Credit and
+// Batch.  take_packed() passes the output through the socket loop's
+// Batcher first, as the broker sends it.
 #pragma once
 
 #include <doctest/doctest.h>
@@ -8,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "batcher.hpp"
 #include "scheduler.hpp"
 
 namespace zfarm::test {
@@ -25,22 +28,41 @@ struct FedScheduler {
 
   broker::Scheduler s;
   broker::Outbox out;
+  broker::Batcher batcher;
   broker::Clock::time_point now = broker::Clock::now();
 
   // One message from an engine (engine = true) or a client; returns what
   // came out.
   std::vector<Got> feed(bool engine, const std::string& identity, const proto::Header& h,
                         std::vector<std::string> chunks = {}) {
-    Frames payload;
-    for (const auto& c : chunks) payload.emplace_back(c.data(), c.size());
+    feed_only(engine, identity, proto::encode(h, frames_of(chunks)));
+    return take();
+  }
+
+  // One message (signature, header, payload ...) from an engine or a
+  // client; its output stays in `out`.
+  void feed_only(bool engine, const std::string& identity, Frames message) {
     Frames f;
     f.emplace_back(identity.data(), identity.size());
-    for (auto& x : proto::encode(h, std::move(payload))) f.push_back(std::move(x));
+    for (auto& x : message) f.push_back(std::move(x));
     if (engine) {
       s.on_engine_frames(f, now, out);
     } else {
       s.on_client_frames(f, now, out);
     }
+  }
+
+  static Frames frames_of(const std::vector<std::string>& chunks) {
+    Frames payload;
+    for (const auto& c : chunks) payload.emplace_back(c.data(), c.size());
+    return payload;
+  }
+
+  // What came out, as the socket loop sends it: Batches made by the Batcher.
+  std::vector<Got> take_packed() {
+    broker::Outbox packed;
+    batcher.pack(out, packed);
+    out.swap(packed);
     return take();
   }
 

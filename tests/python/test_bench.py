@@ -49,7 +49,12 @@ def test_small_benchmark_runs_every_framework_and_the_loadgen(tmp_path):
     if os.access(LOADGEN, os.X_OK):
         lg = report["loadgen"]
         assert len(lg["capacity"]) == 2, lg.get("notes")
-        assert all(r["tasks_per_s"] > 0 for r in lg["capacity"])
+        assert all(r["tasks_per_s"] > 0 and r["batched"] for r in lg["capacity"])
+        # ... with Batches, and at the fewest engines also without them.
+        assert [(r["engines"], r["batched"]) for r in lg["capacity_unbatched"]] == [(2, False)], lg.get("notes")
+        assert lg["capacity_unbatched"][0]["tasks_per_s"] > 0
+        assert lg["capacity"][0]["engine_batches_in"] > 0
+        assert lg["capacity_unbatched"][0]["engine_batches_in"] == 0
         assert lg["memory"]["bytes_per_task"] > 0
         assert lg["floor"]["msgs_per_s"] > 0
         assert lg["floor_ipc"]["transport"] == "ipc" and lg["floor_ipc"]["latency_p50_us"] > 0

@@ -16,8 +16,9 @@ all with the same number of workers, on:
    the array; after one untimed round with a 2 MB array);
 5. efficiency of maps of 1 ms and 10 ms sleep tasks (% of ideal);
 6. broker capacity with zfarm-loadgen (C++ simulated engines and client) for
-   several engine counts, the broker's memory per queued task, and the bare
-   libzmq floor (same binary, --floor).
+   several engine counts, with Batches (protocol revision 4) and, at the
+   fewest engines, also without, the broker's memory per queued task, and
+   the bare libzmq floor (same binary, --floor).
 
 Each framework runs in a child process of its own (a new session) with a
 time limit; whatever it started is killed with it.  Peers that are not
@@ -474,24 +475,29 @@ class Broker:
 def run_loadgen(size: dict) -> dict:
     loadgen = find_program("zfarm-loadgen", "ZFARM_LOADGEN", "tools/zfarm-loadgen")
     broker = find_program("zfarm-broker", "ZFARM_BROKER", "broker/zfarm-broker")
-    out = {"notes": [], "capacity": [], "loadgen": loadgen, "broker": broker}
+    out = {"notes": [], "capacity": [], "capacity_unbatched": [], "loadgen": loadgen, "broker": broker}
     if not loadgen or not broker:
         out["notes"].append("zfarm-loadgen or zfarm-broker not found (build with meson: "
                             "meson setup build-bench && meson compile -C build-bench)")
         return out
     window = 1000
-    for engines in size["lg_engines"]:
+    # Batches (protocol revision 4) at every engine count, as zfarm's own
+    # engines and client speak; the fewest engines also without them
+    # (--no-batch: one message per Submit, Task and Result), for comparison.
+    runs = [(engines, "capacity", []) for engines in size["lg_engines"]]
+    runs.append((min(size["lg_engines"]), "capacity_unbatched", ["--no-batch"]))
+    for engines, key, extra in runs:
         with Broker(broker) as b:
             # Credit 16: what a real engine asks for while its tasks are
             # short (--prefetch-max); credit 2 would bind 2 engines to 4
             # tasks in flight and measure round trips, not the broker.
             r, err = _run_json([loadgen, "--connection-file", b.file, "--engines", str(engines), "--credit", "16",
                                 "--tasks", str(size["lg_tasks"]), "--window", str(window),
-                                "--payload-bytes", "16", "--timeout", "120", "--json"], timeout=150)
+                                "--payload-bytes", "16", "--timeout", "120", "--json", *extra], timeout=150)
         if err:
-            out["notes"].append(f"loadgen {engines} engines: {err}")
+            out["notes"].append(f"loadgen {engines} engines{' ' + ' '.join(extra) if extra else ''}: {err}")
         else:
-            out["capacity"].append(r)
+            out[key].append(r)
     with Broker(broker) as b:
         r, err = _run_json([loadgen, "--connection-file", b.file, "--queue-memory", str(size["lg_queue"]),
                             "--payload-bytes", "16", "--timeout", "120", "--json"], timeout=150)
@@ -589,11 +595,12 @@ def print_table(results: dict, lg: dict, engines: int, size_name: str) -> str:
                  "for the rest higher is better)")
     lines.append("")
     floor = lg.get("floor")
-    for r in lg.get("capacity", []):
+    for r in lg.get("capacity", []) + lg.get("capacity_unbatched", []):
         extra = ""
         if floor:
             extra = f"  ({r['tasks_per_s'] / floor['msgs_per_s']:.2f}x the libzmq floor)"
-        lines.append(f"broker capacity, {r['engines']:5d} simulated engines (credit {r.get('credit', '?')}): "
+        how = "batched" if r.get("batched", False) else "no batches"
+        lines.append(f"broker capacity, {r['engines']:5d} simulated engines (credit {r.get('credit', '?')}, {how}): "
                      f"{r['tasks_per_s']:>10,.0f} tasks/s, "
                      f"round trip p50 {r['latency_p50_us'] / 1000:.1f} ms with window {r['window']}, "
                      f"broker at {r.get('broker_cpu_pct', -1):.0f}% of a core{extra}")

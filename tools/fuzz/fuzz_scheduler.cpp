@@ -2,7 +2,8 @@
 // sequence of client and engine messages and clock ticks decoded from the
 // input, through its public entry points only (on_client_frames,
 // on_engine_frames, tick, shutdown), and must never crash; after every
-// step its invariants are checked, and every message it sends must decode.
+// step its invariants are checked, and every message it sends must decode,
+// after the socket loop's Batcher packed them (a Batch's records too).
 //
 //   input := step*
 //   step  := op:u8, then by op % 4:
@@ -18,6 +19,7 @@
 #include <set>
 #include <string>
 
+#include "batcher.hpp"
 #include "fuzz_input.hpp"
 #include "protocol.hpp"
 #include "scheduler.hpp"
@@ -39,14 +41,27 @@ void require(bool ok, const char* what) {
 }
 
 // Everything the broker sends must be a well-formed message of a type that
-// side may receive.
-void check_outbox(Outbox& out, const Scheduler& s) {
-  for (auto& o : out) {
+// side may receive; a Batch only Tasks to an engine or Results to a client.
+void check_outbox(Outbox& out, const Scheduler& s, broker::Batcher& batcher) {
+  static Outbox packed;
+  static std::vector<proto::Message> records;
+  batcher.pack(out, packed);
+  for (auto& o : packed) {
     require(!o.identity.empty(), "a message to nobody");
     proto::Message msg;
     const proto::Status st = proto::decode(o.frames, 0, &msg);
     require(st.ok(), "the broker sent a message that does not decode");
-    const auto t = msg.header.type;
+    auto t = msg.header.type;
+    if (t == proto::MsgType::kBatch) {
+      require(proto::decode_batch(msg, records).ok(), "the broker sent a Batch that does not decode");
+      require(records.size() >= 2 && records.size() == o.records, "a Batch of fewer than two records");
+      for (const auto& r : records) {
+        require(r.header.type == records[0].header.type, "a Batch of mixed types");
+      }
+      t = records[0].header.type;
+      require(t == (o.side == Outgoing::kEngine ? proto::MsgType::kTask : proto::MsgType::kResult),
+              "a Batch of the wrong type for its side");
+    }
     if (o.side == Outgoing::kEngine) {
       require(t == proto::MsgType::kRegisterReply || t == proto::MsgType::kHeartbeat ||
                   t == proto::MsgType::kTask || t == proto::MsgType::kShutdown || t == proto::MsgType::kError ||
@@ -60,7 +75,7 @@ void check_outbox(Outbox& out, const Scheduler& s) {
               "a client was sent an engine's message type");
     }
   }
-  out.clear();
+  packed.clear();
 }
 
 void check_state(const Scheduler& s, const std::set<std::string>& engines) {
@@ -86,6 +101,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   auto now = broker::Clock::time_point{} + std::chrono::hours(1);
   std::set<std::string> engines(std::begin(kEngines), std::end(kEngines));
   Outbox out;
+  broker::Batcher batcher;
 
   fuzz::Input in(data, size);
   for (int step = 0; step < kMaxSteps && !in.empty(); ++step) {
@@ -118,11 +134,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         now += std::chrono::milliseconds(op);
         break;
     }
-    check_outbox(out, s);
+    check_outbox(out, s, batcher);
     check_state(s, engines);
   }
   if (!s.shutting_down()) s.shutdown("the fuzz input ended", out);
-  check_outbox(out, s);
+  check_outbox(out, s, batcher);
   require(s.pending() == 0, "tasks left pending after shutdown");
   return 0;
 }

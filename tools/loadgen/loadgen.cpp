@@ -8,6 +8,10 @@
 //       outstanding each, acknowledging results in batches as the Python
 //       client does.  Prints tasks/s, the round-trip latency and the CPU
 //       time per task of the broker (from /proc/<pid>/stat) and the loadgen.
+//       Engines and clients speak protocol revision 4: engines take Batches
+//       of Tasks and answer each with one Batch of Results, clients send
+//       Submits in Batches of --submit-batch and take Batches of Results.
+//       --no-batch: revision 3 as before (no Hello, no Batch either way).
 //
 //   zfarm-loadgen --connection-file F --queue-memory 1000000
 //       No engines: submits Q tasks, waits until the broker has read them all
@@ -68,6 +72,8 @@ struct Options {
   int window = 1000;
   int clients = 1;
   int ack_batch = 256;
+  int submit_batch = 64;
+  bool no_batch = false;
   long queue_memory = 0;
   bool floor = false;
   bool floor_ipc = false;
@@ -195,7 +201,21 @@ struct EngineStats {
   std::atomic<int> registered{0};
   std::atomic<long> tasks{0};
   std::atomic<long> errors{0};
+  std::atomic<long> batches_in{0};  // Batches of Tasks received (each answered with one of Results)
 };
+
+// The Result a simulated engine sends for a Task: its payload echoed,
+// timed as a real engine times its tasks (revision 3): a start and a run
+// time, here nil.
+Frames make_result(Message& task, std::int64_t engine_id) {
+  Header result{MsgType::kResult, task.header.id, {}, 0, engine_id, {}, {}};
+  zfarm::proto::put_timing({std::chrono::duration_cast<std::chrono::microseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count(),
+                            0},
+                           &result);
+  return zfarm::proto::encode(result, std::move(task.payload));
+}
 
 struct SimEngine {
   zmq::socket_t socket;
@@ -212,7 +232,7 @@ struct SimEngine {
 // it measures.  ZMQ_FD only says "look at this socket"; a socket is read until
 // it would block, and checked again (ZMQ_EVENTS) after anything is sent on it,
 // since a send may consume the fd's signal for messages already queued.
-void engine_thread(zmq::context_t& ctx, const std::string& endpoint, int count, int credit,
+void engine_thread(zmq::context_t& ctx, const std::string& endpoint, int count, int credit, bool batches,
                    std::atomic<bool>& stop, EngineStats& stats) {
   std::vector<SimEngine> engines(count);
   const std::string host = "loadgen:" + std::to_string(::getpid());
@@ -225,9 +245,15 @@ void engine_thread(zmq::context_t& ctx, const std::string& endpoint, int count, 
   // Sockets to read now; `queued` keeps each in it once.
   std::vector<int> ready;
   std::vector<char> queued(static_cast<std::size_t>(count), 1);
+  // Register names revision 4 (send me Batches) unless --no-batch.
+  auto make_register = [&] {
+    Header h{MsgType::kRegister, 0, {}, 0, credit, host, {}};
+    if (batches) h.opts.revision = zfarm::proto::kRevision;
+    return zfarm::proto::encode(h);
+  };
   for (int i = 0; i < count; ++i) {
     engines[i].socket = make_dealer(ctx, endpoint);
-    Frames reg = make_msg(MsgType::kRegister, 0, {}, 0, credit, host);
+    Frames reg = make_register();
     zfarm::send_frames(engines[i].socket, reg, true);
     epoll_event ev{};
     ev.events = EPOLLIN;
@@ -244,6 +270,9 @@ void engine_thread(zmq::context_t& ctx, const std::string& endpoint, int count, 
   };
   Frames frames;
   Message msg;
+  std::vector<Message> records;
+  std::vector<Frames> results;
+  std::vector<const Frames*> result_ptrs;
   std::vector<int> serving;
   std::vector<epoll_event> events(256);
   auto next_heartbeat_scan = Clock::now();
@@ -264,17 +293,35 @@ void engine_thread(zmq::context_t& ctx, const std::string& endpoint, int count, 
         }
         switch (msg.header.type) {
           case MsgType::kTask: {
-            // Timed as a real engine times its tasks (revision 3): a start
-            // and a run time, here nil.
-            Header result{MsgType::kResult, msg.header.id, {}, 0, e.id, {}, {}};
-            zfarm::proto::put_timing({std::chrono::duration_cast<std::chrono::microseconds>(
-                                          std::chrono::system_clock::now().time_since_epoch())
-                                          .count(),
-                                      0},
-                                     &result);
-            Frames out = zfarm::proto::encode(result, std::move(msg.payload));
+            Frames out = make_result(msg, e.id);
             zfarm::send_frames(e.socket, out, true);
             stats.tasks.fetch_add(1, std::memory_order_relaxed);
+            break;
+          }
+          case MsgType::kBatch: {
+            // Tasks in a Batch: their Results in one Batch, in order.
+            if (!zfarm::proto::decode_batch(msg, records).ok()) {
+              stats.errors.fetch_add(1, std::memory_order_relaxed);
+              break;
+            }
+            results.clear();
+            for (Message& task : records) {
+              if (task.header.type == MsgType::kTask) {
+                results.push_back(make_result(task, e.id));
+              } else {
+                stats.errors.fetch_add(1, std::memory_order_relaxed);
+              }
+            }
+            if (results.size() == 1) {
+              zfarm::send_frames(e.socket, results[0], true);
+            } else if (!results.empty()) {
+              result_ptrs.clear();
+              for (const Frames& r : results) result_ptrs.push_back(&r);
+              Frames out = zfarm::proto::pack_batch(result_ptrs);
+              zfarm::send_frames(e.socket, out, true);
+            }
+            stats.tasks.fetch_add(static_cast<long>(results.size()), std::memory_order_relaxed);
+            stats.batches_in.fetch_add(1, std::memory_order_relaxed);
             break;
           }
           case MsgType::kRegisterReply:
@@ -286,7 +333,7 @@ void engine_thread(zmq::context_t& ctx, const std::string& endpoint, int count, 
           case MsgType::kError: {
             stats.errors.fetch_add(1, std::memory_order_relaxed);
             // "unknown engine: register again"
-            Frames reg = make_msg(MsgType::kRegister, 0, {}, 0, credit, host);
+            Frames reg = make_register();
             zfarm::send_frames(e.socket, reg, true);
             break;
           }
@@ -333,20 +380,43 @@ struct ClientResult {
 // Acknowledges results as the Python client does (batches of `ack_batch`;
 // 0: never), so the broker's result store does the work it does in real use:
 // unacknowledged results move to the cache and leave it again.
+//
+// `submit_batch` > 0: the client says Hello naming revision 4 first, and
+// when the broker's Welcome names 4 too, sends its Submits in Batches of up
+// to that many (as many as the window allows at the time).  0: no Hello and
+// one message per Submit, as a revision 3 client.
 void client_thread(zmq::context_t& ctx, const std::string& endpoint, int index, long tasks, int window,
-                   int payload_bytes, int ack_batch, Clock::time_point deadline, std::atomic<bool>& go,
-                   ClientResult& r) {
+                   int payload_bytes, int ack_batch, int submit_batch, Clock::time_point deadline,
+                   std::atomic<bool>& go, ClientResult& r) {
   zmq::socket_t s = make_dealer(ctx, endpoint);
   s.set(zmq::sockopt::sndtimeo, 1000);
   const std::uint64_t base = (static_cast<std::uint64_t>(index) + 1) << 40;
   std::vector<Clock::time_point> sent(static_cast<std::size_t>(tasks));
   r.latency_us.reserve(static_cast<std::size_t>(tasks));
   const std::string payload(static_cast<std::size_t>(payload_bytes), 'x');
-  while (!go.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
-  long next = 0, outstanding = 0;
   Frames frames;
   Message msg;
   zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+  std::size_t per_message = 1;  // Submits per message
+  if (submit_batch > 0) {
+    Header hello{MsgType::kHello, 1, {}, 0, 0, {}, {}};
+    hello.opts.revision = zfarm::proto::kRevision;
+    Frames m = zfarm::proto::encode(hello);
+    bool welcomed = send_blocking(s, m);
+    while (welcomed && Clock::now() < deadline) {
+      zmq::poll(&item, 1, std::chrono::milliseconds(100));
+      if (zfarm::recv_frames(s, frames) && zfarm::proto::decode(frames, 0, &msg).ok() &&
+          msg.header.type == MsgType::kWelcome) {
+        if (msg.header.opts.revision >= 4) per_message = static_cast<std::size_t>(submit_batch);
+        break;
+      }
+    }
+  }
+  while (!go.load()) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  long next = 0, outstanding = 0;
+  std::vector<Message> records;
+  std::vector<Frames> submits;
+  std::vector<const Frames*> submit_ptrs;
   Header ack;
   ack.type = MsgType::kAck;
   auto send_acks = [&] {
@@ -354,14 +424,43 @@ void client_thread(zmq::context_t& ctx, const std::string& endpoint, int index, 
     send_blocking(s, m);
     ack.opts.ids.clear();
   };
+  auto on_result = [&](const Message& res) {
+    const std::uint64_t seq = res.header.id - base;
+    if (seq >= static_cast<std::uint64_t>(tasks)) return;
+    const auto now = Clock::now();
+    r.latency_us.push_back(std::chrono::duration<double, std::micro>(now - sent[seq]).count());
+    ++r.done;
+    --outstanding;
+    if (res.header.status != 0) ++r.failed;
+    if (ack_batch > 0) {
+      ack.opts.ids.push_back(res.header.id);
+      if (ack.opts.ids.size() >= static_cast<std::size_t>(ack_batch)) send_acks();
+    }
+  };
   while (r.done < tasks) {
     while (next < tasks && outstanding < window) {
-      Frames m = make_msg(MsgType::kSubmit, base + static_cast<std::uint64_t>(next), {zfarm::proto::kLoadBalanced});
-      m.emplace_back(payload.data(), payload.size());
-      sent[static_cast<std::size_t>(next)] = Clock::now();
-      if (!send_blocking(s, m)) break;
-      ++next;
-      ++outstanding;
+      // As many Submits as the window lets out now, up to per_message in
+      // one message: a Batch when there are two or more.
+      const long k = std::min<long>({static_cast<long>(per_message), window - outstanding, tasks - next});
+      submits.clear();
+      for (long j = 0; j < k; ++j) {
+        Frames m = make_msg(MsgType::kSubmit, base + static_cast<std::uint64_t>(next + j), {zfarm::proto::kLoadBalanced});
+        m.emplace_back(payload.data(), payload.size());
+        submits.push_back(std::move(m));
+        sent[static_cast<std::size_t>(next + j)] = Clock::now();
+      }
+      bool ok = false;
+      if (k == 1) {
+        ok = send_blocking(s, submits[0]);
+      } else {
+        submit_ptrs.clear();
+        for (const Frames& m : submits) submit_ptrs.push_back(&m);
+        Frames m = zfarm::proto::pack_batch(submit_ptrs);
+        ok = send_blocking(s, m);
+      }
+      if (!ok) break;
+      next += k;
+      outstanding += k;
     }
     if (Clock::now() > deadline) {
       r.timed_out = true;
@@ -369,17 +468,13 @@ void client_thread(zmq::context_t& ctx, const std::string& endpoint, int index, 
     }
     zmq::poll(&item, 1, std::chrono::milliseconds(100));
     for (int n = 0; n < 4096 && zfarm::recv_frames(s, frames); ++n) {
-      if (!zfarm::proto::decode(frames, 0, &msg).ok() || msg.header.type != MsgType::kResult) continue;
-      const std::uint64_t seq = msg.header.id - base;
-      if (seq >= static_cast<std::uint64_t>(tasks)) continue;
-      const auto now = Clock::now();
-      r.latency_us.push_back(std::chrono::duration<double, std::micro>(now - sent[seq]).count());
-      ++r.done;
-      --outstanding;
-      if (msg.header.status != 0) ++r.failed;
-      if (ack_batch > 0) {
-        ack.opts.ids.push_back(msg.header.id);
-        if (ack.opts.ids.size() >= static_cast<std::size_t>(ack_batch)) send_acks();
+      if (!zfarm::proto::decode(frames, 0, &msg).ok()) continue;
+      if (msg.header.type == MsgType::kResult) {
+        on_result(msg);
+      } else if (msg.header.type == MsgType::kBatch && zfarm::proto::decode_batch(msg, records).ok()) {
+        for (const Message& res : records) {
+          if (res.header.type == MsgType::kResult) on_result(res);
+        }
       }
     }
   }
@@ -407,8 +502,8 @@ int run_throughput(const Options& o, const Connection& c) {
   for (int t = 0; t < nthreads; ++t) {
     const int count = o.engines / nthreads + (t < o.engines % nthreads ? 1 : 0);
     if (count == 0) continue;
-    ethreads.emplace_back(engine_thread, std::ref(ctx), c.engine, count, o.credit, std::ref(stop_engines),
-                          std::ref(stats));
+    ethreads.emplace_back(engine_thread, std::ref(ctx), c.engine, count, o.credit, !o.no_batch,
+                          std::ref(stop_engines), std::ref(stats));
   }
   const auto reg0 = Clock::now();
   while (stats.registered.load() < o.engines && Clock::now() < deadline) {
@@ -431,7 +526,8 @@ int run_throughput(const Options& o, const Connection& c) {
     for (int k = 0; k < o.clients; ++k) {
       const long share = o.tasks / o.clients + (k < o.tasks % o.clients ? 1 : 0);
       cthreads.emplace_back(client_thread, std::ref(ctx), c.client, k, share, o.window, o.payload_bytes, o.ack_batch,
-                            deadline, std::ref(go), std::ref(results[static_cast<std::size_t>(k)]));
+                            o.no_batch ? 0 : o.submit_batch, deadline, std::ref(go),
+                            std::ref(results[static_cast<std::size_t>(k)]));
     }
     // Let the client sockets connect before the clock starts.
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -471,14 +567,18 @@ int run_throughput(const Options& o, const Connection& c) {
                 "\"tasks\": %ld, \"done\": %ld, \"failed\": %ld, \"timed_out\": %s, \"seconds\": %.4f, "
                 "\"tasks_per_s\": %.1f, \"register_s\": %.3f, \"broker_cpu_pct\": %.1f, \"loadgen_cpu_pct\": %.1f, "
                 "\"broker_cpu_us_per_task\": %.2f, \"loadgen_cpu_us_per_task\": %.2f, \"ack_batch\": %d, "
-                "\"credit\": %d, ",
+                "\"credit\": %d, \"batched\": %s, \"submit_batch\": %d, \"engine_batches_in\": %ld, ",
                 o.engines, o.clients, o.window, o.payload_bytes, o.tasks, done, failed, timed_out ? "true" : "false",
-                elapsed, rate, register_s, broker_cpu_pct, self_cpu_pct, broker_us, self_us, o.ack_batch, o.credit);
+                elapsed, rate, register_s, broker_cpu_pct, self_cpu_pct, broker_us, self_us, o.ack_batch, o.credit,
+                o.no_batch ? "false" : "true", o.no_batch ? 1 : o.submit_batch, stats.batches_in.load());
     print_latency("latency", lat, true);
     std::printf("}\n");
   } else {
-    std::printf("engines %d with credit %d (registered in %.3f s), clients %d, window %d, payload %d B\n", o.engines,
-                o.credit, register_s, o.clients, o.window, o.payload_bytes);
+    std::printf("engines %d with credit %d (registered in %.3f s), clients %d, window %d, payload %d B, %s\n",
+                o.engines, o.credit, register_s, o.clients, o.window, o.payload_bytes,
+                o.no_batch ? "no batches" : ("batches (submit " + std::to_string(o.submit_batch) + ", engines got " +
+                                             std::to_string(stats.batches_in.load()) + " Batches of Tasks)")
+                                                .c_str());
     std::printf("%ld of %ld tasks done (%ld failed)%s in %.3f s: %.0f tasks/s; broker used %.0f%% of a core, "
                 "loadgen %.0f%%\n",
                 done, o.tasks, failed, timed_out ? ", TIMED OUT" : "", elapsed, rate, broker_cpu_pct, self_cpu_pct);
@@ -775,6 +875,13 @@ int main(int argc, char** argv) {
   app.add_option("--ack-batch", o.ack_batch, "results acknowledged per Ack, as the client does (0: never)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1 << 16));
+  app.add_option("--submit-batch", o.submit_batch,
+                 "Submits a client puts in one Batch at most (1: one message each, but Batches of Results are "
+                 "taken)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, static_cast<int>(zfarm::proto::kBatchMaxRecords)));
+  app.add_flag("--no-batch", o.no_batch,
+               "speak revision 3 as before: no Batches either way (engines and client do not announce revision 4)");
   app.add_option("--clients", o.clients, "client sockets (one thread each)")->capture_default_str()->check(
       CLI::Range(1, 256));
   app.add_option("--queue-memory", o.queue_memory,
