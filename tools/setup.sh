@@ -49,6 +49,8 @@ PY_PACKAGES+=(ipyparallel "dask[distributed]" matplotlib)
 PY_PACKAGES+=(ipython ipykernel nbclient nbformat ipywidgets joblib sphinx scikit-learn)
 # Engine fault tests play the broker with a pyzmq ROUTER socket; the MPI test.
 PY_PACKAGES+=(pyzmq mpi4py)
+# test_broker_batch.py writes the headers of its raw client with msgpack.
+PY_PACKAGES+=(msgpack)
 "${PIP[@]}" "${BUILD_PACKAGES[@]}"
 # The other packages install while zfarm compiles: pip spends much of its
 # time waiting for the index and the disk, the compiler keeps both cores

@@ -10,18 +10,17 @@ from __future__ import annotations
 import json
 import pickle
 import struct
-import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
-zmq = pytest.importorskip("zmq")
+pytest.importorskip("zmq")  # the fake brokers (test_engine_faults.RouterPeer)
 
 import zfarm  # noqa: E402
 from zfarm import _core, _serialize  # noqa: E402
 
 from conftest import WAIT, end_process  # noqa: E402
-from test_engine_faults import SIG, _mp, engine_log, start_engine, stop  # noqa: E402
+from test_engine_faults import SIG, RouterPeer, _mp, engine_log, start_engine, stop  # noqa: E402
 
 REGISTER, REGISTER_REPLY, HEARTBEAT, SUBMIT, TASK, RESULT = 1, 2, 3, 4, 5, 6
 ERROR, HELLO, WELCOME, BATCH = 10, 11, 17, 20
@@ -67,14 +66,11 @@ def unpack(body: bytes, n: int) -> List[List[bytes]]:
 # -- the engine ---------------------------------------------------------------------
 
 
-class Broker:
+class Broker(RouterPeer):
     """The broker's side of the engine protocol, announcing ``revision``."""
 
     def __init__(self, endpoint: str, revision: Optional[int]):
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.linger = 0
-        self.sock.bind(endpoint)
+        super().__init__(endpoint)
         self.revision = revision
         self.engine: Optional[bytes] = None
         self.engine_revision: Optional[int] = None
@@ -82,18 +78,8 @@ class Broker:
         self.order: List[int] = []  # task ids in the order their Results came
         self.batches: List[int] = []  # the size of each Batch of Results received
 
-    def close(self) -> None:
-        self.sock.close(linger=0)
-        self.ctx.term()
-
     def pump(self, until, timeout: float = WAIT) -> None:
-        deadline = time.monotonic() + timeout
-        while not until():
-            left = deadline - time.monotonic()
-            assert left > 0, "timed out waiting for the engine"
-            if not self.sock.poll(min(100, int(left * 1000) + 1)):
-                continue
-            frames = self.sock.recv_multipart()
+        for frames in self.incoming(until, timeout, "the engine"):
             identity, h = frames[0], _core.decode_msgpack(frames[2])
             if h[0] == BATCH:
                 records = unpack(frames[3], h[4])
@@ -257,16 +243,13 @@ def test_a_lone_task_is_answered_alone(endpoint):
 # -- the client ---------------------------------------------------------------------
 
 
-class ClientBroker:
+class ClientBroker(RouterPeer):
     """The broker's side of the client protocol: Welcome with ``revision``,
     Submits noted, Results written by the test."""
 
     def __init__(self, tmp_path, revision: Optional[int]):
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.linger = 0
         endpoint = f"ipc://{tmp_path}/client.sock"
-        self.sock.bind(endpoint)
+        super().__init__(endpoint)
         self.revision = revision
         self.client: Optional[bytes] = None
         self.hello: Optional[Dict[str, Any]] = None
@@ -276,18 +259,8 @@ class ClientBroker:
         with open(self.connection_file, "w") as f:
             json.dump({"version": 1, "client": endpoint, "engine": endpoint}, f)
 
-    def close(self) -> None:
-        self.sock.close(linger=0)
-        self.ctx.term()
-
     def pump(self, until, timeout: float = WAIT) -> None:
-        deadline = time.monotonic() + timeout
-        while not until():
-            left = deadline - time.monotonic()
-            assert left > 0, "timed out waiting for the client"
-            if not self.sock.poll(min(100, int(left * 1000) + 1)):
-                continue
-            frames = self.sock.recv_multipart()
+        for frames in self.incoming(until, timeout, "the client"):
             identity, h = frames[0], _core.decode_msgpack(frames[2])
             self.client = identity
             if h[0] == BATCH:

@@ -6,7 +6,6 @@ Batches, as the broker chooses.  docs/protocol.rst, "Batch".
 """
 from __future__ import annotations
 
-import struct
 import time
 
 import msgpack
@@ -16,6 +15,7 @@ from zfarm import _serialize
 from zfarm._cluster import read_connection_file
 
 from conftest import WAIT
+from test_batch import batch, unpack  # the tests' own Batch writer and reader
 
 SIGNATURE = b"ZFRM\x01"
 SUBMIT, RESULT, STATUS, STATUS_REPLY, ERROR, HELLO, WELCOME, BATCH = 4, 6, 7, 8, 10, 11, 17, 20
@@ -26,29 +26,6 @@ def header(type_: int, id_: int = 0, targets=(), aux: int = 0, opts=None) -> byt
     if opts:
         items.append(opts)
     return msgpack.packb(items)
-
-
-def batch(records) -> list:
-    """A Batch message (signature, header, body) of records, each a list of
-    frames (header, payload ...)."""
-    body = b"".join(struct.pack(">I", len(r)) + b"".join(struct.pack(">I", len(f)) + f for f in r)
-                    for r in records)
-    return [SIGNATURE, header(BATCH, aux=len(records)), body]
-
-
-def unbatch(body: bytes) -> list:
-    """The records of a Batch body, each a list of frames."""
-    records, p = [], 0
-    while p < len(body):
-        (n,) = struct.unpack_from(">I", body, p)
-        p += 4
-        frames = []
-        for _ in range(n):
-            (length,) = struct.unpack_from(">I", body, p)
-            frames.append(body[p + 4:p + 4 + length])
-            p += 4 + length
-        records.append(frames)
-    return records
 
 
 class RawClient:
@@ -80,8 +57,7 @@ class RawClient:
                 h = msgpack.unpackb(frames[1])
                 if h[0] == BATCH:
                     self.batches += 1
-                    records = unbatch(frames[2])
-                    assert len(records) == h[4]
+                    records = unpack(frames[2], h[4])  # every record read, nothing left over
                     self.got.extend((msgpack.unpackb(r[0]), r[1:]) for r in records)
                 else:
                     self.got.append((h, frames[2:]))

@@ -53,11 +53,11 @@ def header(mtype: int, mid: int = 0, targets=(), status: int = 0, aux: int = 0, 
     return _mp([mtype, mid, list(targets), status, aux, text])
 
 
-class FakeBroker:
-    """The broker's side of the engine protocol, driven by the test."""
+class RouterPeer:
+    """A pyzmq ROUTER bound at ``endpoint``: the broker's side, played by a
+    test (here and in test_batch.py)."""
 
-    def __init__(self, endpoint: str, incarnation: str = "", curve_secret: Optional[bytes] = None,
-                 first_id: int = 0):
+    def __init__(self, endpoint: str, curve_secret: Optional[bytes] = None):
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.linger = 0
@@ -65,6 +65,29 @@ class FakeBroker:
             self.sock.curve_server = True
             self.sock.curve_secretkey = curve_secret
         self.sock.bind(endpoint)
+
+    def close(self) -> None:
+        """Vanishes like a killed broker: no goodbye, nothing flushed."""
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+    def incoming(self, until, timeout: float, peer: str):
+        """Yields each message received (its frames) until ``until()`` is
+        true; fails the test after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not until():
+            left = deadline - time.monotonic()
+            assert left > 0, f"timed out waiting for {peer}"
+            if self.sock.poll(min(100, int(left * 1000) + 1)):
+                yield self.sock.recv_multipart()
+
+
+class FakeBroker(RouterPeer):
+    """The broker's side of the engine protocol, driven by the test."""
+
+    def __init__(self, endpoint: str, incarnation: str = "", curve_secret: Optional[bytes] = None,
+                 first_id: int = 0):
+        super().__init__(endpoint, curve_secret)
         self.incarnation = incarnation
         self.engines: Dict[bytes, int] = {}
         self.first_id = first_id
@@ -73,20 +96,9 @@ class FakeBroker:
         self.registers = 0
         self.heartbeats = 0
 
-    def close(self) -> None:
-        """Vanishes like a killed broker: no goodbye, nothing flushed."""
-        self.sock.close(linger=0)
-        self.ctx.term()
-
     def pump(self, until, timeout: float = WAIT) -> None:
         """Answers the engine (Register, Heartbeat) until until() is true."""
-        deadline = time.monotonic() + timeout
-        while not until():
-            left = deadline - time.monotonic()
-            assert left > 0, "timed out waiting for the engine"
-            if not self.sock.poll(min(100, int(left * 1000) + 1)):
-                continue
-            frames = self.sock.recv_multipart()
+        for frames in self.incoming(until, timeout, "the engine"):
             identity, h, payload = frames[0], _core.decode_msgpack(frames[2]), frames[3:]
             mtype = h[0]
             if mtype == REGISTER:

@@ -39,6 +39,8 @@ import sys
 import tempfile
 import time
 
+from callgrind_calls import _total  # a callgrind file's instruction count (this folder)
+
 SIG = b"ZFRM\x01"
 REGISTER, REGISTER_REPLY, HEARTBEAT, SUBMIT, TASK, RESULT = 1, 2, 3, 4, 5, 6
 HELLO, WELCOME, BATCH = 11, 17, 20
@@ -87,14 +89,6 @@ def unpack(body: bytes, n: int) -> list:
             at += 4 + size
         records.append(frames)
     return records
-
-
-def _total(path: str) -> int:
-    with open(path) as f:
-        for line in f:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise ValueError(f"{path}: no totals")
 
 
 class Router:
