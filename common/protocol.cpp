@@ -550,10 +550,12 @@ std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::
   for (const auto* m : messages) {
     put_u32(p, m->size() - 1);  // without the signature
     for (std::size_t i = 1; i < m->size(); ++i) {
+      // The size is a call into libzmq: read it once.
       const zmq::message_t& f = (*m)[i];
-      put_u32(p, f.size());
-      if (f.size() != 0) std::memcpy(p, f.data(), f.size());
-      p += f.size();
+      const std::size_t size = f.size();
+      put_u32(p, size);
+      if (size != 0) std::memcpy(p, f.data(), size);
+      p += size;
     }
   }
   Header h;
