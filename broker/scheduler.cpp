@@ -246,16 +246,18 @@ void Scheduler::on_engine(const std::string& identity, Message&& msg, Clock::tim
 
 void Scheduler::on_client_batch(const std::string& identity, const Message& batch, Clock::time_point now,
                                 Outbox& out) {
-  const proto::Status st = proto::decode_batch(batch, batch_, options_.limits);
+  std::size_t records = 0;
+  const proto::Status st = proto::decode_batch(batch, batch_, &records, options_.limits);
   if (!st.ok()) {
     ++counters_.bad_messages;
     send_error(Outgoing::kClient, identity, batch.header.id, st.detail, out);
     return;
   }
   ++counters_.batches_in;
-  counters_.batch_records_in += batch_.size();
+  counters_.batch_records_in += records;
   // Records are never Batches (decode_batch), so batch_ is not reused below.
-  for (Message& m : batch_) {
+  for (std::size_t i = 0; i < records; ++i) {
+    Message& m = batch_[i];
     on_client(identity, std::move(m), now, out);
     m.payload.clear();  // as on_client_frames does after each message
   }
@@ -263,15 +265,17 @@ void Scheduler::on_client_batch(const std::string& identity, const Message& batc
 
 void Scheduler::on_engine_batch(const std::string& identity, const Message& batch, Clock::time_point now,
                                 Outbox& out) {
-  const proto::Status st = proto::decode_batch(batch, batch_, options_.limits);
+  std::size_t records = 0;
+  const proto::Status st = proto::decode_batch(batch, batch_, &records, options_.limits);
   if (!st.ok()) {
     ++counters_.bad_messages;
     send_error(Outgoing::kEngine, identity, batch.header.id, st.detail, out);
     return;
   }
   ++counters_.batches_in;
-  counters_.batch_records_in += batch_.size();
-  for (Message& m : batch_) {
+  counters_.batch_records_in += records;
+  for (std::size_t i = 0; i < records; ++i) {
+    Message& m = batch_[i];
     on_engine(identity, std::move(m), now, out);
     m.payload.clear();
   }

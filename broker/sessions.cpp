@@ -56,10 +56,14 @@ const std::string* Sessions::find(const std::string& identity) const {
 }
 
 const std::string* Sessions::identity_of(const std::string& session, std::int64_t* revision) const {
-  auto it = by_name_.find(session);
-  if (it == by_name_.end()) return nullptr;
-  if (revision != nullptr) *revision = it->second.revision;
-  return &it->second.identity;
+  // The interned name itself is compared by address first.
+  if (last_session_ == nullptr || (&last_session_->first != &session && last_session_->first != session)) {
+    auto it = by_name_.find(session);
+    if (it == by_name_.end()) return nullptr;
+    last_session_ = &*it;
+  }
+  if (revision != nullptr) *revision = last_session_->second.revision;
+  return &last_session_->second.identity;
 }
 
 std::vector<std::string> Sessions::identities() const {
@@ -87,6 +91,7 @@ void Sessions::forget(const std::string* name) {
     p->second.session = nullptr;
     p->second.name = nullptr;
   }
+  if (last_session_ == &*it) last_session_ = nullptr;
   by_name_.erase(it);
 }
 

@@ -103,6 +103,9 @@ class Sessions {
   std::unordered_map<std::string, Peer> peers_;
   // The peer heard_from() found last (nodes stay put until erased).
   std::unordered_map<std::string, Peer>::value_type* last_ = nullptr;
+  // The session identity_of() found last: the Results of a Batch mostly go
+  // to one client.  Cleared when a session is forgotten.
+  mutable const std::map<std::string, Session>::value_type* last_session_ = nullptr;
   // The latest time heard_from() was told: a peer made without a message
   // (a test binding directly) counts as heard from then.
   Clock::time_point latest_{};

@@ -550,10 +550,12 @@ std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::
   for (const auto* m : messages) {
     put_u32(p, m->size() - 1);  // without the signature
     for (std::size_t i = 1; i < m->size(); ++i) {
+      // The size is a call into libzmq: read it once.
       const zmq::message_t& f = (*m)[i];
-      put_u32(p, f.size());
-      if (f.size() != 0) std::memcpy(p, f.data(), f.size());
-      p += f.size();
+      const std::size_t size = f.size();
+      put_u32(p, size);
+      if (size != 0) std::memcpy(p, f.data(), size);
+      p += size;
     }
   }
   Header h;
@@ -567,8 +569,19 @@ std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::
 }
 
 Status decode_batch(const Message& batch, std::vector<Message>& out, const Limits& limits) {
+  std::size_t count = 0;
+  Status st = decode_batch(batch, out, &count, limits);
+  out.resize(count);
+  return st;
+}
+
+Status decode_batch(const Message& batch, std::vector<Message>& out, std::size_t* count, const Limits& limits) {
+  *count = 0;
+  std::size_t r = 0;
   auto bad = [&](std::string detail) {
-    out.clear();
+    // Nothing of a bad batch is kept: its frames are let go (the Message
+    // storage stays).
+    for (Message& m : out) m.payload.clear();
     return fail(DecodeError::kBadBatch, std::move(detail));
   };
   if (batch.header.type != MsgType::kBatch || batch.payload.size() != 1 || batch.header.aux < 1 ||
@@ -578,9 +591,10 @@ Status decode_batch(const Message& batch, std::vector<Message>& out, const Limit
   const auto n = static_cast<std::size_t>(batch.header.aux);
   const auto* p = static_cast<const unsigned char*>(batch.payload[0].data());
   const auto* const end = p + batch.payload[0].size();
-  std::size_t r = 0;
   auto bad_record = [&](const std::string& detail) { return bad("batch record " + std::to_string(r) + ": " + detail); };
-  out.resize(n);
+  // Never shrunk: a smaller batch after a larger one keeps the headers and
+  // payload vectors of the records it does not use, for the next.
+  if (out.size() < n) out.resize(n);
   for (; r < n; ++r) {
     std::size_t frames = 0, len = 0;
     if (!get_u32(p, end, &frames)) return bad_record("truncated");
@@ -609,6 +623,7 @@ Status decode_batch(const Message& batch, std::vector<Message>& out, const Limit
   if (p != end) {
     return bad(std::to_string(end - p) + " bytes after the last of " + std::to_string(n) + " records");
   }
+  *count = n;
   return Status{};
 }
 

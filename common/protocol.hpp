@@ -275,6 +275,13 @@ std::size_t batch_bytes(const std::vector<zmq::message_t>& frames);
 // decode() checks a message's.
 Status decode_batch(const Message& batch, std::vector<Message>& out, const Limits& limits = Limits{});
 
+// The same into out[0..*count), where `out` is never shrunk: the storage of
+// records beyond *count (headers, payload vectors) stays for later batches.
+// Records beyond *count are storage only, not to be read.  All or nothing:
+// on an error *count is 0 and no record in `out` holds frames.
+Status decode_batch(const Message& batch, std::vector<Message>& out, std::size_t* count,
+                    const Limits& limits = Limits{});
+
 // Header alone, from raw bytes (used by decode and by tests and the fuzzer).
 Status decode_header(const void* data, std::size_t size, Header* out, const Limits& limits);
 

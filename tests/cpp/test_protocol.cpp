@@ -772,6 +772,51 @@ TEST_CASE("Batch: records come back in order with their headers and payload fram
   CHECK(out[0].payload.size() == 3);
 }
 
+TEST_CASE("Batch: decoding with a count keeps the storage of a larger batch before") {
+  std::vector<std::vector<zmq::message_t>> msgs;
+  msgs.push_back(task_message(proto::MsgType::kSubmit, 7, {"seven"}));
+  msgs.push_back(task_message(proto::MsgType::kResult, 8, {"eight", "more"}));
+  msgs.push_back(task_message(proto::MsgType::kTask, 9, {"nine"}));
+  std::vector<const std::vector<zmq::message_t>*> refs;
+  for (const auto& m : msgs) refs.push_back(&m);
+  proto::Message batch;
+  auto wire = proto::pack_batch(refs);
+  REQUIRE(proto::decode(wire, 0, &batch).ok());
+  std::vector<proto::Message> out;
+  std::size_t count = 99;
+  REQUIRE(proto::decode_batch(batch, out, &count).ok());
+  REQUIRE(count == 3);
+  REQUIRE(out.size() == 3);
+  CHECK(out[1].payload.size() == 2);
+  const proto::Message* storage = out.data();
+  const std::size_t kept = out[2].payload.capacity();
+
+  auto wire2 = proto::pack_batch({refs[1]});
+  REQUIRE(proto::decode(wire2, 0, &batch).ok());
+  REQUIRE(proto::decode_batch(batch, out, &count).ok());
+  CHECK(count == 1);
+  CHECK(out.size() == 3);  // not shrunk
+  CHECK(out.data() == storage);
+  CHECK(out[2].payload.capacity() == kept);
+  CHECK(out[0].header.id == 8);
+  REQUIRE(out[0].payload.size() == 2);
+  CHECK(out[0].payload[1].to_string() == "more");
+
+  // All or nothing: a bad batch yields no record, and no record keeps frames.
+  std::string body = body_of({{header_bytes(proto::MsgType::kSubmit, 1), "x"}}) + "extra";
+  proto::Header h;
+  h.type = proto::MsgType::kBatch;
+  h.aux = 1;
+  std::vector<zmq::message_t> payload;
+  payload.emplace_back(body.data(), body.size());
+  auto bad = proto::encode(h, std::move(payload));
+  REQUIRE(proto::decode(bad, 0, &batch).ok());
+  CHECK(proto::decode_batch(batch, out, &count).code == DecodeError::kBadBatch);
+  CHECK(count == 0);
+  CHECK(out.size() == 3);
+  for (const auto& m : out) CHECK(m.payload.empty());
+}
+
 TEST_CASE("Batch: only small Submits, Tasks and Results are batchable") {
   CHECK(proto::batchable(proto::MsgType::kSubmit, task_message(proto::MsgType::kSubmit, 1, {"x"})));
   CHECK(proto::batchable(proto::MsgType::kResult, task_message(proto::MsgType::kResult, 1, {})));

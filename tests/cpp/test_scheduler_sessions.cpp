@@ -554,3 +554,31 @@ TEST_CASE("a watcher whose session expired is skipped; the owner still gets the 
   REQUIRE(got.size() == 1);
   CHECK(got[0].identity == "owner");
 }
+
+TEST_CASE("identity_of follows rebinding and forgetting of the session it found last") {
+  broker::Sessions s;
+  s.bind("s1", "a", 4);
+  s.bind("s2", "b");
+  std::int64_t revision = -1;
+  const std::string* id = s.identity_of("s1", &revision);
+  REQUIRE(id != nullptr);
+  CHECK(*id == "a");
+  CHECK(revision == 4);
+  const std::string* name = s.find("a");
+  REQUIRE(name != nullptr);
+  CHECK(*s.identity_of(*name) == "a");  // by the interned name
+  CHECK(*s.identity_of("s2", &revision) == "b");
+  CHECK(revision == 0);
+  CHECK(*s.identity_of("s2") == "b");
+  CHECK(s.identity_of("s3") == nullptr);
+
+  CHECK(*s.identity_of("s1") == "a");
+  CHECK(s.bind("s1", "c", 3) == broker::Sessions::Bind::kRebound);
+  CHECK(*s.identity_of("s1", &revision) == "c");
+  CHECK(revision == 3);
+
+  s.forget(s.find("c"));
+  CHECK(s.identity_of("s1") == nullptr);
+  CHECK(s.bind("s1", "d") == broker::Sessions::Bind::kNew);
+  CHECK(*s.identity_of("s1") == "d");
+}
