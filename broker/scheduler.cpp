@@ -161,7 +161,7 @@ void Scheduler::on_client(const std::string& identity, Message&& msg, Clock::tim
       handle_interrupt(msg, out);
       return;
     case MsgType::kBatch:
-      on_client_batch(identity, msg, now, out);
+      on_batch(Outgoing::kClient, identity, msg, now, out);
       return;
     case MsgType::kError:
       ++counters_.errors_received;  // never answer an Error with an Error
@@ -226,7 +226,7 @@ void Scheduler::on_engine(const std::string& identity, Message&& msg, Clock::tim
       handle_credit(engine, msg, out);
       return;
     case MsgType::kBatch:
-      on_engine_batch(identity, msg, now, out);
+      on_batch(Outgoing::kEngine, identity, msg, now, out);
       return;
     case MsgType::kShutdown:
       remove_engine(engine.id, "the engine shut down", out);
@@ -244,13 +244,13 @@ void Scheduler::on_engine(const std::string& identity, Message&& msg, Clock::tim
   }
 }
 
-void Scheduler::on_client_batch(const std::string& identity, const Message& batch, Clock::time_point now,
-                                Outbox& out) {
+void Scheduler::on_batch(Outgoing::Side side, const std::string& identity, const Message& batch,
+                         Clock::time_point now, Outbox& out) {
   std::size_t records = 0;
   const proto::Status st = proto::decode_batch(batch, batch_, &records, options_.limits);
   if (!st.ok()) {
     ++counters_.bad_messages;
-    send_error(Outgoing::kClient, identity, batch.header.id, st.detail, out);
+    send_error(side, identity, batch.header.id, st.detail, out);
     return;
   }
   ++counters_.batches_in;
@@ -258,26 +258,12 @@ void Scheduler::on_client_batch(const std::string& identity, const Message& batc
   // Records are never Batches (decode_batch), so batch_ is not reused below.
   for (std::size_t i = 0; i < records; ++i) {
     Message& m = batch_[i];
-    on_client(identity, std::move(m), now, out);
-    m.payload.clear();  // as on_client_frames does after each message
-  }
-}
-
-void Scheduler::on_engine_batch(const std::string& identity, const Message& batch, Clock::time_point now,
-                                Outbox& out) {
-  std::size_t records = 0;
-  const proto::Status st = proto::decode_batch(batch, batch_, &records, options_.limits);
-  if (!st.ok()) {
-    ++counters_.bad_messages;
-    send_error(Outgoing::kEngine, identity, batch.header.id, st.detail, out);
-    return;
-  }
-  ++counters_.batches_in;
-  counters_.batch_records_in += records;
-  for (std::size_t i = 0; i < records; ++i) {
-    Message& m = batch_[i];
-    on_engine(identity, std::move(m), now, out);
-    m.payload.clear();
+    if (side == Outgoing::kClient) {
+      on_client(identity, std::move(m), now, out);
+    } else {
+      on_engine(identity, std::move(m), now, out);
+    }
+    m.payload.clear();  // as on_client_frames / on_engine_frames do after each message
   }
 }
 

@@ -308,11 +308,9 @@ class Scheduler {
 
   // The records of a Batch, each handled as if it had come alone, in order
   // (a Batch that does not decode is answered with Error, and nothing in it
-  // is acted on).
-  void on_client_batch(const std::string& identity, const proto::Message& batch, Clock::time_point now,
-                       Outbox& out);
-  void on_engine_batch(const std::string& identity, const proto::Message& batch, Clock::time_point now,
-                       Outbox& out);
+  // is acted on).  `side`: whom it came from.
+  void on_batch(Outgoing::Side side, const std::string& identity, const proto::Message& batch,
+                Clock::time_point now, Outbox& out);
   // Per message type.
   void handle_register(const std::string& identity, const proto::Message& msg, Clock::time_point now,
                        Outbox& out);
