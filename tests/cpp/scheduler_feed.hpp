@@ -52,6 +52,20 @@ struct FedScheduler {
     }
   }
 
+  // Registers an engine that speaks `revision` (2 or more: it may give
+  // tasks back; 4 or more: it takes Batches); returns the id the broker
+  // gave it.
+  std::int64_t reg(const std::string& engine, std::int64_t credit, std::int64_t revision = proto::kRevision) {
+    proto::Header h;
+    h.type = proto::MsgType::kRegister;
+    h.aux = credit;
+    h.opts.revision = revision;
+    auto got = feed(true, engine, h);
+    REQUIRE(!got.empty());
+    REQUIRE(got[0].header.type == proto::MsgType::kRegisterReply);
+    return got[0].header.aux;
+  }
+
   static Frames frames_of(const std::vector<std::string>& chunks) {
     Frames payload;
     for (const auto& c : chunks) payload.emplace_back(c.data(), c.size());

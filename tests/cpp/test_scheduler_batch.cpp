@@ -94,16 +94,6 @@ Ids ids_of(const std::vector<Got>& got, MsgType type) {
 }
 
 struct Broker : test::FedScheduler {
-  std::int64_t reg(const std::string& engine, std::int64_t credit, std::int64_t revision) {
-    proto::Header h;
-    h.type = MsgType::kRegister;
-    h.aux = credit;
-    h.opts.revision = revision;
-    auto got = feed(true, engine, h);
-    REQUIRE(!got.empty());
-    REQUIRE(got[0].header.type == MsgType::kRegisterReply);
-    return got[0].header.aux;
-  }
   void hello(const std::string& client, std::int64_t revision) {
     proto::Header h;
     h.type = MsgType::kHello;

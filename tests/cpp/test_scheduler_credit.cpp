@@ -26,17 +26,6 @@ const std::vector<std::int64_t> kBalanced = {proto::kLoadBalanced};
 struct Broker : test::FedScheduler {
   using FedScheduler::FedScheduler;
 
-  // An engine that speaks `revision` (2: it may give tasks back).
-  std::int64_t reg(const std::string& engine, std::int64_t credit, std::int64_t revision = proto::kRevision) {
-    proto::Header h;
-    h.type = MsgType::kRegister;
-    h.aux = credit;
-    h.opts.revision = revision;
-    auto got = feed(true, engine, h);
-    REQUIRE(!got.empty());
-    REQUIRE(got[0].header.type == MsgType::kRegisterReply);
-    return got[0].header.aux;
-  }
   std::vector<Got> credit(const std::string& engine, std::int64_t engine_id, std::int64_t credit,
                           std::vector<std::uint64_t> ids = {}) {
     proto::Header h;
