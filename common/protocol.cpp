@@ -462,6 +462,25 @@ Status check_signature(const zmq::message_t& sig) {
   return Status{};
 }
 
+namespace {
+
+// The shape of a Batch (revision 4): one payload frame, 1 to
+// max_batch_records records.  decode() applies it to every Batch, and
+// decode_batch() again to the Message it is given.
+Status check_batch(const Message& m, const Limits& limits) {
+  if (m.payload.size() != 1) {
+    return fail(DecodeError::kBadBatch,
+                "batch needs 1 payload frame (the records), not " + std::to_string(m.payload.size()));
+  }
+  if (m.header.aux < 1 || static_cast<std::uint64_t>(m.header.aux) > limits.max_batch_records) {
+    return fail(DecodeError::kBadBatch, "batch of " + std::to_string(m.header.aux) + " records; 1 to " +
+                                            std::to_string(limits.max_batch_records) + " allowed");
+  }
+  return Status{};
+}
+
+}  // namespace
+
 Status decode(std::vector<zmq::message_t>& frames, std::size_t first, Message* out,
               const Limits& limits) {
   if (frames.size() < first + 2) {
@@ -486,17 +505,7 @@ Status decode(std::vector<zmq::message_t>& frames, std::size_t first, Message* o
   out->payload.reserve(frames.size() - first - 2 + room);
   for (std::size_t i = first + 2; i < frames.size(); ++i) out->payload.push_back(std::move(frames[i]));
   if (out->header.type == MsgType::kOutput) return check_output(out->header, out->payload);
-  if (out->header.type == MsgType::kBatch) {
-    if (out->payload.size() != 1) {
-      return fail(DecodeError::kBadBatch,
-                  "batch needs 1 payload frame (the records), not " + std::to_string(out->payload.size()));
-    }
-    if (out->header.aux < 1 || static_cast<std::uint64_t>(out->header.aux) > limits.max_batch_records) {
-      return fail(DecodeError::kBadBatch, "batch of " + std::to_string(out->header.aux) +
-                                              " records; 1 to " + std::to_string(limits.max_batch_records) +
-                                              " allowed");
-    }
-  }
+  if (out->header.type == MsgType::kBatch) return check_batch(*out, limits);
   return Status{};
 }
 
@@ -584,10 +593,8 @@ Status decode_batch(const Message& batch, std::vector<Message>& out, std::size_t
     for (Message& m : out) m.payload.clear();
     return fail(DecodeError::kBadBatch, std::move(detail));
   };
-  if (batch.header.type != MsgType::kBatch || batch.payload.size() != 1 || batch.header.aux < 1 ||
-      static_cast<std::uint64_t>(batch.header.aux) > limits.max_batch_records) {
-    return bad("not a batch of 1 to " + std::to_string(limits.max_batch_records) + " records in one frame");
-  }
+  if (batch.header.type != MsgType::kBatch) return bad("not a batch");
+  if (Status shape = check_batch(batch, limits); !shape.ok()) return bad(std::move(shape.detail));
   const auto n = static_cast<std::size_t>(batch.header.aux);
   const auto* p = static_cast<const unsigned char*>(batch.payload[0].data());
   const auto* const end = p + batch.payload[0].size();
