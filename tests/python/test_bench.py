@@ -55,6 +55,12 @@ def test_small_benchmark_runs_every_framework_and_the_loadgen(tmp_path):
         assert lg["capacity_unbatched"][0]["tasks_per_s"] > 0
         assert lg["capacity"][0]["engine_batches_in"] > 0
         assert lg["capacity_unbatched"][0]["engine_batches_in"] == 0
+        # Capacity runs keep tasks queued in the broker: the window is twice
+        # the engines' total credit (100 engines x 16 x 2); the most engines
+        # run once more with the window of 1,000.
+        assert [(r["engines"], r["window"]) for r in lg["capacity"]] == [(2, 1000), (100, 3200)]
+        assert [(r["engines"], r["window"]) for r in lg["capacity_short_window"]] == [(100, 1000)]
+        assert lg["capacity_short_window"][0]["tasks_per_s"] > 0
         assert lg["memory"]["bytes_per_task"] > 0
         assert lg["floor"]["msgs_per_s"] > 0
         assert lg["floor_ipc"]["transport"] == "ipc" and lg["floor_ipc"]["latency_p50_us"] > 0
