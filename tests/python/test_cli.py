@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -516,14 +517,40 @@ def free_port() -> int:
 # steps (slurmstepd) and their tasks are reparented to the nearest subreaper;
 # without this that is the test process, which would leave them zombies until
 # the module ends, and slurmstepd waits for its job's processes to be gone
-# (zombies included) before the job may leave the queue.
+# (zombies included) before the job may leave the queue.  SIGTERM is passed
+# on to the command.  If the test process dies without cleaning up (pytest
+# killed by a signal), the kernel sends SIGHUP (PR_SET_PDEATHSIG): then the
+# command and every orphan handed to this reaper are killed, again after
+# each one reaped (its own children come here next), until none is left.
 REAPER = """\
 import ctypes, os, signal, sys
-ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+libc = ctypes.CDLL(None)
+libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+libc.prctl(1, signal.SIGHUP, 0, 0, 0)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)  # the test process is already gone
 child = os.fork()
 if child == 0:
-    os.execv(sys.argv[1], sys.argv[1:])
+    os.execv(sys.argv[2], sys.argv[2:])
+orphaned = False
+
+def kill_all():
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid == os.getpid():
+                os.kill(int(entry), signal.SIGKILL)
+        except (ValueError, OSError):
+            pass
+
+def on_hup(*_):
+    global orphaned
+    orphaned = True
+    kill_all()
+
 signal.signal(signal.SIGTERM, lambda *_: os.kill(child, signal.SIGTERM))
+signal.signal(signal.SIGHUP, on_hup)
 code = 1
 while True:
     try:
@@ -532,7 +559,41 @@ while True:
         sys.exit(code)
     if pid == child:
         code = os.waitstatus_to_exitcode(status)
+    if orphaned:
+        kill_all()
 """
+
+
+def _die_with_parent():
+    # In the child before exec: SIGTERM if the test process dies first.
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def test_reaper_ends_the_tree_under_it_when_the_test_process_dies(tmp_path):
+    # A stand-in for a killed pytest starts the reaper over a shell that
+    # leaves a child (sleep a) and an orphan (sleep b, reparented to the
+    # reaper); SIGKILL to the stand-in must end all of them.
+    (tmp_path / "tree.sh").write_text("sleep 300 & echo $! > a.tmp; mv a.tmp a\n"
+                                      "(sleep 300 & echo $! > b.tmp; mv b.tmp b)\n"
+                                      "exec sleep 300\n")
+    stand_in = subprocess.Popen(
+        [sys.executable, "-c", "import os, subprocess, sys, time\n"
+         "p = subprocess.Popen([sys.executable, '-c', sys.argv[1], str(os.getpid()), '/bin/sh', 'tree.sh'])\n"
+         "print(p.pid, flush=True)\n"
+         "time.sleep(300)\n", REAPER],
+        cwd=tmp_path, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        reaper = int(stand_in.stdout.readline())
+        wait_until(lambda: (tmp_path / "a").exists() and (tmp_path / "b").exists(), what="the shell's children")
+        sleeps = [int((tmp_path / n).read_text()) for n in ("a", "b")]
+        for pid in sleeps:
+            os.kill(pid, 0)  # running
+    finally:
+        stand_in.kill()
+        stand_in.wait(WAIT)
+    # The reaper is now this process's child (the module's subreaper).
+    wait_until(lambda: os.waitpid(reaper, os.WNOHANG)[0] == reaper, what="the reaper's exit")
+    assert gone(sleeps)
 
 
 @pytest.fixture()
@@ -588,7 +649,7 @@ def slurm(tmp_path):
 
     def start(args, log):
         p = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=open(d / log, "wb"))
+                             stderr=open(d / log, "wb"), preexec_fn=_die_with_parent)
         daemons.append(p)
         return p
 
@@ -598,7 +659,7 @@ def slurm(tmp_path):
                f"--seed-file={d / 'munge' / 'seed'}"], "munged.err")
         wait_until(lambda: sock.exists(), interval=0.1, what="munged's socket")
         start([sbin("slurmctld"), "-D", "-c", "-i"], "slurmctld.log")
-        start([sys.executable, "-c", REAPER, sbin("slurmd"), "-D"], "slurmd.log")
+        start([sys.executable, "-c", REAPER, str(os.getpid()), sbin("slurmd"), "-D"], "slurmd.log")
 
         def idle():
             for p in daemons:
