@@ -61,6 +61,7 @@ def test_small_benchmark_runs_every_framework_and_the_loadgen(tmp_path):
         assert [(r["engines"], r["window"]) for r in lg["capacity"]] == [(2, 1000), (100, 3200)]
         assert [(r["engines"], r["window"]) for r in lg["capacity_short_window"]] == [(100, 1000)]
         assert lg["capacity_short_window"][0]["tasks_per_s"] > 0
+        assert [(r["engines"], r["credit"]) for r in lg["capacity_credit64"]] == [(2, 64)]
         assert lg["memory"]["bytes_per_task"] > 0
         assert lg["floor"]["msgs_per_s"] > 0
         assert lg["floor_ipc"]["transport"] == "ipc" and lg["floor_ipc"]["latency_p50_us"] > 0

@@ -18,9 +18,10 @@ all with the same number of workers, on:
 6. broker capacity with zfarm-loadgen (C++ simulated engines and client) for
    several engine counts with tasks waiting in the broker's queue (the
    client's window twice the engines' total credit), with Batches (protocol
-   revision 4); at the fewest engines also without Batches, at the most
-   also with a window of 1,000 (queue empty); the broker's memory per
-   queued task, and the bare libzmq floor (same binary, --floor).
+   revision 4); at the fewest engines also without Batches and with
+   credit 64, at the most also with a window of 1,000 (queue empty); the
+   broker's memory per queued task, and the bare libzmq floor (same binary,
+   --floor).
 
 Each framework runs in a child process of its own (a new session) with a
 time limit; whatever it started is killed with it.  Peers that are not
@@ -477,7 +478,8 @@ class Broker:
 def run_loadgen(size: dict) -> dict:
     loadgen = find_program("zfarm-loadgen", "ZFARM_LOADGEN", "tools/zfarm-loadgen")
     broker = find_program("zfarm-broker", "ZFARM_BROKER", "broker/zfarm-broker")
-    out = {"notes": [], "capacity": [], "capacity_unbatched": [], "capacity_short_window": [], "loadgen": loadgen, "broker": broker}
+    out = {"notes": [], "capacity": [], "capacity_unbatched": [], "capacity_credit64": [], "capacity_short_window": [],
+           "loadgen": loadgen, "broker": broker}
     if not loadgen or not broker:
         out["notes"].append("zfarm-loadgen or zfarm-broker not found (build with meson: "
                             "meson setup build-bench && meson compile -C build-bench)")
@@ -488,7 +490,7 @@ def run_loadgen(size: dict) -> dict:
     # and measure round trips, not the broker.
     credit = 16
 
-    def saturating(engines: int) -> int:
+    def saturating(engines: int, credit: int = credit) -> int:
         # Capacity is measured with tasks waiting in the broker's queue: the
         # client keeps twice the engines' total credit outstanding (at least
         # 1,000).  With a window of 1,000 and 1,000 engines each engine would
@@ -498,19 +500,20 @@ def run_loadgen(size: dict) -> dict:
         return max(window, 2 * engines * credit)
 
     # Batches (protocol revision 4) at every engine count, as zfarm's own
-    # engines and client speak; the fewest engines also without them
-    # (--no-batch: one message per Submit, Task and Result), for comparison;
-    # the most engines also with the window of 1,000 (queue empty).
-    runs = [(engines, "capacity", saturating(engines), []) for engines in size["lg_engines"]]
-    runs.append((min(size["lg_engines"]), "capacity_unbatched", saturating(min(size["lg_engines"])),
-                 ["--no-batch"]))
-    most = max(size["lg_engines"])
+    # engines and client speak.  The fewest engines also without them
+    # (--no-batch: one message per Submit, Task and Result), and with credit
+    # 64 (each engine's Batches four times larger); the most engines also
+    # with the window of 1,000 (queue empty).
+    fewest, most = min(size["lg_engines"]), max(size["lg_engines"])
+    runs = [(engines, "capacity", saturating(engines), credit, []) for engines in size["lg_engines"]]
+    runs.append((fewest, "capacity_unbatched", saturating(fewest), credit, ["--no-batch"]))
+    runs.append((fewest, "capacity_credit64", saturating(fewest, 64), 64, []))
     if saturating(most) != window:
-        runs.append((most, "capacity_short_window", window, []))
-    for engines, key, w, extra in runs:
+        runs.append((most, "capacity_short_window", window, credit, []))
+    for engines, key, w, c, extra in runs:
         with Broker(broker) as b:
             r, err = _run_json([loadgen, "--connection-file", b.file, "--engines", str(engines), "--credit",
-                                str(credit), "--tasks", str(size["lg_tasks"]), "--window", str(w),
+                                str(c), "--tasks", str(size["lg_tasks"]), "--window", str(w),
                                 "--payload-bytes", "16", "--timeout", "120", "--json", *extra], timeout=150)
         if err:
             out["notes"].append(f"loadgen {engines} engines{' ' + ' '.join(extra) if extra else ''}: {err}")
@@ -613,7 +616,8 @@ def print_table(results: dict, lg: dict, engines: int, size_name: str) -> str:
                  "for the rest higher is better)")
     lines.append("")
     floor = lg.get("floor")
-    for r in lg.get("capacity", []) + lg.get("capacity_unbatched", []) + lg.get("capacity_short_window", []):
+    for r in [r for key in ("capacity", "capacity_unbatched", "capacity_credit64", "capacity_short_window")
+              for r in lg.get(key, [])]:
         extra = ""
         if floor:
             extra = f"  ({r['tasks_per_s'] / floor['msgs_per_s']:.2f}x the libzmq floor)"
