@@ -275,6 +275,47 @@ TEST_CASE("FastPath: every integer width msgpack allows gives the same header") 
   CHECK(out.opts.empty());
 }
 
+TEST_CASE("Encoder: a plain header has the bytes msgpack-c's packer writes, at every integer width") {
+  // The encoder writes headers without options itself; what it writes must
+  // be what the general packer writes, byte for byte (the wire is unchanged).
+  const std::vector<std::int64_t> ints = {0,       1,       31,      32,      127,        128,        255,
+                                          256,     65535,   65536,   -1,      -31,        -32,        -33,
+                                          -127,    -128,    -129,    -32767,  -32768,     -32769,     4294967295LL,
+                                          4294967296LL,     -2147483647LL - 1, -2147483647LL - 2,
+                                          std::numeric_limits<std::int64_t>::max(), std::numeric_limits<std::int64_t>::min()};
+  const std::vector<std::size_t> text_sizes = {0, 31, 32, 255, 256, 400};
+  for (std::size_t k = 0; k < ints.size(); ++k) {
+    const std::int64_t v = ints[k];
+    const auto u = static_cast<std::uint64_t>(v);
+    proto::Header h;
+    h.type = proto::MsgType::kResult;
+    h.id = u;
+    h.targets.assign(k % 17, v);  // 0 to 16 targets: a fixarray and an array16
+    h.status = static_cast<std::uint32_t>(u);
+    h.aux = v;
+    h.text.assign(text_sizes[k % text_sizes.size()], 'x');
+    CAPTURE(v);
+    CAPTURE(h.targets.size());
+    CAPTURE(h.text.size());
+    const std::string want = packed([&](auto& pk) {
+      pk.pack_array(6);
+      pk.pack_uint8(static_cast<std::uint8_t>(h.type));
+      pk.pack_uint64(h.id);
+      pk.pack_array(static_cast<std::uint32_t>(h.targets.size()));
+      for (std::int64_t t : h.targets) pk.pack_int64(t);
+      pk.pack_uint32(h.status);
+      pk.pack_int64(h.aux);
+      pk.pack_str(static_cast<std::uint32_t>(h.text.size()));
+      pk.pack_str_body(h.text.data(), static_cast<std::uint32_t>(h.text.size()));
+    });
+    std::vector<zmq::message_t> f;
+    proto::encode_header(h, f);
+    REQUIRE(f.size() == 2);
+    CHECK(f[0].to_string() == signature());
+    CHECK(f[1].to_string() == want);
+  }
+}
+
 TEST_CASE("FastPath: a text as str8, str16 and str32 reads the same") {
   for (int width : {8, 16, 32}) {
     CAPTURE(width);
