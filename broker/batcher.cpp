@@ -30,7 +30,7 @@ void Batcher::flush(Pending& p, Outbox& in, Outbox& out) {
   } else {
     records_.clear();
     for (std::size_t i : p.items) records_.push_back(&in[i].frames);
-    Outgoing& batch = out.emplace_back(Outgoing{p.side, p.identity, proto::pack_batch(records_)});
+    Outgoing& batch = out.emplace_back(Outgoing{p.side, p.identity, proto::pack_batch(records_, p.bytes)});
     batch.records = static_cast<std::uint32_t>(p.items.size());
     ++stats_.batches;
     stats_.records += p.items.size();
@@ -58,7 +58,7 @@ void Batcher::pack(Outbox& in, Outbox& out) {
       continue;
     }
     Pending& p = pending_for(o);
-    const std::size_t bytes = proto::batch_bytes(o.frames);
+    const std::size_t bytes = o.batch_bytes != 0 ? o.batch_bytes : proto::batch_bytes(o.frames);
     if (!p.items.empty() && (p.items.size() >= proto::kBatchMaxRecords || p.bytes + bytes > proto::kBatchBodyBytes)) {
       flush(p, in, out);
     }

@@ -27,6 +27,14 @@ Frames share(Frames& frames, std::size_t room = 0) {
   return copy;
 }
 
+// Whether `o` may go into a Batch, and its share of the body (which the
+// Batcher then need not count again).
+void mark_batchable(Outgoing& o, MsgType type) {
+  const std::size_t bytes = proto::batch_record_bytes(type, o.frames);
+  o.batchable = bytes != 0;
+  o.batch_bytes = static_cast<std::uint32_t>(bytes);  // at most a few KiB: kBatchRecordBytes of payload
+}
+
 Header make_header(MsgType type, std::uint64_t id) {
   Header h;
   h.type = type;
@@ -671,7 +679,7 @@ void Scheduler::send_task(Engine& engine, Task& task, Outbox& out) {
   engine.inflight.push_back(task.id);
   refile(engine);
   Outgoing& o = out.emplace_back(Outgoing{Outgoing::kEngine, engine.identity, proto::encode(h, std::move(payload))});
-  o.batchable = engine.batches && proto::batchable(MsgType::kTask, o.frames);
+  if (engine.batches) mark_batchable(o, MsgType::kTask);
 }
 
 // ---- results ------------------------------------------------------------------
@@ -722,7 +730,7 @@ void Scheduler::send_result(const std::string& client, std::uint64_t task_id, st
   std::int64_t revision = 0;
   if (const std::string* identity = sessions_.identity_of(client, &revision)) {
     Outgoing& o = out.emplace_back(Outgoing{Outgoing::kClient, *identity, std::move(now)});
-    o.batchable = revision >= 4 && proto::batchable(MsgType::kResult, o.frames);
+    if (revision >= 4) mark_batchable(o, MsgType::kResult);
   }
 }
 

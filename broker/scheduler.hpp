@@ -53,6 +53,9 @@ struct Outgoing {
   // It may go into a Batch (batcher.hpp): a small Task or Result to a peer
   // that announced revision 4.  Set by the Scheduler, which knows the peer.
   bool batchable = false;
+  // Its share of a Batch body (proto::batch_record_bytes), when the
+  // Scheduler counted it along with `batchable`; 0: not counted.
+  std::uint32_t batch_bytes = 0;
   // The messages it carries: more than 1 for a Batch (counted as that many
   // when it cannot be delivered).
   std::uint32_t records = 1;

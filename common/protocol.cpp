@@ -649,9 +649,27 @@ std::size_t batch_bytes(const std::vector<zmq::message_t>& frames) {
   return n;
 }
 
+std::size_t batch_record_bytes(MsgType type, const std::vector<zmq::message_t>& frames) {
+  if (!batched_type(type) || frames.size() < 2) return 0;
+  std::size_t payload = 0;
+  std::size_t n = 4 + 4 + frames[1].size();  // frame count, header
+  for (std::size_t i = 2; i < frames.size(); ++i) {
+    const std::size_t size = frames[i].size();
+    payload += size;
+    if (payload > kBatchRecordBytes) return 0;
+    n += 4 + size;
+  }
+  return n;
+}
+
 std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::message_t>*>& messages) {
   std::size_t body_size = 0;
   for (const auto* m : messages) body_size += batch_bytes(*m);
+  return pack_batch(messages, body_size);
+}
+
+std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::message_t>*>& messages,
+                                       std::size_t body_size) {
   zmq::message_t body(body_size);
   auto* p = static_cast<unsigned char*>(body.data());
   for (const auto* m : messages) {

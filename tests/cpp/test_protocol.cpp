@@ -870,6 +870,42 @@ TEST_CASE("Batch: only small Submits, Tasks and Results are batchable") {
   CHECK_FALSE(proto::batchable(proto::MsgType::kBatch, task_message(proto::MsgType::kBatch, 1, {""})));
 }
 
+TEST_CASE("Batch: batch_record_bytes is batch_bytes for a batchable message and 0 for any other") {
+  struct Case {
+    proto::MsgType type;
+    std::vector<zmq::message_t> frames;
+  };
+  std::vector<Case> cases;
+  cases.push_back({proto::MsgType::kSubmit, task_message(proto::MsgType::kSubmit, 1, {"x"})});
+  cases.push_back({proto::MsgType::kResult, task_message(proto::MsgType::kResult, 2, {})});
+  cases.push_back({proto::MsgType::kTask, task_message(proto::MsgType::kTask, 3, {"ab", "", "cde"})});
+  cases.push_back(
+      {proto::MsgType::kTask, task_message(proto::MsgType::kTask, 4, {std::string(proto::kBatchRecordBytes, 'x')})});
+  cases.push_back({proto::MsgType::kTask,
+                   task_message(proto::MsgType::kTask, 5, {std::string(proto::kBatchRecordBytes, 'x'), "y"})});
+  cases.push_back({proto::MsgType::kHeartbeat, task_message(proto::MsgType::kHeartbeat, 6, {})});
+  cases.push_back({proto::MsgType::kOutput, task_message(proto::MsgType::kOutput, 7, {"", ""})});
+  std::vector<const std::vector<zmq::message_t>*> batchable;
+  std::size_t body = 0;
+  for (const Case& c : cases) {
+    CAPTURE(proto::to_string(c.type));
+    const std::size_t bytes = proto::batch_record_bytes(c.type, c.frames);
+    if (proto::batchable(c.type, c.frames)) {
+      CHECK(bytes == proto::batch_bytes(c.frames));
+      batchable.push_back(&c.frames);
+      body += bytes;
+    } else {
+      CHECK(bytes == 0);
+    }
+  }
+  REQUIRE(batchable.size() == 4);
+  // pack_batch with the body size given makes the same Batch.
+  auto a = proto::pack_batch(batchable);
+  auto b = proto::pack_batch(batchable, body);
+  REQUIRE(a.size() == b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i].to_string() == b[i].to_string());
+}
+
 TEST_CASE("BadBatch: no body, two bodies, a record count of 0, negative or over the limit") {
   proto::Header h;
   h.type = proto::MsgType::kBatch;
