@@ -143,6 +143,8 @@ class ResultStore {
     SessionEntries entries;
   };
 
+  // The unacknowledged list of `session`, made if it has none.
+  SessionList& session_list(const std::string& session);
   void erase(std::unordered_map<std::uint64_t, Entry>::iterator it);
   void erase(Entry* e);
   // Takes an unacknowledged entry out of its session's list.
@@ -158,6 +160,15 @@ class ResultStore {
   OrderList unacked_;                                 // oldest first
   OrderList cache_;                                   // least recently used first
   std::unordered_map<std::string, SessionList> by_session_;
+  // The list add() filed under last: the results of a run of tasks mostly
+  // belong to one session, so its name is compared, not hashed.  Cleared
+  // when that list goes.
+  SessionList* last_session_ = nullptr;
+  // Nodes of erased entries kept for add(): a result per task otherwise
+  // costs a hash node allocated and freed.  A few suffice: results are
+  // stored and dropped at about the same rate.
+  static constexpr std::size_t kSpareEntries = 64;
+  std::vector<std::unordered_map<std::uint64_t, Entry>::node_type> spare_entries_;
   std::unordered_map<std::uint64_t, std::vector<std::string>> watchers_;
   std::size_t unacked_bytes_ = 0;
   std::size_t cached_bytes_ = 0;
