@@ -24,7 +24,7 @@ Batcher::Pending& Batcher::pending_for(const Outgoing& o) {
   return it->second;
 }
 
-void Batcher::flush(Pending& p, Outbox& in, Outbox& out) {
+void Batcher::flush(Pending& p, Outbox& in, Outbox& out, FramesPool* spare) {
   if (p.items.size() == 1) {
     out.push_back(std::move(in[p.items[0]]));
   } else {
@@ -34,12 +34,15 @@ void Batcher::flush(Pending& p, Outbox& in, Outbox& out) {
     batch.records = static_cast<std::uint32_t>(p.items.size());
     ++stats_.batches;
     stats_.records += p.items.size();
+    if (spare != nullptr) {
+      for (std::size_t i : p.items) spare->give(std::move(in[i].frames));
+    }
   }
   p.items.clear();
   p.bytes = 0;
 }
 
-void Batcher::pack(Outbox& in, Outbox& out) {
+void Batcher::pack(Outbox& in, Outbox& out, FramesPool* spare) {
   // Nothing to pack (peers of older revisions, large payloads): the
   // messages change vectors, not places.
   if (out.empty() && std::none_of(in.begin(), in.end(), [](const Outgoing& o) { return o.batchable; })) {
@@ -52,7 +55,7 @@ void Batcher::pack(Outbox& in, Outbox& out) {
     if (!o.batchable) {
       // What waits for this peer goes first.
       if (!active_.empty()) {
-        if (Pending* p = find(o); p != nullptr && !p->items.empty()) flush(*p, in, out);
+        if (Pending* p = find(o); p != nullptr && !p->items.empty()) flush(*p, in, out, spare);
       }
       out.push_back(std::move(o));
       continue;
@@ -60,7 +63,7 @@ void Batcher::pack(Outbox& in, Outbox& out) {
     Pending& p = pending_for(o);
     const std::size_t bytes = o.batch_bytes != 0 ? o.batch_bytes : proto::batch_bytes(o.frames);
     if (!p.items.empty() && (p.items.size() >= proto::kBatchMaxRecords || p.bytes + bytes > proto::kBatchBodyBytes)) {
-      flush(p, in, out);
+      flush(p, in, out, spare);
     }
     p.items.push_back(i);
     p.bytes += bytes;
@@ -70,7 +73,7 @@ void Batcher::pack(Outbox& in, Outbox& out) {
     }
   }
   for (Pending* p : active_) {
-    if (!p->items.empty()) flush(*p, in, out);
+    if (!p->items.empty()) flush(*p, in, out, spare);
     p->active = false;
   }
   active_.clear();

@@ -38,8 +38,9 @@ class Batcher {
 
   // Moves every message of `in` to the end of `out`, in the order to send
   // them, batchable runs packed as above; `in` is left empty.  A Batch's
-  // Outgoing has records = the messages in it.
-  void pack(Outbox& in, Outbox& out);
+  // Outgoing has records = the messages in it.  The frame vectors of the
+  // messages packed into Batches go to `spare`, when given.
+  void pack(Outbox& in, Outbox& out, FramesPool* spare = nullptr);
 
   const Stats& stats() const { return stats_; }
 
@@ -55,7 +56,7 @@ class Batcher {
 
   Pending& pending_for(const Outgoing& o);
   Pending* find(const Outgoing& o);
-  void flush(Pending& p, Outbox& in, Outbox& out);
+  void flush(Pending& p, Outbox& in, Outbox& out, FramesPool* spare);
 
   // Per side, by identity.  Kept from one pack() to the next, so that a
   // peer's entry and its vector are not allocated again every iteration;

@@ -5,8 +5,8 @@
 
 namespace zfarm::broker {
 
-Frames share_frames(Frames& frames) {
-  Frames copy;
+Frames share_frames(Frames& frames, Frames storage) {
+  Frames copy = std::move(storage);
   copy.reserve(frames.size());
   for (auto& f : frames) {
     copy.emplace_back();
@@ -56,14 +56,14 @@ void ResultStore::List<Prev, Next>::remove(Entry* e) {
   --size;
 }
 
-Frames ResultStore::add(const std::string& session, std::uint64_t task_id, Frames message) {
+Frames ResultStore::add(const std::string& session, std::uint64_t task_id, Frames message, Frames storage) {
   std::size_t bytes = kEntryOverhead;
   for (auto& f : message) {
     const std::size_t size = f.size();
     bytes += size;
     if (size <= kOwnCopyMaxBytes && !held_inline(f)) f = zmq::message_t(f.data(), size);
   }
-  Frames now = share_frames(message);
+  Frames now = share_frames(message, std::move(storage));
   auto it = entries_.find(task_id);
   if (it != entries_.end()) {
     detach(&it->second);  // an older result for the same id: replaced in place

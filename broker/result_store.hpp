@@ -34,7 +34,8 @@ namespace zfarm::broker {
 
 // Shares frames without copying their bytes: zmq's copy() bumps a reference
 // count (frames under 33 bytes are copied inline, which costs nothing).
-Frames share_frames(Frames& frames);
+// `storage`: an empty vector to fill.
+Frames share_frames(Frames& frames, Frames storage = {});
 
 class ResultStore {
  public:
@@ -74,9 +75,10 @@ class ResultStore {
   explicit ResultStore(Limits limits) : limits_(limits) {}
 
   // Keeps `message` (a whole encoded Result for task `task_id`) as
-  // unacknowledged for `session` and returns a shared copy of it to send now.
-  // An older result with the same task id, acknowledged or not, is replaced.
-  Frames add(const std::string& session, std::uint64_t task_id, Frames message);
+  // unacknowledged for `session` and returns a shared copy of it to send now
+  // (in `storage`, an empty vector, when given).  An older result with the
+  // same task id, acknowledged or not, is replaced.
+  Frames add(const std::string& session, std::uint64_t task_id, Frames message, Frames storage = {});
 
   // Moves the results of `session` named in `ids` to the cache.  Ids that are
   // unknown, already acknowledged or of another session are ignored.

@@ -16,9 +16,9 @@ using proto::ResultStatus;
 // Shares frames without copying their bytes: zmq's copy() bumps a refcount
 // (frames under 33 bytes are copied inline, which costs nothing).  `room`:
 // spare capacity, so that encode() can put the signature and header in
-// front without a new vector.
-Frames share(Frames& frames, std::size_t room = 0) {
-  Frames copy;
+// front without a new vector.  `storage`: an empty vector to fill.
+Frames share(Frames& frames, std::size_t room = 0, Frames storage = {}) {
+  Frames copy = std::move(storage);
   copy.reserve(frames.size() + room);
   for (auto& f : frames) {
     copy.emplace_back();
@@ -132,6 +132,8 @@ void Scheduler::on_engine_frames(Frames& frames, Clock::time_point now, Outbox& 
   }
   on_engine(identity, std::move(msg), now, out);
   msg.payload.clear();
+  // A Result's payload went with it (to the ResultStore): storage for the next.
+  if (msg.payload.capacity() == 0) msg.payload = frames_pool_.take(0);
 }
 
 void Scheduler::on_client(const std::string& identity, Message&& msg, Clock::time_point now,
@@ -272,6 +274,9 @@ void Scheduler::on_batch(Outgoing::Side side, const std::string& identity, const
       on_engine(identity, std::move(m), now, out);
     }
     m.payload.clear();  // as on_client_frames / on_engine_frames do after each message
+    // As on_engine_frames does.  Not for a client's records: a Submit's
+    // payload may wait in a queue for long, in a vector of its own size.
+    if (side == Outgoing::kEngine && m.payload.capacity() == 0) m.payload = frames_pool_.take(0);
   }
 }
 
@@ -674,8 +679,9 @@ void Scheduler::send_task(Engine& engine, Task& task, Outbox& out) {
   h.aux = engine.id;
   // Keep the frames while a retry or a give-back may need them; otherwise
   // hand them over.
-  Frames payload = (engine.gives_back || (task.balanced && task.retries > 0)) ? share(task.payload, 2)
-                                                                              : std::move(task.payload);
+  Frames payload = (engine.gives_back || (task.balanced && task.retries > 0))
+                       ? share(task.payload, 2, frames_pool_.take(task.payload.size() + 2))
+                       : std::move(task.payload);
   engine.inflight.push_back(task.id);
   refile(engine);
   Outgoing& o = out.emplace_back(Outgoing{Outgoing::kEngine, engine.identity, proto::encode(h, std::move(payload))});
@@ -726,7 +732,8 @@ void Scheduler::send_result(const std::string& client, std::uint64_t task_id, st
   if (status != static_cast<std::uint32_t>(ResultStatus::kOk)) ++counters_.failed;
   // `client` is a session: the store keeps the result until that session
   // acknowledges it, and a shared copy goes to the session's identity now.
-  Frames now = results_.add(client, task_id, proto::encode(h, std::move(payload)));
+  const std::size_t frames = payload.size() + 2;
+  Frames now = results_.add(client, task_id, proto::encode(h, std::move(payload)), frames_pool_.take(frames));
   std::int64_t revision = 0;
   if (const std::string* identity = sessions_.identity_of(client, &revision)) {
     Outgoing& o = out.emplace_back(Outgoing{Outgoing::kClient, *identity, std::move(now)});

@@ -34,6 +34,7 @@
 
 #include "fair_queue.hpp"
 #include "finished_record.hpp"
+#include "frames_pool.hpp"
 #include "io_thread.hpp"  // Frames
 #include "protocol.hpp"
 #include "result_store.hpp"
@@ -198,6 +199,9 @@ class Scheduler {
   // Client sessions and stored results (scheduler_sessions.cpp).
   const std::string& incarnation() const { return incarnation_; }
   const ResultStore& results() const { return results_; }
+  // Where the socket loop gives back the frame vectors of what it sent
+  // (batcher.hpp), for the Scheduler to take again.
+  FramesPool& frames_pool() { return frames_pool_; }
   std::size_t session_count() const { return sessions_.size(); }
   // The current identity of every client session, each once: where a
   // message for all clients (an Event) goes.
@@ -432,6 +436,8 @@ class Scheduler {
   // The header of every Result sent to a client, reused for the same reason
   // (its targets carry the timing).
   proto::Header result_header_;
+  // Frame vectors for the messages made per task (frames_pool.hpp).
+  FramesPool frames_pool_;
   FairQueue shared_;                               // load-balanced work not yet sent, by client session
   std::size_t blocked_ = 0;                        // tasks waiting for dependencies
   std::uint64_t next_seq_ = 1;
