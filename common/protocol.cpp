@@ -195,7 +195,8 @@ class FastReader {
   }
 
   // Any msgpack integer: a non-negative one in *u (neg = false), a negative one in *i.
-  bool integer(bool* neg, std::uint64_t* u, std::int64_t* i) {
+  // Inlined: a header has five or more, and the call was a third of the cost.
+  [[gnu::always_inline]] bool integer(bool* neg, std::uint64_t* u, std::int64_t* i) {
     unsigned char b;
     if (!byte(&b)) return false;
     *neg = false;
@@ -319,10 +320,15 @@ bool decode_plain_header(const void* data, std::size_t size, Header* out, const 
   if (!r.str(limits.max_text_bytes, &text, &text_size) || !r.done()) return false;
   out->type = static_cast<MsgType>(type);
   out->id = id;
-  out->targets.assign(targets, targets + n);
+  out->targets.resize(n);
+  for (std::size_t k = 0; k < n; ++k) out->targets[k] = targets[k];
   out->status = static_cast<std::uint32_t>(status);
   out->aux = aux;
-  out->text.assign(text, text_size);
+  if (text_size == 0) {
+    out->text.clear();  // most headers: no call into the string's replace
+  } else {
+    out->text.assign(text, text_size);
+  }
   if (!out->opts.empty()) out->opts = Options{};
   return true;
 }
