@@ -6,21 +6,23 @@
 namespace zfarm::broker {
 
 Batcher::Pending* Batcher::find(const Outgoing& o) {
-  if (last_ != nullptr && last_->side == o.side && last_->identity == o.identity) return last_;
+  Pending* last = last_[o.side];
+  if (last != nullptr && last->identity == o.identity) return last;
   auto& peers = o.side == Outgoing::kClient ? clients_ : engines_;
   auto it = peers.find(o.identity);
   return it == peers.end() ? nullptr : &it->second;
 }
 
 Batcher::Pending& Batcher::pending_for(const Outgoing& o) {
-  if (last_ != nullptr && last_->side == o.side && last_->identity == o.identity) return *last_;
+  Pending* last = last_[o.side];
+  if (last != nullptr && last->identity == o.identity) return *last;
   auto& peers = o.side == Outgoing::kClient ? clients_ : engines_;
   auto [it, added] = peers.try_emplace(o.identity);
   if (added) {
     it->second.side = o.side;
     it->second.identity = o.identity;
   }
-  last_ = &it->second;
+  last_[o.side] = &it->second;
   return it->second;
 }
 
@@ -49,7 +51,7 @@ void Batcher::pack(Outbox& in, Outbox& out, FramesPool* spare) {
     out.swap(in);
     return;
   }
-  last_ = nullptr;
+  last_[Outgoing::kClient] = last_[Outgoing::kEngine] = nullptr;
   for (std::size_t i = 0; i < in.size(); ++i) {
     Outgoing& o = in[i];
     if (!o.batchable) {
@@ -77,7 +79,7 @@ void Batcher::pack(Outbox& in, Outbox& out, FramesPool* spare) {
     p->active = false;
   }
   active_.clear();
-  last_ = nullptr;
+  last_[Outgoing::kClient] = last_[Outgoing::kEngine] = nullptr;
   in.clear();
   if (clients_.size() > kMaxPeers) clients_.clear();
   if (engines_.size() > kMaxPeers) engines_.clear();
