@@ -655,7 +655,9 @@ void Scheduler::dispatch(Outbox& out) {
     }
     // At equal priority an engine's own queue goes first: that work can run
     // nowhere else.
-    const QueueEntry* shared = front_of(shared_);
+    // No engine with free credit and no engine work: the shared queue's
+    // front need not be looked for (most calls when the engines are busy).
+    const QueueEntry* shared = (best_entry == nullptr && by_load_.empty()) ? nullptr : front_of(shared_);
     if (best_entry != nullptr && (shared == nullptr || shared->priority <= best_entry->priority)) {
       const std::uint64_t tid = best_entry->id;
       pop_front(best->queue);
