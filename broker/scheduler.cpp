@@ -274,9 +274,12 @@ void Scheduler::on_batch(Outgoing::Side side, const std::string& identity, const
       on_engine(identity, std::move(m), now, out);
     }
     m.payload.clear();  // as on_client_frames / on_engine_frames do after each message
-    // As on_engine_frames does.  Not for a client's records: a Submit's
-    // payload may wait in a queue for long, in a vector of its own size.
-    if (side == Outgoing::kEngine && m.payload.capacity() == 0) m.payload = frames_pool_.take(0);
+    // As on_engine_frames does.  A client's records (Submits) take theirs
+    // from payload_pool_: a Submit's payload may wait in a queue for long,
+    // in a vector of about its own size.
+    if (m.payload.capacity() == 0) {
+      m.payload = side == Outgoing::kEngine ? frames_pool_.take(0) : payload_pool_.take(0);
+    }
   }
 }
 
@@ -700,6 +703,7 @@ void Scheduler::finish(std::uint64_t task_id, ResultStatus status, std::int64_t 
   send_result(*node.mapped().client, task_id, static_cast<std::uint32_t>(status), aux, std::move(text),
               std::move(payload), out, timing);
   notify_watchers(task_id, *node.mapped().client, out);
+  payload_pool_.give(std::move(node.mapped().payload));
   if (spare_tasks_.size() < kSpareTasks) {
     node.mapped() = Task{};  // frees what the task held (payload, extras)
     spare_tasks_.push_back(std::move(node));

@@ -436,8 +436,10 @@ class Scheduler {
   // The header of every Result sent to a client, reused for the same reason
   // (its targets carry the timing).
   proto::Header result_header_;
-  // Frame vectors for the messages made per task (frames_pool.hpp).
+  // Frame vectors for the messages made per task, and for Submit payloads
+  // (frames_pool.hpp): a Submit's payload has one or two frames, mostly.
   FramesPool frames_pool_;
+  FramesPool payload_pool_{1, 2};
   FairQueue shared_;                               // load-balanced work not yet sent, by client session
   std::size_t blocked_ = 0;                        // tasks waiting for dependencies
   std::uint64_t next_seq_ = 1;

@@ -410,7 +410,7 @@ TEST_CASE("batcher: the frame vectors of packed messages go to the pool; a messa
 TEST_CASE("frames pool: keeps vectors of useful sizes only, up to its bound") {
   broker::FramesPool pool;
   Frames small;
-  small.reserve(broker::FramesPool::kMinCapacity - 1);
+  small.reserve(2);  // under the default pool's 3 frames
   pool.give(std::move(small));
   Frames large;
   large.reserve(broker::FramesPool::kMaxCapacity + 1);
@@ -429,6 +429,14 @@ TEST_CASE("frames pool: keeps vectors of useful sizes only, up to its bound") {
   // An empty pool still gives a vector with the room asked for.
   broker::FramesPool empty;
   CHECK(empty.take(5).capacity() >= 5);
+  // A pool for one- and two-frame payloads keeps only those.
+  broker::FramesPool payloads(1, 2);
+  for (std::size_t capacity : {1, 2, 3}) {
+    Frames f;
+    f.reserve(capacity);
+    payloads.give(std::move(f));
+  }
+  CHECK(payloads.kept() == 2);
 }
 
 TEST_CASE("batcher: a Batch stops before its body would pass kBatchBodyBytes") {
