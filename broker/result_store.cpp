@@ -181,6 +181,7 @@ void ResultStore::erase(Entry* e) { erase(entries_.find(e->id)); }
 
 void ResultStore::erase(std::unordered_map<std::uint64_t, Entry>::iterator it) {
   detach(&it->second);
+  if (spare_frames_ != nullptr) spare_frames_->give(std::move(it->second.message));
   if (spare_entries_.size() < kSpareEntries) {
     auto node = entries_.extract(it);
     node.mapped() = Entry{};  // lets its frames go

@@ -28,6 +28,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "frames_pool.hpp"
 #include "io_thread.hpp"  // Frames
 
 namespace zfarm::broker {
@@ -110,6 +111,10 @@ class ResultStore {
   Stats stats() const;
   const Limits& limits() const { return limits_; }
 
+  // Where the frame vectors of dropped results go (frames_pool.hpp); none
+  // when null.  The pool must outlive the store's use of it.
+  void give_frames_to(FramesPool* pool) { spare_frames_ = pool; }
+
  private:
   struct SessionList;
   // One kept result.  It is linked into two lists at once: the store-wide
@@ -169,8 +174,10 @@ class ResultStore {
   // Nodes of erased entries kept for add(): a result per task otherwise
   // costs a hash node allocated and freed.  A few suffice: results are
   // stored and dropped at about the same rate.
-  static constexpr std::size_t kSpareEntries = 64;
+  // (An Ack names up to a few hundred results, and the cache drops as many.)
+  static constexpr std::size_t kSpareEntries = 1024;
   std::vector<std::unordered_map<std::uint64_t, Entry>::node_type> spare_entries_;
+  FramesPool* spare_frames_ = nullptr;
   std::unordered_map<std::uint64_t, std::vector<std::string>> watchers_;
   std::size_t unacked_bytes_ = 0;
   std::size_t cached_bytes_ = 0;

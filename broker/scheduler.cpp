@@ -52,6 +52,7 @@ Scheduler::Scheduler(SchedulerOptions options)
   if (options_.heartbeat.count() < 1) options_.heartbeat = std::chrono::milliseconds(1);
   if (options_.liveness < 1) options_.liveness = 1;
   if (options_.max_credit < 1) options_.max_credit = 1;
+  results_.give_frames_to(&frames_pool_);
 }
 
 std::chrono::milliseconds Scheduler::tick_interval() const {
