@@ -405,8 +405,32 @@ class PlainWriter {
   }
 
  private:
+  // One byte swap and one store per integer, not a loop over its bytes.
   void big_endian(std::uint64_t v, int n) {
-    for (int k = n - 1; k >= 0; --k) *p_++ = static_cast<unsigned char>(v >> (8 * k));
+    switch (n) {
+      case 1:
+        *p_ = static_cast<unsigned char>(v);
+        break;
+      case 2: {
+        const auto x = static_cast<std::uint16_t>(v);
+        store(std::endian::native == std::endian::little ? __builtin_bswap16(x) : x);
+        break;
+      }
+      case 4: {
+        const auto x = static_cast<std::uint32_t>(v);
+        store(std::endian::native == std::endian::little ? __builtin_bswap32(x) : x);
+        break;
+      }
+      default:
+        store(std::endian::native == std::endian::little ? __builtin_bswap64(v) : v);
+        break;
+    }
+    p_ += n;
+  }
+
+  template <typename T>
+  void store(T x) {
+    std::memcpy(p_, &x, sizeof x);
   }
 
   unsigned char* p_;
