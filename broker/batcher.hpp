@@ -14,7 +14,8 @@
 // libzmq's work per message and per frame is most of the broker's cost per
 // task; a Batch of n Tasks is one message of three frames where n were n of
 // three or four.  What it costs here: one hash lookup per batchable message
-// (none while messages run to one peer), and the records' bytes copied once.
+// (none while messages to one side run to one peer), and the records' bytes
+// copied once.
 //
 // No sockets; not thread-safe.
 #pragma once
@@ -38,8 +39,9 @@ class Batcher {
 
   // Moves every message of `in` to the end of `out`, in the order to send
   // them, batchable runs packed as above; `in` is left empty.  A Batch's
-  // Outgoing has records = the messages in it.
-  void pack(Outbox& in, Outbox& out);
+  // Outgoing has records = the messages in it.  The frame vectors of the
+  // messages packed into Batches go to `spare`, when given.
+  void pack(Outbox& in, Outbox& out, FramesPool* spare = nullptr);
 
   const Stats& stats() const { return stats_; }
 
@@ -55,7 +57,7 @@ class Batcher {
 
   Pending& pending_for(const Outgoing& o);
   Pending* find(const Outgoing& o);
-  void flush(Pending& p, Outbox& in, Outbox& out);
+  void flush(Pending& p, Outbox& in, Outbox& out, FramesPool* spare);
 
   // Per side, by identity.  Kept from one pack() to the next, so that a
   // peer's entry and its vector are not allocated again every iteration;
@@ -63,7 +65,10 @@ class Batcher {
   static constexpr std::size_t kMaxPeers = 4096;
   std::unordered_map<std::string, Pending> clients_, engines_;
   std::vector<Pending*> active_;  // peers with items, in order of their first
-  Pending* last_ = nullptr;       // the peer of the last batchable message
+  // Per side, the peer of the last batchable message to that side: a
+  // Result to a client and the next Task to an engine alternate, so one
+  // for both sides would miss every time.
+  Pending* last_[2] = {nullptr, nullptr};
   std::vector<const Frames*> records_;
   Stats stats_;
 };

@@ -99,11 +99,12 @@ struct Sent {
 Sent send_all(zmq::socket_t& clients, zmq::socket_t& engines, Outbox& out, Outbox& packed,
               zfarm::broker::Batcher& batcher, Scheduler& scheduler) {
   Sent sent;
-  batcher.pack(out, packed);
+  batcher.pack(out, packed, &scheduler.frames_pool());
   for (Outgoing& o : packed) {
     const bool to_client = o.side == Outgoing::kClient;
     (to_client ? sent.clients : sent.engines) = true;
     if (!send_to(to_client ? clients : engines, o.identity, o.frames)) scheduler.count_unroutable(o.records);
+    scheduler.frames_pool().give(std::move(o.frames));  // sent (or not): its vector for the next message
   }
   packed.clear();
   scheduler.set_batches_out(batcher.stats().batches, batcher.stats().records);

@@ -5,8 +5,8 @@
 
 namespace zfarm::broker {
 
-Frames share_frames(Frames& frames) {
-  Frames copy;
+Frames share_frames(Frames& frames, Frames storage) {
+  Frames copy = std::move(storage);
   copy.reserve(frames.size());
   for (auto& f : frames) {
     copy.emplace_back();
@@ -16,12 +16,6 @@ Frames share_frames(Frames& frames) {
 }
 
 namespace {
-
-std::size_t size_of(const Frames& frames) {
-  std::size_t n = 0;
-  for (const auto& f : frames) n += f.size();
-  return n;
-}
 
 // A frame whose bytes live inside the zmq message object itself (libzmq's
 // inline storage for small messages) holds no shared buffer.
@@ -62,20 +56,30 @@ void ResultStore::List<Prev, Next>::remove(Entry* e) {
   --size;
 }
 
-Frames ResultStore::add(const std::string& session, std::uint64_t task_id, Frames message) {
+Frames ResultStore::add(const std::string& session, std::uint64_t task_id, Frames message, Frames storage) {
+  std::size_t bytes = kEntryOverhead;
   for (auto& f : message) {
-    if (f.size() <= kOwnCopyMaxBytes && !held_inline(f)) f = zmq::message_t(f.data(), f.size());
+    const std::size_t size = f.size();
+    bytes += size;
+    if (size <= kOwnCopyMaxBytes && !held_inline(f)) f = zmq::message_t(f.data(), size);
   }
-  Frames now = share_frames(message);
-  auto [it, added] = entries_.try_emplace(task_id);
+  Frames now = share_frames(message, std::move(storage));
+  auto it = entries_.find(task_id);
+  if (it != entries_.end()) {
+    detach(&it->second);  // an older result for the same id: replaced in place
+  } else if (!spare_entries_.empty()) {
+    auto node = std::move(spare_entries_.back());
+    spare_entries_.pop_back();
+    node.key() = task_id;
+    it = entries_.insert(std::move(node)).position;
+  } else {
+    it = entries_.try_emplace(task_id).first;
+  }
   Entry& e = it->second;
-  if (!added) detach(&e);  // an older result for the same id: replaced in place
   e.id = task_id;
-  e.bytes = size_of(message) + kEntryOverhead;
+  e.bytes = bytes;
   e.message = std::move(message);
-  auto s = by_session_.try_emplace(session).first;
-  s->second.name = &s->first;
-  e.owner = &s->second;
+  e.owner = &session_list(session);
   e.owner->entries.push_back(&e);
   unacked_.push_back(&e);
   unacked_bytes_ += e.bytes;
@@ -155,18 +159,36 @@ ResultStore::Stats ResultStore::stats() const {
 
 // ---- private ------------------------------------------------------------------
 
+ResultStore::SessionList& ResultStore::session_list(const std::string& session) {
+  if (last_session_ != nullptr && *last_session_->name == session) return *last_session_;
+  auto s = by_session_.try_emplace(session).first;
+  s->second.name = &s->first;
+  last_session_ = &s->second;
+  return s->second;
+}
+
 void ResultStore::unlink_owner(Entry* e) {
   SessionList* owner = e->owner;
   owner->entries.remove(e);
   e->owner = nullptr;
-  if (owner->entries.size == 0) by_session_.erase(*owner->name);
+  if (owner->entries.size == 0) {
+    if (owner == last_session_) last_session_ = nullptr;
+    by_session_.erase(*owner->name);
+  }
 }
 
 void ResultStore::erase(Entry* e) { erase(entries_.find(e->id)); }
 
 void ResultStore::erase(std::unordered_map<std::uint64_t, Entry>::iterator it) {
   detach(&it->second);
-  entries_.erase(it);
+  if (spare_frames_ != nullptr) spare_frames_->give(std::move(it->second.message));
+  if (spare_entries_.size() < kSpareEntries) {
+    auto node = entries_.extract(it);
+    node.mapped() = Entry{};  // lets its frames go
+    spare_entries_.push_back(std::move(node));
+  } else {
+    entries_.erase(it);
+  }
 }
 
 void ResultStore::detach(Entry* e) {

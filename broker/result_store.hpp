@@ -28,13 +28,15 @@
 #include <unordered_map>
 #include <vector>
 
+#include "frames_pool.hpp"
 #include "io_thread.hpp"  // Frames
 
 namespace zfarm::broker {
 
 // Shares frames without copying their bytes: zmq's copy() bumps a reference
 // count (frames under 33 bytes are copied inline, which costs nothing).
-Frames share_frames(Frames& frames);
+// `storage`: an empty vector to fill.
+Frames share_frames(Frames& frames, Frames storage = {});
 
 class ResultStore {
  public:
@@ -74,9 +76,10 @@ class ResultStore {
   explicit ResultStore(Limits limits) : limits_(limits) {}
 
   // Keeps `message` (a whole encoded Result for task `task_id`) as
-  // unacknowledged for `session` and returns a shared copy of it to send now.
-  // An older result with the same task id, acknowledged or not, is replaced.
-  Frames add(const std::string& session, std::uint64_t task_id, Frames message);
+  // unacknowledged for `session` and returns a shared copy of it to send now
+  // (in `storage`, an empty vector, when given).  An older result with the
+  // same task id, acknowledged or not, is replaced.
+  Frames add(const std::string& session, std::uint64_t task_id, Frames message, Frames storage = {});
 
   // Moves the results of `session` named in `ids` to the cache.  Ids that are
   // unknown, already acknowledged or of another session are ignored.
@@ -107,6 +110,10 @@ class ResultStore {
 
   Stats stats() const;
   const Limits& limits() const { return limits_; }
+
+  // Where the frame vectors of dropped results go (frames_pool.hpp); none
+  // when null.  The pool must outlive the store's use of it.
+  void give_frames_to(FramesPool* pool) { spare_frames_ = pool; }
 
  private:
   struct SessionList;
@@ -143,6 +150,8 @@ class ResultStore {
     SessionEntries entries;
   };
 
+  // The unacknowledged list of `session`, made if it has none.
+  SessionList& session_list(const std::string& session);
   void erase(std::unordered_map<std::uint64_t, Entry>::iterator it);
   void erase(Entry* e);
   // Takes an unacknowledged entry out of its session's list.
@@ -158,6 +167,17 @@ class ResultStore {
   OrderList unacked_;                                 // oldest first
   OrderList cache_;                                   // least recently used first
   std::unordered_map<std::string, SessionList> by_session_;
+  // The list add() filed under last: the results of a run of tasks mostly
+  // belong to one session, so its name is compared, not hashed.  Cleared
+  // when that list goes.
+  SessionList* last_session_ = nullptr;
+  // Nodes of erased entries kept for add(): a result per task otherwise
+  // costs a hash node allocated and freed.  A few suffice: results are
+  // stored and dropped at about the same rate.
+  // (An Ack names up to a few hundred results, and the cache drops as many.)
+  static constexpr std::size_t kSpareEntries = 1024;
+  std::vector<std::unordered_map<std::uint64_t, Entry>::node_type> spare_entries_;
+  FramesPool* spare_frames_ = nullptr;
   std::unordered_map<std::uint64_t, std::vector<std::string>> watchers_;
   std::size_t unacked_bytes_ = 0;
   std::size_t cached_bytes_ = 0;

@@ -16,15 +16,23 @@ using proto::ResultStatus;
 // Shares frames without copying their bytes: zmq's copy() bumps a refcount
 // (frames under 33 bytes are copied inline, which costs nothing).  `room`:
 // spare capacity, so that encode() can put the signature and header in
-// front without a new vector.
-Frames share(Frames& frames, std::size_t room = 0) {
-  Frames copy;
+// front without a new vector.  `storage`: an empty vector to fill.
+Frames share(Frames& frames, std::size_t room = 0, Frames storage = {}) {
+  Frames copy = std::move(storage);
   copy.reserve(frames.size() + room);
   for (auto& f : frames) {
     copy.emplace_back();
     copy.back().copy(f);
   }
   return copy;
+}
+
+// Whether `o` may go into a Batch, and its share of the body (which the
+// Batcher then need not count again).
+void mark_batchable(Outgoing& o, MsgType type) {
+  const std::size_t bytes = proto::batch_record_bytes(type, o.frames);
+  o.batchable = bytes != 0;
+  o.batch_bytes = static_cast<std::uint32_t>(bytes);  // at most a few KiB: kBatchRecordBytes of payload
 }
 
 Header make_header(MsgType type, std::uint64_t id) {
@@ -44,6 +52,7 @@ Scheduler::Scheduler(SchedulerOptions options)
   if (options_.heartbeat.count() < 1) options_.heartbeat = std::chrono::milliseconds(1);
   if (options_.liveness < 1) options_.liveness = 1;
   if (options_.max_credit < 1) options_.max_credit = 1;
+  results_.give_frames_to(&frames_pool_);
 }
 
 std::chrono::milliseconds Scheduler::tick_interval() const {
@@ -124,6 +133,8 @@ void Scheduler::on_engine_frames(Frames& frames, Clock::time_point now, Outbox& 
   }
   on_engine(identity, std::move(msg), now, out);
   msg.payload.clear();
+  // A Result's payload went with it (to the ResultStore): storage for the next.
+  if (msg.payload.capacity() == 0) msg.payload = frames_pool_.take(0);
 }
 
 void Scheduler::on_client(const std::string& identity, Message&& msg, Clock::time_point now,
@@ -264,6 +275,12 @@ void Scheduler::on_batch(Outgoing::Side side, const std::string& identity, const
       on_engine(identity, std::move(m), now, out);
     }
     m.payload.clear();  // as on_client_frames / on_engine_frames do after each message
+    // As on_engine_frames does.  A client's records (Submits) take theirs
+    // from payload_pool_: a Submit's payload may wait in a queue for long,
+    // in a vector of about its own size.
+    if (m.payload.capacity() == 0) {
+      m.payload = side == Outgoing::kEngine ? frames_pool_.take(0) : payload_pool_.take(0);
+    }
   }
 }
 
@@ -642,7 +659,9 @@ void Scheduler::dispatch(Outbox& out) {
     }
     // At equal priority an engine's own queue goes first: that work can run
     // nowhere else.
-    const QueueEntry* shared = front_of(shared_);
+    // No engine with free credit and no engine work: the shared queue's
+    // front need not be looked for (most calls when the engines are busy).
+    const QueueEntry* shared = (best_entry == nullptr && by_load_.empty()) ? nullptr : front_of(shared_);
     if (best_entry != nullptr && (shared == nullptr || shared->priority <= best_entry->priority)) {
       const std::uint64_t tid = best_entry->id;
       pop_front(best->queue);
@@ -666,12 +685,13 @@ void Scheduler::send_task(Engine& engine, Task& task, Outbox& out) {
   h.aux = engine.id;
   // Keep the frames while a retry or a give-back may need them; otherwise
   // hand them over.
-  Frames payload = (engine.gives_back || (task.balanced && task.retries > 0)) ? share(task.payload, 2)
-                                                                              : std::move(task.payload);
+  Frames payload = (engine.gives_back || (task.balanced && task.retries > 0))
+                       ? share(task.payload, 2, frames_pool_.take(task.payload.size() + 2))
+                       : std::move(task.payload);
   engine.inflight.push_back(task.id);
   refile(engine);
   Outgoing& o = out.emplace_back(Outgoing{Outgoing::kEngine, engine.identity, proto::encode(h, std::move(payload))});
-  o.batchable = engine.batches && proto::batchable(MsgType::kTask, o.frames);
+  if (engine.batches) mark_batchable(o, MsgType::kTask);
 }
 
 // ---- results ------------------------------------------------------------------
@@ -684,6 +704,7 @@ void Scheduler::finish(std::uint64_t task_id, ResultStatus status, std::int64_t 
   send_result(*node.mapped().client, task_id, static_cast<std::uint32_t>(status), aux, std::move(text),
               std::move(payload), out, timing);
   notify_watchers(task_id, *node.mapped().client, out);
+  payload_pool_.give(std::move(node.mapped().payload));
   if (spare_tasks_.size() < kSpareTasks) {
     node.mapped() = Task{};  // frees what the task held (payload, extras)
     spare_tasks_.push_back(std::move(node));
@@ -718,11 +739,12 @@ void Scheduler::send_result(const std::string& client, std::uint64_t task_id, st
   if (status != static_cast<std::uint32_t>(ResultStatus::kOk)) ++counters_.failed;
   // `client` is a session: the store keeps the result until that session
   // acknowledges it, and a shared copy goes to the session's identity now.
-  Frames now = results_.add(client, task_id, proto::encode(h, std::move(payload)));
+  const std::size_t frames = payload.size() + 2;
+  Frames now = results_.add(client, task_id, proto::encode(h, std::move(payload)), frames_pool_.take(frames));
   std::int64_t revision = 0;
   if (const std::string* identity = sessions_.identity_of(client, &revision)) {
     Outgoing& o = out.emplace_back(Outgoing{Outgoing::kClient, *identity, std::move(now)});
-    o.batchable = revision >= 4 && proto::batchable(MsgType::kResult, o.frames);
+    if (revision >= 4) mark_batchable(o, MsgType::kResult);
   }
 }
 

@@ -34,6 +34,7 @@
 
 #include "fair_queue.hpp"
 #include "finished_record.hpp"
+#include "frames_pool.hpp"
 #include "io_thread.hpp"  // Frames
 #include "protocol.hpp"
 #include "result_store.hpp"
@@ -53,6 +54,9 @@ struct Outgoing {
   // It may go into a Batch (batcher.hpp): a small Task or Result to a peer
   // that announced revision 4.  Set by the Scheduler, which knows the peer.
   bool batchable = false;
+  // Its share of a Batch body (proto::batch_record_bytes), when the
+  // Scheduler counted it along with `batchable`; 0: not counted.
+  std::uint32_t batch_bytes = 0;
   // The messages it carries: more than 1 for a Batch (counted as that many
   // when it cannot be delivered).
   std::uint32_t records = 1;
@@ -195,6 +199,9 @@ class Scheduler {
   // Client sessions and stored results (scheduler_sessions.cpp).
   const std::string& incarnation() const { return incarnation_; }
   const ResultStore& results() const { return results_; }
+  // Where the socket loop gives back the frame vectors of what it sent
+  // (batcher.hpp), for the Scheduler to take again.
+  FramesPool& frames_pool() { return frames_pool_; }
   std::size_t session_count() const { return sessions_.size(); }
   // The current identity of every client session, each once: where a
   // message for all clients (an Event) goes.
@@ -429,6 +436,10 @@ class Scheduler {
   // The header of every Result sent to a client, reused for the same reason
   // (its targets carry the timing).
   proto::Header result_header_;
+  // Frame vectors for the messages made per task, and for Submit payloads
+  // (frames_pool.hpp): a Submit's payload has one or two frames, mostly.
+  FramesPool frames_pool_;
+  FramesPool payload_pool_{1, 2};
   FairQueue shared_;                               // load-balanced work not yet sent, by client session
   std::size_t blocked_ = 0;                        // tasks waiting for dependencies
   std::uint64_t next_seq_ = 1;

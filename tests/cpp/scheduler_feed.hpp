@@ -75,7 +75,7 @@ struct FedScheduler {
   // What came out, as the socket loop sends it: Batches made by the Batcher.
   std::vector<Got> take_packed() {
     broker::Outbox packed;
-    batcher.pack(out, packed);
+    batcher.pack(out, packed, &s.frames_pool());  // as the socket loop does
     out.swap(packed);
     return take();
   }

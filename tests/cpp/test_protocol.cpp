@@ -275,6 +275,47 @@ TEST_CASE("FastPath: every integer width msgpack allows gives the same header") 
   CHECK(out.opts.empty());
 }
 
+TEST_CASE("Encoder: a plain header has the bytes msgpack-c's packer writes, at every integer width") {
+  // The encoder writes headers without options itself; what it writes must
+  // be what the general packer writes, byte for byte (the wire is unchanged).
+  const std::vector<std::int64_t> ints = {0,       1,       31,      32,      127,        128,        255,
+                                          256,     65535,   65536,   -1,      -31,        -32,        -33,
+                                          -127,    -128,    -129,    -32767,  -32768,     -32769,     4294967295LL,
+                                          4294967296LL,     -2147483647LL - 1, -2147483647LL - 2,
+                                          std::numeric_limits<std::int64_t>::max(), std::numeric_limits<std::int64_t>::min()};
+  const std::vector<std::size_t> text_sizes = {0, 31, 32, 255, 256, 400};
+  for (std::size_t k = 0; k < ints.size(); ++k) {
+    const std::int64_t v = ints[k];
+    const auto u = static_cast<std::uint64_t>(v);
+    proto::Header h;
+    h.type = proto::MsgType::kResult;
+    h.id = u;
+    h.targets.assign(k % 17, v);  // 0 to 16 targets: a fixarray and an array16
+    h.status = static_cast<std::uint32_t>(u);
+    h.aux = v;
+    h.text.assign(text_sizes[k % text_sizes.size()], 'x');
+    CAPTURE(v);
+    CAPTURE(h.targets.size());
+    CAPTURE(h.text.size());
+    const std::string want = packed([&](auto& pk) {
+      pk.pack_array(6);
+      pk.pack_uint8(static_cast<std::uint8_t>(h.type));
+      pk.pack_uint64(h.id);
+      pk.pack_array(static_cast<std::uint32_t>(h.targets.size()));
+      for (std::int64_t t : h.targets) pk.pack_int64(t);
+      pk.pack_uint32(h.status);
+      pk.pack_int64(h.aux);
+      pk.pack_str(static_cast<std::uint32_t>(h.text.size()));
+      pk.pack_str_body(h.text.data(), static_cast<std::uint32_t>(h.text.size()));
+    });
+    std::vector<zmq::message_t> f;
+    proto::encode_header(h, f);
+    REQUIRE(f.size() == 2);
+    CHECK(f[0].to_string() == signature());
+    CHECK(f[1].to_string() == want);
+  }
+}
+
 TEST_CASE("FastPath: a text as str8, str16 and str32 reads the same") {
   for (int width : {8, 16, 32}) {
     CAPTURE(width);
@@ -827,6 +868,42 @@ TEST_CASE("Batch: only small Submits, Tasks and Results are batchable") {
   CHECK_FALSE(proto::batchable(proto::MsgType::kHeartbeat, task_message(proto::MsgType::kHeartbeat, 1, {})));
   CHECK_FALSE(proto::batchable(proto::MsgType::kOutput, task_message(proto::MsgType::kOutput, 1, {"", ""})));
   CHECK_FALSE(proto::batchable(proto::MsgType::kBatch, task_message(proto::MsgType::kBatch, 1, {""})));
+}
+
+TEST_CASE("Batch: batch_record_bytes is batch_bytes for a batchable message and 0 for any other") {
+  struct Case {
+    proto::MsgType type;
+    std::vector<zmq::message_t> frames;
+  };
+  std::vector<Case> cases;
+  cases.push_back({proto::MsgType::kSubmit, task_message(proto::MsgType::kSubmit, 1, {"x"})});
+  cases.push_back({proto::MsgType::kResult, task_message(proto::MsgType::kResult, 2, {})});
+  cases.push_back({proto::MsgType::kTask, task_message(proto::MsgType::kTask, 3, {"ab", "", "cde"})});
+  cases.push_back(
+      {proto::MsgType::kTask, task_message(proto::MsgType::kTask, 4, {std::string(proto::kBatchRecordBytes, 'x')})});
+  cases.push_back({proto::MsgType::kTask,
+                   task_message(proto::MsgType::kTask, 5, {std::string(proto::kBatchRecordBytes, 'x'), "y"})});
+  cases.push_back({proto::MsgType::kHeartbeat, task_message(proto::MsgType::kHeartbeat, 6, {})});
+  cases.push_back({proto::MsgType::kOutput, task_message(proto::MsgType::kOutput, 7, {"", ""})});
+  std::vector<const std::vector<zmq::message_t>*> batchable;
+  std::size_t body = 0;
+  for (const Case& c : cases) {
+    CAPTURE(proto::to_string(c.type));
+    const std::size_t bytes = proto::batch_record_bytes(c.type, c.frames);
+    if (proto::batchable(c.type, c.frames)) {
+      CHECK(bytes == proto::batch_bytes(c.frames));
+      batchable.push_back(&c.frames);
+      body += bytes;
+    } else {
+      CHECK(bytes == 0);
+    }
+  }
+  REQUIRE(batchable.size() == 4);
+  // pack_batch with the body size given makes the same Batch.
+  auto a = proto::pack_batch(batchable);
+  auto b = proto::pack_batch(batchable, body);
+  REQUIRE(a.size() == b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i].to_string() == b[i].to_string());
 }
 
 TEST_CASE("BadBatch: no body, two bodies, a record count of 0, negative or over the limit") {

@@ -101,6 +101,32 @@ TEST_CASE("store cache bound drops the least recently used first") {
   CHECK(st.evicted == 0);  // only unacknowledged drops are counted
 }
 
+TEST_CASE("store dropped results give their frame vectors to the pool, and their nodes serve later results") {
+  ResultStore s(limits(cost(100) + 50, 1 << 20));
+  broker::FramesPool pool(1);
+  s.give_frames_to(&pool);
+  auto three = [] {  // a result of three frames, room for three
+    Frames f;
+    f.reserve(3);
+    for (int i = 0; i < 3; ++i) f.emplace_back(40);
+    return f;
+  };
+  s.add("s", 1, three());
+  s.add("s", 2, three());
+  s.ack("s", {1, 2});  // both do not fit the cache: 1 goes
+  CHECK(pool.kept() == 1);
+  CHECK_FALSE(s.contains(1));
+  Frames spare = pool.take(0);
+  CHECK(spare.empty());
+  CHECK(spare.capacity() >= 3);
+  // A later result for the dropped id, and another, are stored as usual.
+  s.add("s", 1, message(10, 'n'));
+  s.add("s", 4, message(10, 'm'));
+  CHECK(tag_of(*s.find(1)) == 'n');
+  CHECK(tag_of(*s.find(4)) == 'm');
+  CHECK(s.stats().stored_results == 2);
+}
+
 TEST_CASE("store result larger than the cache is dropped on ack") {
   ResultStore s(limits(cost(10), 1 << 20));
   s.add("s", 1, message(100));

@@ -388,6 +388,57 @@ TEST_CASE("batcher: more than kBatchMaxRecords messages to one peer make several
   CHECK(batcher.stats().records == 2 * proto::kBatchMaxRecords);
 }
 
+TEST_CASE("batcher: the frame vectors of packed messages go to the pool; a message sent alone keeps its own") {
+  broker::Batcher batcher;
+  broker::FramesPool pool;
+  broker::Outbox in, out;
+  in.push_back(task_to("a", 1));
+  in.push_back(task_to("a", 2));
+  in.push_back(task_to("b", 3));  // alone: sent as itself
+  batcher.pack(in, out, &pool);
+  REQUIRE(out.size() == 2);
+  CHECK(out[0].records == 2);
+  CHECK(out[1].frames.size() == 3);  // b's Task, frames intact
+  CHECK(pool.kept() == 2);
+  // A vector from the pool is empty, with its room kept.
+  Frames f = pool.take(2);
+  CHECK(f.empty());
+  CHECK(f.capacity() >= 3);
+  CHECK(pool.kept() == 1);
+}
+
+TEST_CASE("frames pool: keeps vectors of useful sizes only, up to its bound") {
+  broker::FramesPool pool;
+  Frames small;
+  small.reserve(2);  // under the default pool's 3 frames
+  pool.give(std::move(small));
+  Frames large;
+  large.reserve(broker::FramesPool::kMaxCapacity + 1);
+  pool.give(std::move(large));
+  CHECK(pool.kept() == 0);
+  for (std::size_t i = 0; i < broker::FramesPool::kMaxKept + 10; ++i) {
+    Frames f;
+    f.reserve(4);
+    f.emplace_back("x", 1);  // its frames are let go, the room kept
+    pool.give(std::move(f));
+  }
+  CHECK(pool.kept() == broker::FramesPool::kMaxKept);
+  Frames f = pool.take(8);  // more room than any kept vector has: grown
+  CHECK(f.empty());
+  CHECK(f.capacity() >= 8);
+  // An empty pool still gives a vector with the room asked for.
+  broker::FramesPool empty;
+  CHECK(empty.take(5).capacity() >= 5);
+  // A pool for one- and two-frame payloads keeps only those.
+  broker::FramesPool payloads(1, 2);
+  for (std::size_t capacity : {1, 2, 3}) {
+    Frames f;
+    f.reserve(capacity);
+    payloads.give(std::move(f));
+  }
+  CHECK(payloads.kept() == 2);
+}
+
 TEST_CASE("batcher: a Batch stops before its body would pass kBatchBodyBytes") {
   broker::Batcher batcher;
   broker::Outbox in, out;
