@@ -337,109 +337,20 @@ bool decode_plain_header(const void* data, std::size_t size, Header* out, const 
 
 namespace {
 
-// Writes msgpack items into a fixed buffer, each integer in its shortest
-// form, as msgpack-c's packer writes them (pack_uint64, pack_int64,
-// pack_array, pack_str), so the bytes on the wire are the same; the
-// general packer costs a buffer write per item, which is most of a
-// header's cost.  The caller keeps to kPlainHeaderBytes.
-class PlainWriter {
- public:
-  explicit PlainWriter(unsigned char* p) : p_(p) {}
-  std::size_t size(const unsigned char* begin) const { return static_cast<std::size_t>(p_ - begin); }
-
-  void raw(unsigned char b) { *p_++ = b; }
-
-  void uint(std::uint64_t v) {
-    if (v < 0x80) {
-      raw(static_cast<unsigned char>(v));
-    } else if (v < 0x100) {
-      raw(0xcc), big_endian(v, 1);
-    } else if (v < 0x10000) {
-      raw(0xcd), big_endian(v, 2);
-    } else if (v < 0x100000000ULL) {
-      raw(0xce), big_endian(v, 4);
-    } else {
-      raw(0xcf), big_endian(v, 8);
-    }
+// A buffer for msgpack-c's packer over a fixed array: its write() is
+// inline, so each item the packer writes is a store, not a call.
+struct FixedBuffer {
+  unsigned char* p;
+  void write(const char* data, std::size_t n) {
+    std::memcpy(p, data, n);
+    p += n;
   }
-
-  void sint(std::int64_t v) {
-    if (v >= 0) return uint(static_cast<std::uint64_t>(v));
-    const auto u = static_cast<std::uint64_t>(v);
-    if (v >= -32) {
-      raw(static_cast<unsigned char>(u));
-    } else if (v >= -128) {
-      raw(0xd0), big_endian(u, 1);
-    } else if (v >= -32768) {
-      raw(0xd1), big_endian(u, 2);
-    } else if (v >= -2147483648LL) {
-      raw(0xd2), big_endian(u, 4);
-    } else {
-      raw(0xd3), big_endian(u, 8);
-    }
-  }
-
-  void array(std::size_t n) {
-    if (n < 16) {
-      raw(static_cast<unsigned char>(0x90 | n));
-    } else if (n < 0x10000) {
-      raw(0xdc), big_endian(n, 2);
-    } else {
-      raw(0xdd), big_endian(n, 4);
-    }
-  }
-
-  void str(const std::string& s) {
-    const std::size_t n = s.size();
-    if (n < 32) {
-      raw(static_cast<unsigned char>(0xa0 | n));
-    } else if (n < 0x100) {
-      raw(0xd9), big_endian(n, 1);
-    } else if (n < 0x10000) {
-      raw(0xda), big_endian(n, 2);
-    } else {
-      raw(0xdb), big_endian(n, 4);
-    }
-    if (n != 0) std::memcpy(p_, s.data(), n);
-    p_ += n;
-  }
-
- private:
-  // One byte swap and one store per integer, not a loop over its bytes.
-  void big_endian(std::uint64_t v, int n) {
-    switch (n) {
-      case 1:
-        *p_ = static_cast<unsigned char>(v);
-        break;
-      case 2: {
-        const auto x = static_cast<std::uint16_t>(v);
-        store(std::endian::native == std::endian::little ? __builtin_bswap16(x) : x);
-        break;
-      }
-      case 4: {
-        const auto x = static_cast<std::uint32_t>(v);
-        store(std::endian::native == std::endian::little ? __builtin_bswap32(x) : x);
-        break;
-      }
-      default:
-        store(std::endian::native == std::endian::little ? __builtin_bswap64(v) : v);
-        break;
-    }
-    p_ += n;
-  }
-
-  template <typename T>
-  void store(T x) {
-    std::memcpy(p_, &x, sizeof x);
-  }
-
-  unsigned char* p_;
 };
 
-// The largest header PlainWriter writes: the six items at their longest
-// (array mark, type, id, status and aux at 9 bytes, the targets' mark at
-// 5) plus 9 bytes per target and the text.  Headers with options, or
-// longer than this, go through msgpack-c's packer.
+// The largest header written into a FixedBuffer: the six items at their
+// longest (array mark, type, id, status and aux at 9 bytes, the targets'
+// mark at 5) plus 9 bytes per target and the text.  Headers with options,
+// or longer than this, go into an sbuffer.
 constexpr std::size_t kPlainHeaderBytes = 512;
 constexpr std::size_t kPlainFixedBytes = 1 + 9 + 9 + 5 + 9 + 9 + 5;
 
@@ -454,16 +365,18 @@ void encode_header_frames(const Header& h, zmq::message_t* sig_frame, zmq::messa
   if (!with_opts && kPlainFixedBytes + 9 * h.targets.size() + h.text.size() <= kPlainHeaderBytes) {
     // The common header (every Task and Result): written here, in one go.
     unsigned char buf[kPlainHeaderBytes];
-    PlainWriter w(buf);
-    w.raw(0x96);  // fixarray of 6
-    w.uint(static_cast<std::uint8_t>(h.type));
-    w.uint(h.id);
-    w.array(h.targets.size());
-    for (std::int64_t t : h.targets) w.sint(t);
-    w.uint(h.status);
-    w.sint(h.aux);
-    w.str(h.text);
-    header_frame->rebuild(buf, w.size(buf));
+    FixedBuffer fb{buf};
+    msgpack::packer<FixedBuffer> pk(fb);
+    pk.pack_array(6);
+    pk.pack_uint8(static_cast<std::uint8_t>(h.type));
+    pk.pack_uint64(h.id);
+    pk.pack_array(static_cast<std::uint32_t>(h.targets.size()));
+    for (std::int64_t t : h.targets) pk.pack_int64(t);
+    pk.pack_uint32(h.status);
+    pk.pack_int64(h.aux);
+    pk.pack_str(static_cast<std::uint32_t>(h.text.size()));
+    pk.pack_str_body(h.text.data(), static_cast<std::uint32_t>(h.text.size()));
+    header_frame->rebuild(buf, static_cast<std::size_t>(fb.p - buf));
     return;
   }
 

@@ -276,8 +276,9 @@ TEST_CASE("FastPath: every integer width msgpack allows gives the same header") 
 }
 
 TEST_CASE("Encoder: a plain header has the bytes msgpack-c's packer writes, at every integer width") {
-  // The encoder writes headers without options itself; what it writes must
-  // be what the general packer writes, byte for byte (the wire is unchanged).
+  // The encoder writes headers without options into a fixed buffer of its
+  // own; what it writes must be what the general path (an sbuffer) writes,
+  // byte for byte (the wire is unchanged).
   const std::vector<std::int64_t> ints = {0,       1,       31,      32,      127,        128,        255,
                                           256,     65535,   65536,   -1,      -31,        -32,        -33,
                                           -127,    -128,    -129,    -32767,  -32768,     -32769,     4294967295LL,
