@@ -153,6 +153,13 @@ _FIRST_ONLY = (0,)
 _receiving = threading.local()
 
 
+def _in_delivery() -> bool:
+    """True on a thread that delivers results now (the receiver thread, or a
+    thread reading the socket while it waits in get()): waiting there for
+    another reply would stop the delivery of every result."""
+    return getattr(_receiving, "defer", None) is not None
+
+
 class _Condition(threading.Condition):
     """threading.Condition(_LOCK), lighter: the lock's own methods stand as
     class attributes (a bound built-in method is no descriptor, so
@@ -561,7 +568,15 @@ class AsyncResult(concurrent.futures.Future):
                     if latch is None:
                         latch = self._latch = _core.Latch()
             if latch is not None:
-                latch.wait(timeout)
+                # This thread reads the socket itself while it waits, if no
+                # other does (Client._serve), then waits as before for
+                # whatever time is left.
+                deadline = None if timeout is None else _monotonic() + timeout
+                serve = getattr(self._client, "_serve", None)
+                if serve is not None and not _in_delivery():
+                    serve(self, deadline)
+                if self._state not in _ENDED:
+                    latch.wait(None if deadline is None else max(0.0, deadline - _monotonic()))
             if self._state in _CANCELLED:
                 raise concurrent.futures.CancelledError()
             if self._state != FINISHED:

@@ -28,7 +28,7 @@ import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from . import _core, _shm
-from ._asyncresult import _SMALL_RESULTS, AsyncResult, _Outcome, _receiving, decode_outcome
+from ._asyncresult import _ENDED, _SMALL_RESULTS, AsyncResult, _Outcome, _receiving, decode_outcome
 from ._cluster import Cluster, read_connection_file
 from ._errors import STATUS_ABORTED, STATUS_LOST, STATUS_OK, NoEnginesError, TimeoutError, ZfarmError
 
@@ -663,6 +663,37 @@ class Client:
         done, not_done = concurrent.futures.wait(list(jobs), timeout=timeout)
         return not not_done
 
+    def _serve(self, ar: AsyncResult, deadline: Optional[float]) -> None:
+        """Reads and handles incoming messages on this thread until ``ar``
+        has ended or ``deadline`` (time.monotonic()) has passed, if no
+        other thread does meanwhile (AsyncResult.result): the reply then
+        wakes this thread straight away instead of the receiver thread,
+        which would wake this one.  Returns at once if the socket is not
+        to be had; the caller then waits for ``ar`` as before."""
+        core = self._core
+        if self._closed or not core.claim():
+            return
+        # Latches of results ended here (other threads waiting) are fired
+        # once this thread has let go of the GIL, as on the receiver thread.
+        _receiving.defer = core.fire_later
+        try:
+            while ar._state not in _ENDED:
+                if deadline is None:
+                    wait_ms = RECV_TIMEOUT_MS
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    wait_ms = min(RECV_TIMEOUT_MS, int(left * 1000) + 1)
+                messages = core.recv_claimed(wait_ms, RECV_BATCH)
+                if messages:
+                    _dispatch(self, messages)
+                elif core.closed:
+                    return
+        finally:
+            _receiving.defer = None
+            core.release()
+
     def shutdown(self) -> None:
         """Stops the whole cluster (broker and engines), then closes."""
         if not self._closed:
@@ -764,28 +795,33 @@ def _receive_batches(client_ref: "weakref.ref[Client]", core: Any) -> None:
         client = client_ref()
         if client is None:
             return
-        if len(messages) == 1 and messages[0][0] == MSG_RESULT:
-            _handle_results(client, messages)  # the common batch of a waiting caller
-        else:
-            results = []  # a run of Results, handled together (in order with the rest)
-            for m in messages:
-                if m[0] == MSG_RESULT:
-                    results.append(m)
-                    continue
-                if results:
-                    _handle_results(client, results)
-                    results = []
-                try:
-                    client._on_message(*m)
-                except Exception as exc:  # noqa: BLE001 - never let one bad message stop delivery
-                    warnings.warn(f"zfarm: could not handle a message: {exc!r}", RuntimeWarning, stacklevel=1)
-            if results:
-                _handle_results(client, results)
+        _dispatch(client, messages)
         try:
             client._housekeeping()
         except Exception:  # noqa: BLE001 - the socket was closed meanwhile
             pass
         del client
+
+
+def _dispatch(client: Client, messages: List[Tuple[Any, ...]]) -> None:
+    """Handles one batch from Core.recv or Core.recv_claimed, in order."""
+    if len(messages) == 1 and messages[0][0] == MSG_RESULT:
+        _handle_results(client, messages)  # the common batch of a waiting caller
+        return
+    results = []  # a run of Results, handled together (in order with the rest)
+    for m in messages:
+        if m[0] == MSG_RESULT:
+            results.append(m)
+            continue
+        if results:
+            _handle_results(client, results)
+            results = []
+        try:
+            client._on_message(*m)
+        except Exception as exc:  # noqa: BLE001 - never let one bad message stop delivery
+            warnings.warn(f"zfarm: could not handle a message: {exc!r}", RuntimeWarning, stacklevel=1)
+    if results:
+        _handle_results(client, results)
 
 
 def _handle_results(client: Client, results: List[Tuple[Any, ...]]) -> None:
