@@ -561,6 +561,7 @@ class Core {
   }
 
   bool closed() const { return !io_; }
+  bool claimed() const { return static_cast<bool>(claimed_); }
   std::int64_t broker_revision() const { return broker_revision_; }
   std::uint64_t batches_received() const { return batches_received_; }
   std::uint64_t batches_sent() const { return batches_sent_; }
@@ -699,6 +700,7 @@ PYBIND11_MODULE(_core, m) {
       .def("fire_kept", &Core::fire_kept)
       .def("close", &Core::close)
       .def_property_readonly("closed", &Core::closed)
+      .def_property_readonly("claimed", &Core::claimed, "a thread waiting in get() reads the socket now")
       .def_property_readonly("bad_messages", &Core::bad_messages)
       .def_property_readonly("bad_timing", &Core::bad_timing)
       .def_property_readonly("broker_revision", &Core::broker_revision,
