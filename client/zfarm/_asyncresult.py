@@ -558,24 +558,26 @@ class AsyncResult(concurrent.futures.Future):
         """Future.result: the value, or raises the exception (waits up to
         ``timeout`` seconds; concurrent.futures.TimeoutError after that)."""
         if self._state != FINISHED:
-            # A Latch, not the Future's condition: waited on without the
-            # GIL and fired by the receiver only once it has released the
-            # GIL, so the result wakes this thread once.
-            with _LOCK:
-                latch = None
-                if self._state not in _ENDED:
-                    latch = self._latch
-                    if latch is None:
-                        latch = self._latch = _core.Latch()
-            if latch is not None:
-                # This thread reads the socket itself while it waits, if no
-                # other does (Client._serve), then waits as before for
-                # whatever time is left.
-                deadline = None if timeout is None else _monotonic() + timeout
+            deadline = None if timeout is None else _monotonic() + timeout
+            # First this thread reads the socket itself while it waits, if
+            # no other thread does (Client._serve): the reply wakes it
+            # directly, and it needs no latch (it ends the call itself).
+            if self._state not in _ENDED and getattr(_receiving, "defer", None) is None:  # _in_delivery()
                 serve = getattr(self._client, "_serve", None)
-                if serve is not None and not _in_delivery():
+                if serve is not None:
                     serve(self, deadline)
-                if self._state not in _ENDED:
+            # Otherwise (or for the time left) a Latch, not the Future's
+            # condition: waited on without the GIL and fired by the
+            # receiver only once it has released the GIL, so the result
+            # wakes this thread once.
+            if self._state not in _ENDED:
+                with _LOCK:
+                    latch = None
+                    if self._state not in _ENDED:
+                        latch = self._latch
+                        if latch is None:
+                            latch = self._latch = _core.Latch()
+                if latch is not None:
                     latch.wait(None if deadline is None else max(0.0, deadline - _monotonic()))
             if self._state in _CANCELLED:
                 raise concurrent.futures.CancelledError()
@@ -662,8 +664,9 @@ class AsyncResult(concurrent.futures.Future):
         with the rest of its output that was not streamed.  Registered right
         after submitting, the pieces of a task join up to exactly its final
         ``stdout``/``stderr``; pieces that arrived before registering are not
-        repeated.  ``fn`` runs on the client's receiver thread: keep it short
-        (append to a queue, say).
+        repeated.  ``fn`` runs on the thread that delivers results (the
+        client's receiver thread, or a thread waiting in ``get()``): keep it
+        short (append to a queue, say).
 
         >>> ar = rc[:].apply_async(work)                             # doctest: +SKIP
         >>> ar.on_output(lambda i, e, s, t: print(f"[{s}:{e}] {t}", end=""))  # doctest: +SKIP

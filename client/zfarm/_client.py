@@ -116,7 +116,8 @@ class Client:
     core) and stops it again on :meth:`close` or at exit.
 
     ``session`` names the session to join (default: a new random one);
-    ``on_event(kind, engine_id, text)`` is called from the receiver thread
+    ``on_event(kind, engine_id, text)`` is called from the thread that
+    delivers results (the receiver thread, or a thread waiting in ``get()``)
     when an engine joins (``"joined"``) or leaves (``"left"``), and with
     ``("restarted", -1, incarnation)`` when the broker restarted.
     """
