@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import os
 import secrets
+import signal
 import threading
 import time
 import warnings
@@ -83,6 +84,7 @@ RECENT_IDS = 100_000
 MAX_IDS_PER_MESSAGE = 65536
 
 _NOT_SMALL = object()
+_MAIN_THREAD = threading.main_thread().ident
 
 TaskRef = Union[int, AsyncResult]
 EventCallback = Callable[[str, int, str], None]
@@ -672,13 +674,30 @@ class Client:
         which would wake this one.  Returns at once if the socket is not
         to be had; the caller then waits for ``ar`` as before."""
         core = self._core
-        if self._closed or not core.claim():
+        if self._closed:
             return
-        # Latches of results ended here (other threads waiting) are fired
-        # once this thread has let go of the GIL, as on the receiver thread.
-        _receiving.defer = core.fire_later
+        held: Optional[List[Any]] = None
+        if threading.get_ident() == _MAIN_THREAD:
+            # Python runs signal handlers on the main thread between any two
+            # bytecodes: Ctrl-C's KeyboardInterrupt in the middle of handling
+            # a batch would lose its results.  So SIGINT's handler is held
+            # back while this thread has the socket and run once it has
+            # given it back.
+            held = []
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is None:
+                return  # a handler not set from Python: it could not be put back
+            signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+        claimed = False
         try:
-            while ar._state not in _ENDED:
+            claimed = core.claim()
+            if not claimed:
+                return
+            # Latches of results ended here (other threads waiting) are
+            # fired once this thread has let go of the GIL, as on the
+            # receiver thread.
+            _receiving.defer = core.fire_later
+            while ar._state not in _ENDED and not held:
                 if deadline is None:
                     wait_ms = RECV_TIMEOUT_MS
                 else:
@@ -692,8 +711,13 @@ class Client:
                 elif core.closed:
                     return
         finally:
-            _receiving.defer = None
-            core.release()
+            if claimed:
+                _receiving.defer = None
+                core.release()
+            if held is not None:
+                signal.signal(signal.SIGINT, previous)
+                if held:
+                    _run_signal_handler(previous, signal.SIGINT, held[0])
 
     def shutdown(self) -> None:
         """Stops the whole cluster (broker and engines), then closes."""
@@ -823,6 +847,14 @@ def _dispatch(client: Client, messages: List[Tuple[Any, ...]]) -> None:
             warnings.warn(f"zfarm: could not handle a message: {exc!r}", RuntimeWarning, stacklevel=1)
     if results:
         _handle_results(client, results)
+
+
+def _run_signal_handler(handler: Any, signum: int, frame: Any) -> None:
+    """Runs a signal's Python handler (as signal.getsignal gives it) late."""
+    if callable(handler):
+        handler(signum, frame)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signum)
 
 
 def _handle_results(client: Client, results: List[Tuple[Any, ...]]) -> None:

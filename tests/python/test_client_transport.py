@@ -238,3 +238,32 @@ def test_two_threads_in_get_each_get_their_result(cluster, tmp_path):
         for g in gates:
             g.open()
         rc.close()
+
+
+def test_ctrl_c_while_a_get_handles_a_batch_is_held_until_it_is_handled(cluster, tmp_path):
+    # The waiting main thread runs done callbacks as it delivers; Ctrl-C
+    # landing there must not cut the delivery short (results would be lost):
+    # KeyboardInterrupt comes once the batch is handled and the socket given back.
+    gate = Gate(tmp_path)
+    rc = cluster.connect(timeout=WAIT)
+    try:
+        lv = rc.load_balanced_view()
+        ar = gate.hold(lv, 2, "a")
+        after_signal = []
+
+        def interrupt_here(_):
+            signal.raise_signal(signal.SIGINT)  # its handler runs at the next bytecode
+            after_signal.append(threading.current_thread())
+
+        ar.add_done_callback(interrupt_here)
+        opener = _open_when_claimed(rc, gate)
+        with pytest.raises(KeyboardInterrupt):
+            ar.get(timeout=WAIT)
+        opener.join(WAIT)
+        assert after_signal == [threading.current_thread()]  # the callback ran to its end
+        assert ar.get(timeout=0) == 4
+        assert not rc._core.claimed
+        assert lv.apply_async(abs, -5).get(timeout=WAIT) == 5
+    finally:
+        gate.open()
+        rc.close()
