@@ -676,18 +676,11 @@ class Client:
         core = self._core
         if self._closed:
             return
-        held: Optional[List[Any]] = None
-        if threading.get_ident() == _MAIN_THREAD:
-            # Python runs signal handlers on the main thread between any two
-            # bytecodes: Ctrl-C's KeyboardInterrupt in the middle of handling
-            # a batch would lose its results.  So SIGINT's handler is held
-            # back while this thread has the socket and run once it has
-            # given it back.
-            held = []
-            previous = signal.getsignal(signal.SIGINT)
-            if previous is None:
-                return  # a handler not set from Python: it could not be put back
-            signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+        # Python runs signal handlers on the main thread between any two
+        # bytecodes: Ctrl-C's KeyboardInterrupt in the middle of handling a
+        # batch would lose its results.  So SIGINT is held back while this
+        # thread has the socket and handled once it has given it back.
+        guard = _hold_sigint() if threading.get_ident() == _MAIN_THREAD else None
         claimed = False
         try:
             claimed = core.claim()
@@ -697,7 +690,7 @@ class Client:
             # fired once this thread has let go of the GIL, as on the
             # receiver thread.
             _receiving.defer = core.fire_later
-            while ar._state not in _ENDED and not held:
+            while ar._state not in _ENDED and (guard is None or guard.held is None):
                 if deadline is None:
                     wait_ms = RECV_TIMEOUT_MS
                 else:
@@ -714,10 +707,8 @@ class Client:
             if claimed:
                 _receiving.defer = None
                 core.release()
-            if held is not None:
-                signal.signal(signal.SIGINT, previous)
-                if held:
-                    _run_signal_handler(previous, signal.SIGINT, held[0])
+            if guard is not None:
+                guard.let_go()
 
     def shutdown(self) -> None:
         """Stops the whole cluster (broker and engines), then closes."""
@@ -849,12 +840,51 @@ def _dispatch(client: Client, messages: List[Tuple[Any, ...]]) -> None:
         _handle_results(client, results)
 
 
-def _run_signal_handler(handler: Any, signum: int, frame: Any) -> None:
-    """Runs a signal's Python handler (as signal.getsignal gives it) late."""
-    if callable(handler):
-        handler(signum, frame)
-    elif handler == signal.SIG_DFL:
-        signal.raise_signal(signum)
+class _SigintGuard:
+    """SIGINT's Python handler once a get() on the main thread has read the
+    socket (see Client._serve): calls the handler it replaced, unless it is
+    holding the signal back; then it notes it for let_go().  Installed once
+    and kept (setting a handler is a system call, too slow for every get());
+    a handler set later by someone else is wrapped again on the next get()."""
+
+    __slots__ = ("inner", "holding", "held")
+
+    def __init__(self, inner: Callable[[int, Any], Any]):
+        self.inner = inner
+        self.holding = False
+        self.held: Any = None  # the frame of a signal held back, or None
+
+    def __call__(self, signum: int, frame: Any) -> Any:
+        if self.holding:
+            self.held = frame
+            return None
+        return self.inner(signum, frame)
+
+    def let_go(self) -> None:
+        """Stops holding; runs the replaced handler for a signal held back."""
+        self.holding = False
+        frame, self.held = self.held, None
+        if frame is not None:
+            self.inner(signal.SIGINT, frame)
+
+
+_sigint_guard: Optional[_SigintGuard] = None
+
+
+def _hold_sigint() -> Optional[_SigintGuard]:
+    """The guard, holding SIGINT from now on (main thread only); None when
+    SIGINT's handler is not a Python function (ignored, the default, or set
+    outside Python): then no KeyboardInterrupt can come."""
+    global _sigint_guard
+    current = signal.getsignal(signal.SIGINT)
+    guard = _sigint_guard
+    if guard is None or current is not guard:
+        if not callable(current):
+            return None
+        guard = _sigint_guard = _SigintGuard(current)
+        signal.signal(signal.SIGINT, guard)
+    guard.holding = True
+    return guard
 
 
 def _handle_results(client: Client, results: List[Tuple[Any, ...]]) -> None:

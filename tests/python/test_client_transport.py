@@ -264,6 +264,8 @@ def test_ctrl_c_while_a_get_handles_a_batch_is_held_until_it_is_handled(cluster,
         assert ar.get(timeout=0) == 4
         assert not rc._core.claimed
         assert lv.apply_async(abs, -5).get(timeout=WAIT) == 5
+        with pytest.raises(KeyboardInterrupt):  # outside get(), Ctrl-C is not held back
+            signal.raise_signal(signal.SIGINT)
     finally:
         gate.open()
         rc.close()
