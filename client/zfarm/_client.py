@@ -85,6 +85,7 @@ MAX_IDS_PER_MESSAGE = 65536
 
 _NOT_SMALL = object()
 _MAIN_THREAD = threading.main_thread().ident
+_SIGINT = int(signal.SIGINT)
 
 TaskRef = Union[int, AsyncResult]
 EventCallback = Callable[[str, int, str], None]
@@ -869,6 +870,13 @@ class _SigintGuard:
 
 
 _sigint_guard: Optional[_SigintGuard] = None
+try:
+    # The C function: signal.getsignal maps the handler to an enum member
+    # first, which for a Python handler raises and catches a ValueError (a
+    # third of a round trip's client instructions).
+    from _signal import getsignal as _getsignal
+except ImportError:  # pragma: no cover - another Python implementation
+    _getsignal = signal.getsignal
 
 
 def _hold_sigint() -> Optional[_SigintGuard]:
@@ -876,7 +884,7 @@ def _hold_sigint() -> Optional[_SigintGuard]:
     SIGINT's handler is not a Python function (ignored, the default, or set
     outside Python): then no KeyboardInterrupt can come."""
     global _sigint_guard
-    current = signal.getsignal(signal.SIGINT)
+    current = _getsignal(_SIGINT)
     guard = _sigint_guard
     if guard is None or current is not guard:
         if not callable(current):
