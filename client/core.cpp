@@ -485,31 +485,58 @@ class Core {
       ended.clear();
       io->recv(got, timeout_ms, max_batch);
     }
-    py::object received = got.empty() ? py::none() : wall_clock_now();
-    // One decoded message for the whole batch: its header's vectors keep
-    // their storage (a Result's timing would otherwise allocate per result).
-    proto::Message msg;
-    for (auto& frames : got) {
-      proto::Status st = proto::decode(frames, 0, &msg);
-      if (!st.ok()) {
-        ++bad_messages_;
-        continue;
-      }
-      if (msg.header.type != proto::MsgType::kBatch) {
-        append_message(out, msg, received);
-        continue;
-      }
-      // A Batch (revision 4): each record as if it had come alone, in
-      // order; a bad one is dropped whole (decode_batch is all or nothing).
-      st = proto::decode_batch(msg, records_);
-      if (!st.ok()) {
-        ++bad_messages_;
-        continue;
-      }
-      ++batches_received_;
-      for (auto& record : records_) append_message(out, record, received);
-    }
+    decode_all(got, out);
     return out;
+  }
+
+  // A thread waiting for a result reads the socket itself (see
+  // SharedSocket::claim): true if it now does, false if another thread
+  // has it (or the receiver did not hand it over within kClaimWaitMs).
+  // Until release(), call recv_claimed() and handle what it returns as the
+  // receiver thread would.
+  bool claim() {
+    if (!io_ || claimed_) return false;
+    std::shared_ptr<SharedSocket> io = io_;
+    bool ok;
+    {
+      py::gil_scoped_release nogil;
+      ok = io->claim(kClaimWaitMs);
+    }
+    if (ok) claimed_ = std::move(io);
+    return ok;
+  }
+
+  // recv() for the claimant; raises what a signal handler raises (Ctrl-C)
+  // when it returns with nothing.
+  py::list recv_claimed(int timeout_ms, std::size_t max_batch) {
+    py::list out;
+    std::shared_ptr<SharedSocket> io = claimed_;
+    if (!io) return out;
+    std::vector<std::shared_ptr<Latch>> ended = std::exchange(later_, {});
+    std::vector<Frames> got;
+    {
+      py::gil_scoped_release nogil;
+      for (auto& l : ended) l->fire();
+      ended.clear();
+      io->recv_claimed(got, timeout_ms, max_batch);
+    }
+    if (got.empty()) {
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+      return out;
+    }
+    decode_all(got, out);
+    return out;
+  }
+
+  // The claimant hands the socket back to the receiver thread, and fires
+  // the latches it kept (fire_later).
+  void release() {
+    std::shared_ptr<SharedSocket> io = std::move(claimed_);
+    claimed_.reset();
+    std::vector<std::shared_ptr<Latch>> ended = std::exchange(later_, {});
+    py::gil_scoped_release nogil;
+    if (io) io->release();
+    for (auto& l : ended) l->fire();
   }
 
   // Fired by the next recv(), after it releases the GIL (see Latch); called
@@ -534,6 +561,7 @@ class Core {
   }
 
   bool closed() const { return !io_; }
+  bool claimed() const { return static_cast<bool>(claimed_); }
   std::int64_t broker_revision() const { return broker_revision_; }
   std::uint64_t batches_received() const { return batches_received_; }
   std::uint64_t batches_sent() const { return batches_sent_; }
@@ -555,6 +583,34 @@ class Core {
     if (max_message_bytes_ >= 0 && n > max_message_bytes_) {
       throw py::value_error("a frame of " + std::to_string(n) + " bytes exceeds the broker's limit of " +
                             std::to_string(max_message_bytes_) + " bytes (zfarm-broker --max-message-bytes)");
+    }
+  }
+
+  // The messages of one read, decoded into out (see recv).
+  void decode_all(std::vector<Frames>& got, py::list& out) {
+    py::object received = got.empty() ? py::none() : wall_clock_now();
+    // One decoded message for the whole batch: its header's vectors keep
+    // their storage (a Result's timing would otherwise allocate per result).
+    proto::Message msg;
+    for (auto& frames : got) {
+      proto::Status st = proto::decode(frames, 0, &msg);
+      if (!st.ok()) {
+        ++bad_messages_;
+        continue;
+      }
+      if (msg.header.type != proto::MsgType::kBatch) {
+        append_message(out, msg, received);
+        continue;
+      }
+      // A Batch (revision 4): each record as if it had come alone, in
+      // order; a bad one is dropped whole (decode_batch is all or nothing).
+      st = proto::decode_batch(msg, records_);
+      if (!st.ok()) {
+        ++bad_messages_;
+        continue;
+      }
+      ++batches_received_;
+      for (auto& record : records_) append_message(out, record, received);
     }
   }
 
@@ -582,6 +638,10 @@ class Core {
   zmq::context_t ctx_;
   std::shared_ptr<SharedSocket> io_;
   std::vector<std::shared_ptr<Latch>> later_;  // only touched with the GIL held
+  std::shared_ptr<SharedSocket> claimed_;      // while this thread claims the socket (GIL held)
+  // How long claim() waits for the receiver thread to finish handling what
+  // it read; after that the caller waits for its result as before.
+  static constexpr int kClaimWaitMs = 50;
   std::uint64_t bad_messages_ = 0;
   std::uint64_t bad_timing_ = 0;  // Results with a malformed timing (delivered without it)
   std::vector<proto::Message> records_;  // a received Batch's records, reused (GIL held)
@@ -633,10 +693,14 @@ PYBIND11_MODULE(_core, m) {
       .def("send_many", &Core::send_many, py::arg("messages"))
       .def("send_raw", &Core::send_raw, py::arg("frames"))
       .def("recv", &Core::recv, py::arg("timeout_ms"), py::arg("max_batch") = 4096)
+      .def("claim", &Core::claim)
+      .def("recv_claimed", &Core::recv_claimed, py::arg("timeout_ms"), py::arg("max_batch") = 4096)
+      .def("release", &Core::release)
       .def("fire_later", &Core::fire_later, py::arg("latch"))
       .def("fire_kept", &Core::fire_kept)
       .def("close", &Core::close)
       .def_property_readonly("closed", &Core::closed)
+      .def_property_readonly("claimed", &Core::claimed, "a thread waiting in get() reads the socket now")
       .def_property_readonly("bad_messages", &Core::bad_messages)
       .def_property_readonly("bad_timing", &Core::bad_timing)
       .def_property_readonly("broker_revision", &Core::broker_revision,

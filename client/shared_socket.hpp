@@ -14,9 +14,21 @@
 // receiver, before it sleeps, drains the socket under the mutex and marks
 // itself asleep; a sender that finds it asleep reads ZMQ_EVENTS after its
 // send and wakes it (wake_fd) if input is waiting.
+//
+// A thread that waits for a result may read the socket itself meanwhile
+// (claim, recv_claimed, release), so the reply wakes it straight from
+// libzmq's I/O thread instead of going through the receiver thread (one
+// wake-up less per round trip).  The receiver thread sleeps in epoll; a
+// claim takes the socket's descriptors out of its set (epoll_ctl, which
+// needs no wake-up of the sleeper) and release puts them back, so the
+// receiver is not woken to step aside nor to take over.  Messages are
+// handled in the order they were read: whoever reads a batch holds the
+// read token until it has handled it (the receiver until its next recv(),
+// a claimant until release()), and the other waits for the token.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <mutex>
@@ -47,8 +59,18 @@ class SharedSocket {
   // at a time (another waits for the first).  Returns 0 at once after
   // close().
   std::size_t recv(std::vector<Frames>& out, int timeout_ms, std::size_t max_batch);
-  // Makes a thread blocked in recv() return (0 messages).
+  // Makes a thread blocked in recv() or recv_claimed() return (0 messages).
   void wake_receivers();
+
+  // Another thread than the receiver's takes the socket's reading over:
+  // false at once if another thread has it; otherwise waits until the
+  // receiver has handled what it read (its next recv()) and returns true.
+  // A waiting claim gives up after timeout_ms (then false; no claim).
+  bool claim(int timeout_ms);
+  // The claimant reads, as recv() does (waiting on the socket itself).
+  std::size_t recv_claimed(std::vector<Frames>& out, int timeout_ms, std::size_t max_batch);
+  // The claimant gives the socket back to the receiver thread.
+  void release();
 
   // Waits for a receiver to leave recv(), sends what was kept back if the
   // socket takes it (what it does not take is dropped), and closes the
@@ -73,7 +95,22 @@ class SharedSocket {
   std::atomic<bool> receiver_asleep_{false};
   std::atomic<std::uint64_t> wake_generation_{0};
   std::atomic<std::uint64_t> dropped_sends_{0};
-  std::mutex recv_mu_;  // one receiver at a time; close() waits for it
+  std::mutex recv_mu_;      // the receiver thread in recv(); close() waits for it
+  std::mutex claimant_mu_;  // a claimant in recv_claimed(); close() waits for it
+
+  // The read token (see the top): who may read the socket.
+  enum class Reader { kNone, kReceiver, kClaimant };
+  std::mutex token_mu_;  // reader_, claimed_ and the epoll set's contents
+  std::condition_variable token_cv_;
+  Reader reader_ = Reader::kNone;
+  bool claimed_ = false;
+  int epoll_fd_ = -1;  // the receiver's: zmq_fd_ and wake_fd_ unless claimed_, park_fd_ always
+  int park_fd_ = -1;   // wakes the receiver thread alone (close)
+  // Requires token_mu_: adds or removes zmq_fd_ and wake_fd_.
+  void watch_socket(bool on);
+  // The receiver gives the token back (it has handled its last batch).
+  void drop_token(std::unique_lock<std::mutex>& lock);
+  std::size_t read_locked(std::vector<Frames>& out, std::size_t max_batch);
 };
 
 }  // namespace zfarm

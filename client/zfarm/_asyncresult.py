@@ -153,6 +153,13 @@ _FIRST_ONLY = (0,)
 _receiving = threading.local()
 
 
+def _in_delivery() -> bool:
+    """True on a thread that delivers results now (the receiver thread, or a
+    thread reading the socket while it waits in get()): waiting there for
+    another reply would stop the delivery of every result."""
+    return getattr(_receiving, "defer", None) is not None
+
+
 class _Condition(threading.Condition):
     """threading.Condition(_LOCK), lighter: the lock's own methods stand as
     class attributes (a bound built-in method is no descriptor, so
@@ -551,17 +558,27 @@ class AsyncResult(concurrent.futures.Future):
         """Future.result: the value, or raises the exception (waits up to
         ``timeout`` seconds; concurrent.futures.TimeoutError after that)."""
         if self._state != FINISHED:
-            # A Latch, not the Future's condition: waited on without the
-            # GIL and fired by the receiver only once it has released the
-            # GIL, so the result wakes this thread once.
-            with _LOCK:
-                latch = None
-                if self._state not in _ENDED:
-                    latch = self._latch
-                    if latch is None:
-                        latch = self._latch = _core.Latch()
-            if latch is not None:
-                latch.wait(timeout)
+            deadline = None if timeout is None else _monotonic() + timeout
+            # First this thread reads the socket itself while it waits, if
+            # no other thread does (Client._serve): the reply wakes it
+            # directly, and it needs no latch (it ends the call itself).
+            if self._state not in _ENDED and getattr(_receiving, "defer", None) is None:  # _in_delivery()
+                serve = getattr(self._client, "_serve", None)
+                if serve is not None:
+                    serve(self, deadline)
+            # Otherwise (or for the time left) a Latch, not the Future's
+            # condition: waited on without the GIL and fired by the
+            # receiver only once it has released the GIL, so the result
+            # wakes this thread once.
+            if self._state not in _ENDED:
+                with _LOCK:
+                    latch = None
+                    if self._state not in _ENDED:
+                        latch = self._latch
+                        if latch is None:
+                            latch = self._latch = _core.Latch()
+                if latch is not None:
+                    latch.wait(None if deadline is None else max(0.0, deadline - _monotonic()))
             if self._state in _CANCELLED:
                 raise concurrent.futures.CancelledError()
             if self._state != FINISHED:
@@ -647,8 +664,9 @@ class AsyncResult(concurrent.futures.Future):
         with the rest of its output that was not streamed.  Registered right
         after submitting, the pieces of a task join up to exactly its final
         ``stdout``/``stderr``; pieces that arrived before registering are not
-        repeated.  ``fn`` runs on the client's receiver thread: keep it short
-        (append to a queue, say).
+        repeated.  ``fn`` runs on the thread that delivers results (the
+        client's receiver thread, or a thread waiting in ``get()``): keep it
+        short (append to a queue, say).
 
         >>> ar = rc[:].apply_async(work)                             # doctest: +SKIP
         >>> ar.on_output(lambda i, e, s, t: print(f"[{s}:{e}] {t}", end=""))  # doctest: +SKIP

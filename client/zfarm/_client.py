@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import os
 import secrets
+import signal
 import threading
 import time
 import warnings
@@ -28,7 +29,7 @@ import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 from . import _core, _shm
-from ._asyncresult import _SMALL_RESULTS, AsyncResult, _Outcome, _receiving, decode_outcome
+from ._asyncresult import _ENDED, _SMALL_RESULTS, AsyncResult, _Outcome, _receiving, decode_outcome
 from ._cluster import Cluster, read_connection_file
 from ._errors import STATUS_ABORTED, STATUS_LOST, STATUS_OK, NoEnginesError, TimeoutError, ZfarmError
 
@@ -83,6 +84,8 @@ RECENT_IDS = 100_000
 MAX_IDS_PER_MESSAGE = 65536
 
 _NOT_SMALL = object()
+_MAIN_THREAD = threading.main_thread().ident
+_SIGINT = int(signal.SIGINT)
 
 TaskRef = Union[int, AsyncResult]
 EventCallback = Callable[[str, int, str], None]
@@ -116,7 +119,8 @@ class Client:
     core) and stops it again on :meth:`close` or at exit.
 
     ``session`` names the session to join (default: a new random one);
-    ``on_event(kind, engine_id, text)`` is called from the receiver thread
+    ``on_event(kind, engine_id, text)`` is called from the thread that
+    delivers results (the receiver thread, or a thread waiting in ``get()``)
     when an engine joins (``"joined"``) or leaves (``"left"``), and with
     ``("restarted", -1, incarnation)`` when the broker restarted.
     """
@@ -663,6 +667,50 @@ class Client:
         done, not_done = concurrent.futures.wait(list(jobs), timeout=timeout)
         return not not_done
 
+    def _serve(self, ar: AsyncResult, deadline: Optional[float]) -> None:
+        """Reads and handles incoming messages on this thread until ``ar``
+        has ended or ``deadline`` (time.monotonic()) has passed, if no
+        other thread does meanwhile (AsyncResult.result): the reply then
+        wakes this thread straight away instead of the receiver thread,
+        which would wake this one.  Returns at once if the socket is not
+        to be had; the caller then waits for ``ar`` as before."""
+        core = self._core
+        if self._closed:
+            return
+        # Python runs signal handlers on the main thread between any two
+        # bytecodes: Ctrl-C's KeyboardInterrupt in the middle of handling a
+        # batch would lose its results.  So SIGINT is held back while this
+        # thread has the socket and handled once it has given it back.
+        guard = _hold_sigint() if threading.get_ident() == _MAIN_THREAD else None
+        claimed = False
+        try:
+            claimed = core.claim()
+            if not claimed:
+                return
+            # Latches of results ended here (other threads waiting) are
+            # fired once this thread has let go of the GIL, as on the
+            # receiver thread.
+            _receiving.defer = core.fire_later
+            while ar._state not in _ENDED and (guard is None or guard.held is None):
+                if deadline is None:
+                    wait_ms = RECV_TIMEOUT_MS
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    wait_ms = min(RECV_TIMEOUT_MS, int(left * 1000) + 1)
+                messages = core.recv_claimed(wait_ms, RECV_BATCH)
+                if messages:
+                    _dispatch(self, messages)
+                elif core.closed:
+                    return
+        finally:
+            if claimed:
+                _receiving.defer = None
+                core.release()
+            if guard is not None:
+                guard.let_go()
+
     def shutdown(self) -> None:
         """Stops the whole cluster (broker and engines), then closes."""
         if not self._closed:
@@ -764,28 +812,87 @@ def _receive_batches(client_ref: "weakref.ref[Client]", core: Any) -> None:
         client = client_ref()
         if client is None:
             return
-        if len(messages) == 1 and messages[0][0] == MSG_RESULT:
-            _handle_results(client, messages)  # the common batch of a waiting caller
-        else:
-            results = []  # a run of Results, handled together (in order with the rest)
-            for m in messages:
-                if m[0] == MSG_RESULT:
-                    results.append(m)
-                    continue
-                if results:
-                    _handle_results(client, results)
-                    results = []
-                try:
-                    client._on_message(*m)
-                except Exception as exc:  # noqa: BLE001 - never let one bad message stop delivery
-                    warnings.warn(f"zfarm: could not handle a message: {exc!r}", RuntimeWarning, stacklevel=1)
-            if results:
-                _handle_results(client, results)
+        _dispatch(client, messages)
         try:
             client._housekeeping()
         except Exception:  # noqa: BLE001 - the socket was closed meanwhile
             pass
         del client
+
+
+def _dispatch(client: Client, messages: List[Tuple[Any, ...]]) -> None:
+    """Handles one batch from Core.recv or Core.recv_claimed, in order."""
+    if len(messages) == 1 and messages[0][0] == MSG_RESULT:
+        _handle_results(client, messages)  # the common batch of a waiting caller
+        return
+    results = []  # a run of Results, handled together (in order with the rest)
+    for m in messages:
+        if m[0] == MSG_RESULT:
+            results.append(m)
+            continue
+        if results:
+            _handle_results(client, results)
+            results = []
+        try:
+            client._on_message(*m)
+        except Exception as exc:  # noqa: BLE001 - never let one bad message stop delivery
+            warnings.warn(f"zfarm: could not handle a message: {exc!r}", RuntimeWarning, stacklevel=1)
+    if results:
+        _handle_results(client, results)
+
+
+class _SigintGuard:
+    """SIGINT's Python handler once a get() on the main thread has read the
+    socket (see Client._serve): calls the handler it replaced, unless it is
+    holding the signal back; then it notes it for let_go().  Installed once
+    and kept (setting a handler is a system call, too slow for every get());
+    a handler set later by someone else is wrapped again on the next get()."""
+
+    __slots__ = ("inner", "holding", "held")
+
+    def __init__(self, inner: Callable[[int, Any], Any]):
+        self.inner = inner
+        self.holding = False
+        self.held: Any = None  # the frame of a signal held back, or None
+
+    def __call__(self, signum: int, frame: Any) -> Any:
+        if self.holding:
+            self.held = frame
+            return None
+        return self.inner(signum, frame)
+
+    def let_go(self) -> None:
+        """Stops holding; runs the replaced handler for a signal held back."""
+        self.holding = False
+        frame, self.held = self.held, None
+        if frame is not None:
+            self.inner(signal.SIGINT, frame)
+
+
+_sigint_guard: Optional[_SigintGuard] = None
+try:
+    # The C function: signal.getsignal maps the handler to an enum member
+    # first, which for a Python handler raises and catches a ValueError (a
+    # third of a round trip's client instructions).
+    from _signal import getsignal as _getsignal
+except ImportError:  # pragma: no cover - another Python implementation
+    _getsignal = signal.getsignal
+
+
+def _hold_sigint() -> Optional[_SigintGuard]:
+    """The guard, holding SIGINT from now on (main thread only); None when
+    SIGINT's handler is not a Python function (ignored, the default, or set
+    outside Python): then no KeyboardInterrupt can come."""
+    global _sigint_guard
+    current = _getsignal(_SIGINT)
+    guard = _sigint_guard
+    if guard is None or current is not guard:
+        if not callable(current):
+            return None
+        guard = _sigint_guard = _SigintGuard(current)
+        signal.signal(signal.SIGINT, guard)
+    guard.holding = True
+    return guard
 
 
 def _handle_results(client: Client, results: List[Tuple[Any, ...]]) -> None:

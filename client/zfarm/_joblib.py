@@ -22,6 +22,8 @@ from typing import Any, Callable, Optional
 from joblib import register_parallel_backend
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase, SequentialBackend
 
+from ._asyncresult import _in_delivery
+
 _lock = threading.Lock()
 _registered_client: Any = None  # from register_joblib_backend(client)
 _default_client: Any = None  # made on first use when no client was given
@@ -69,9 +71,10 @@ class ZfarmBackend(AutoBatchingMixin, ParallelBackendBase):
         return self._client
 
     def _count_engines(self) -> int:
-        # The receiver thread runs joblib's completion callbacks and must not
-        # wait for a status reply it would itself have to deliver.
-        if threading.current_thread().name != "zfarm-receiver":
+        # The thread delivering results (the receiver, or one waiting in
+        # get()) runs joblib's completion callbacks and must not wait for a
+        # status reply it would itself have to deliver.
+        if not _in_delivery():
             self._engines = max(1, len(self.client.ids))
         return self._engines
 

@@ -309,7 +309,9 @@ class SendPolicy:
         if self.local:
             return True
         now = time.monotonic()
-        on_receiver = threading.current_thread() is getattr(client, "_receiver", None)
+        from ._asyncresult import _in_delivery  # (a module that imports this one)
+
+        on_receiver = _in_delivery()  # a status request would wait for this very thread
         if now - self._checked >= HOST_CHECK_TTL and not on_receiver:
             try:
                 engines = client.queue_status(timeout=10.0).get("engines", [])

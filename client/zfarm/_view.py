@@ -17,11 +17,10 @@ import contextlib
 import itertools
 import math
 import pickle
-import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _serialize, _shm
-from ._asyncresult import AsyncResult, _Outcome
+from ._asyncresult import AsyncResult, _in_delivery, _Outcome
 from ._client import LOAD_BALANCED, Client
 from ._errors import STATUS_IMPOSSIBLE
 
@@ -285,7 +284,7 @@ class DirectView(_View):
         Then each engine writes its part at its offset of one file.
         """
         client = self.client
-        if threading.current_thread() is getattr(client, "_receiver", None):
+        if _in_delivery():
             return None  # called from a done callback: waiting here would stop every result
         if client.outstanding or not client._shm_policy.enabled(client):
             return None

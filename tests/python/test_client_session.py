@@ -47,6 +47,9 @@ class FakeCore:
     def fire_kept(self):
         pass
 
+    def claim(self):
+        return False  # a waiting get() does not read this fake: it waits on its latch
+
     def close(self):
         self._closed.set()
 

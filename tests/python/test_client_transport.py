@@ -2,6 +2,8 @@
 receiver thread, results handled in batches."""
 from __future__ import annotations
 
+import os
+import signal
 import threading
 
 import pytest
@@ -9,7 +11,7 @@ import pytest
 import zfarm
 from zfarm import _client, _serialize
 from zfarm._errors import STATUS_ABORTED, STATUS_REMOTE_ERROR
-from conftest import WAIT, Gate, gated
+from conftest import WAIT, Gate, gated, wait_until
 from test_client_session import bare, ok_frames  # noqa: F401 - the fixture
 
 # The last three items of a Result from the core (started, run time,
@@ -129,3 +131,141 @@ def test_a_pending_result_is_a_future_to_wait_on_from_other_threads(bare):
         assert not t.is_alive()
     assert got == [1, 1, 1]
     assert concurrent.futures.wait([ar], timeout=WAIT).done == {ar}
+
+
+def _open_when_claimed(rc, gate):
+    """A thread that opens ``gate`` once a get() reads the client's socket."""
+
+    def run():
+        wait_until(lambda: rc._core.claimed, what="a get() reading the socket")
+        gate.open()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_a_waiting_get_reads_its_result_on_its_own_thread(cluster, tmp_path):
+    # The reply wakes the waiting thread, not the receiver thread: the
+    # result is delivered (its done callback runs) on the thread in get().
+    gate = Gate(tmp_path)
+    rc = cluster.connect(timeout=WAIT)
+    try:
+        ar = gate.hold(rc.load_balanced_view(), 3, "a")
+        ran_on = []
+        ar.add_done_callback(lambda _: ran_on.append(threading.current_thread()))
+        opener = _open_when_claimed(rc, gate)
+        assert ar.get(timeout=WAIT) == 9
+        opener.join(WAIT)
+        assert ran_on == [threading.current_thread()]
+        assert not rc._core.claimed  # handed back
+    finally:
+        gate.open()
+        rc.close()
+
+
+def test_after_a_get_the_receiver_thread_delivers_again(rc, monkeypatch):
+    # Each get() takes the socket and gives it back: results nobody waits
+    # for in get() must still wake the receiver thread.  It also wakes by
+    # itself every RECV_TIMEOUT_MS, which would hide a socket not given
+    # back: longer than the test's waits here.
+    monkeypatch.setattr(_client, "RECV_TIMEOUT_MS", int(10 * WAIT * 1000))
+    lv = rc.load_balanced_view()
+    assert lv.apply_async(abs, 0).get(timeout=WAIT) == 0  # the receiver's last short wait has ended
+    for i in range(50):
+        assert lv.apply_async(abs, -i).get(timeout=WAIT) == i
+        done = threading.Event()
+        ran_on = []
+
+        def note(_, ran_on=ran_on, done=done):
+            ran_on.append(threading.current_thread().name)
+            done.set()
+
+        lv.apply_async(abs, -i).add_done_callback(note)
+        assert done.wait(WAIT), f"round {i}: a result not waited for in get() never arrived"
+        assert ran_on == ["zfarm-receiver"]
+
+
+def test_ctrl_c_in_a_get_that_reads_the_socket(cluster, tmp_path):
+    gate = Gate(tmp_path)
+    rc = cluster.connect(timeout=WAIT)
+    main = threading.get_ident()
+
+    def interrupt():
+        wait_until(lambda: rc._core.claimed, what="a get() reading the socket")
+        signal.pthread_kill(main, signal.SIGINT)
+
+    try:
+        ar = gate.hold(rc.load_balanced_view(), 4, "a")
+        t = threading.Thread(target=interrupt)
+        t.start()
+        with pytest.raises(KeyboardInterrupt):
+            ar.get(timeout=WAIT)
+        t.join(WAIT)
+        assert not rc._core.claimed and not ar.done()
+        # The receiver thread has the socket again: the result still comes.
+        done = threading.Event()
+        ar.add_done_callback(lambda _: done.set())
+        gate.open()
+        assert done.wait(WAIT)
+        assert ar.get(timeout=WAIT) == 16
+    finally:
+        gate.open()
+        rc.close()
+
+
+def test_two_threads_in_get_each_get_their_result(cluster, tmp_path):
+    # One of them reads the socket; the other waits for it to deliver.
+    gates = [Gate(tmp_path / n) for n in ("a", "b")]
+    for g in gates:
+        os.mkdir(g.folder)
+    rc = cluster.connect(timeout=WAIT)
+    try:
+        ars = [g.hold(rc[e], x, "t") for g, e, x in zip(gates, rc.ids[:2], (5, 6))]
+        got = {}
+        threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, ars[i].get(timeout=WAIT))) for i in (0, 1)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: rc._core.claimed, what="a get() reading the socket")
+        gates[1].open()  # whichever thread reads, the other's result first
+        wait_until(lambda: 1 in got, what="the second thread's result")
+        gates[0].open()
+        for t in threads:
+            t.join(WAIT)
+        assert not any(t.is_alive() for t in threads)
+        assert got == {0: 25, 1: 36}
+    finally:
+        for g in gates:
+            g.open()
+        rc.close()
+
+
+def test_ctrl_c_while_a_get_handles_a_batch_is_held_until_it_is_handled(cluster, tmp_path):
+    # The waiting main thread runs done callbacks as it delivers; Ctrl-C
+    # landing there must not cut the delivery short (results would be lost):
+    # KeyboardInterrupt comes once the batch is handled and the socket given back.
+    gate = Gate(tmp_path)
+    rc = cluster.connect(timeout=WAIT)
+    try:
+        lv = rc.load_balanced_view()
+        ar = gate.hold(lv, 2, "a")
+        after_signal = []
+
+        def interrupt_here(_):
+            signal.raise_signal(signal.SIGINT)  # its handler runs at the next bytecode
+            after_signal.append(threading.current_thread())
+
+        ar.add_done_callback(interrupt_here)
+        opener = _open_when_claimed(rc, gate)
+        with pytest.raises(KeyboardInterrupt):
+            ar.get(timeout=WAIT)
+        opener.join(WAIT)
+        assert after_signal == [threading.current_thread()]  # the callback ran to its end
+        assert ar.get(timeout=0) == 4
+        assert not rc._core.claimed
+        assert lv.apply_async(abs, -5).get(timeout=WAIT) == 5
+        with pytest.raises(KeyboardInterrupt):  # outside get(), Ctrl-C is not held back
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        gate.open()
+        rc.close()

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Where one apply+get round trip spends its time, from the kernel's scheduler trace.
 
-    sudo python tools/bench/roundtrip_trace.py [--trips 200] [--pin auto|on|off] [--show]
+    sudo python tools/bench/roundtrip_trace.py [--trips 200] [--pin auto|on|off] [--call apply|all] [--show]
 
 Needs root and tracefs (mounted at /sys/kernel/tracing if it is not yet).
 Starts a 2-engine Cluster, warms it up, then records the scheduler's
 sched_switch and sched_wakeup events around each load-balanced
-``apply_async(int).get()``, with a trace marker before and after it.  For
+``apply_async(int).get()`` (``--call all``: ``rc[:].execute("pass").get()``
+on both engines), with a trace marker before and after it.  For
 each round trip it adds up how long each thread of the cluster was on a
 CPU between the two markers (client main thread, client receiver thread,
 each process's libzmq I/O thread, broker, engine) and how long nothing of
@@ -109,6 +110,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trips", type=int, default=200)
     ap.add_argument("--pin", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--call", choices=["apply", "all"], default="apply",
+                    help="a load-balanced apply_async(int), or execute('pass') on all engines")
     ap.add_argument("--show", action="store_true", help="print the median round trip's events")
     args = ap.parse_args()
     if not os.path.exists(os.path.join(TRACEFS, "trace_marker")):
@@ -121,8 +124,15 @@ def main() -> None:
     cluster = zfarm.Cluster(n=2, pin={"auto": "auto", "on": True, "off": False}[args.pin])
     with cluster as rc:
         lv = rc.load_balanced_view()
+        dv = rc[:]
+        if args.call == "apply":
+            def call():
+                return lv.apply_async(int)
+        else:
+            def call():
+                return dv.execute("pass")
         for _ in range(500):
-            lv.apply_async(int).get(60)
+            call().get(60)
         pids = {cluster.broker.pid: "broker", os.getpid(): "client"}
         pids.update({p.pid: f"engine{i}" for i, p in enumerate(cluster.engines)})
         names = thread_names(pids)
@@ -138,7 +148,7 @@ def main() -> None:
             for _ in range(args.trips):
                 marker.write("rt-start\n")
                 marker.flush()
-                lv.apply_async(int).get(60)
+                call().get(60)
                 marker.write("rt-end\n")
                 marker.flush()
         finally:
