@@ -347,6 +347,21 @@ struct FixedBuffer {
   }
 };
 
+// A header's array mark and its six fixed items (the options, if any, go
+// after them as the seventh).
+template <typename Packer>
+void pack_header_items(Packer& pk, const Header& h, bool with_opts) {
+  pk.pack_array(with_opts ? 7 : 6);
+  pk.pack_uint8(static_cast<std::uint8_t>(h.type));
+  pk.pack_uint64(h.id);
+  pk.pack_array(static_cast<std::uint32_t>(h.targets.size()));
+  for (std::int64_t t : h.targets) pk.pack_int64(t);
+  pk.pack_uint32(h.status);
+  pk.pack_int64(h.aux);
+  pk.pack_str(static_cast<std::uint32_t>(h.text.size()));
+  pk.pack_str_body(h.text.data(), static_cast<std::uint32_t>(h.text.size()));
+}
+
 // The largest header written into a FixedBuffer: the six items at their
 // longest (array mark, type, id, status and aux at 9 bytes, the targets'
 // mark at 5) plus 9 bytes per target and the text.  Headers with options,
@@ -367,15 +382,7 @@ void encode_header_frames(const Header& h, zmq::message_t* sig_frame, zmq::messa
     unsigned char buf[kPlainHeaderBytes];
     FixedBuffer fb{buf};
     msgpack::packer<FixedBuffer> pk(fb);
-    pk.pack_array(6);
-    pk.pack_uint8(static_cast<std::uint8_t>(h.type));
-    pk.pack_uint64(h.id);
-    pk.pack_array(static_cast<std::uint32_t>(h.targets.size()));
-    for (std::int64_t t : h.targets) pk.pack_int64(t);
-    pk.pack_uint32(h.status);
-    pk.pack_int64(h.aux);
-    pk.pack_str(static_cast<std::uint32_t>(h.text.size()));
-    pk.pack_str_body(h.text.data(), static_cast<std::uint32_t>(h.text.size()));
+    pack_header_items(pk, h, false);
     header_frame->rebuild(buf, static_cast<std::size_t>(fb.p - buf));
     return;
   }
@@ -386,15 +393,7 @@ void encode_header_frames(const Header& h, zmq::message_t* sig_frame, zmq::messa
   thread_local msgpack::sbuffer buf;
   buf.clear();
   msgpack::packer<msgpack::sbuffer> pk(buf);
-  pk.pack_array(with_opts ? 7 : 6);
-  pk.pack_uint8(static_cast<std::uint8_t>(h.type));
-  pk.pack_uint64(h.id);
-  pk.pack_array(static_cast<std::uint32_t>(h.targets.size()));
-  for (std::int64_t t : h.targets) pk.pack_int64(t);
-  pk.pack_uint32(h.status);
-  pk.pack_int64(h.aux);
-  pk.pack_str(static_cast<std::uint32_t>(h.text.size()));
-  pk.pack_str_body(h.text.data(), static_cast<std::uint32_t>(h.text.size()));
+  pack_header_items(pk, h, with_opts);
   if (with_opts) pack_options(pk, h.opts);
   header_frame->rebuild(buf.data(), buf.size());
 }
