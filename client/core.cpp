@@ -477,14 +477,9 @@ class Core {
       fire_kept();
       return out;
     }
-    std::vector<std::shared_ptr<Latch>> ended = std::exchange(later_, {});
-    std::vector<Frames> got;
-    {
-      py::gil_scoped_release nogil;
-      for (auto& l : ended) l->fire();
-      ended.clear();
-      io->recv(got, timeout_ms, max_batch);
-    }
+    std::vector<Frames> got = fire_kept_then([&](std::vector<Frames>& into) {
+      io->recv(into, timeout_ms, max_batch);
+    });
     decode_all(got, out);
     return out;
   }
@@ -512,14 +507,9 @@ class Core {
     py::list out;
     std::shared_ptr<SharedSocket> io = claimed_;
     if (!io) return out;
-    std::vector<std::shared_ptr<Latch>> ended = std::exchange(later_, {});
-    std::vector<Frames> got;
-    {
-      py::gil_scoped_release nogil;
-      for (auto& l : ended) l->fire();
-      ended.clear();
-      io->recv_claimed(got, timeout_ms, max_batch);
-    }
+    std::vector<Frames> got = fire_kept_then([&](std::vector<Frames>& into) {
+      io->recv_claimed(into, timeout_ms, max_batch);
+    });
     if (got.empty()) {
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();
       return out;
@@ -537,6 +527,19 @@ class Core {
     py::gil_scoped_release nogil;
     if (io) io->release();
     for (auto& l : ended) l->fire();
+  }
+
+  // Without the GIL: fires the latches kept by fire_later(), then reads
+  // with `read` (recv or recv_claimed) into the vector it returns.
+  template <typename Read>
+  std::vector<Frames> fire_kept_then(Read read) {
+    std::vector<std::shared_ptr<Latch>> ended = std::exchange(later_, {});
+    std::vector<Frames> got;
+    py::gil_scoped_release nogil;
+    for (auto& l : ended) l->fire();
+    ended.clear();
+    read(got);
+    return got;
   }
 
   // Fired by the next recv(), after it releases the GIL (see Latch); called
