@@ -166,10 +166,12 @@ Outcome Executor::run(std::uint64_t task_id, Frames payload) {
     out.status = static_cast<std::uint32_t>(PyLong_AsUnsignedLong(PyTuple_GET_ITEM(returned.ptr(), 0)));
     if (PyErr_Occurred() != nullptr) throw py::error_already_set();
     PyObject* result_frames = PyTuple_GET_ITEM(returned.ptr(), 1);
-    if (PyList_Check(result_frames)) {
-      const Py_ssize_t n = PyList_GET_SIZE(result_frames);
+    if (PyList_Check(result_frames) || PyTuple_Check(result_frames)) {
+      // A list, or a tuple made once (the result of a no-op, say).
+      const Py_ssize_t n = PySequence_Fast_GET_SIZE(result_frames);
+      PyObject** items = PySequence_Fast_ITEMS(result_frames);
       out.frames.reserve(static_cast<std::size_t>(n));
-      for (Py_ssize_t i = 0; i < n; ++i) out.frames.push_back(to_message(PyList_GET_ITEM(result_frames, i)));
+      for (Py_ssize_t i = 0; i < n; ++i) out.frames.push_back(to_message(items[i]));
     } else {
       for (py::handle item : py::reinterpret_borrow<py::object>(result_frames)) out.frames.push_back(to_message(item));
     }
