@@ -291,6 +291,10 @@ def _error_info(exc: BaseException) -> Dict[str, Any]:
 _ONLY_OURS = 3
 _ONLY_OURS_PAIR = 2
 _getrefcount = sys.getrefcount
+# sys.stdout and sys.stderr are set and read as items of the sys module's
+# dict, which is what setting and reading them as attributes does, with
+# fewer steps (the sys module has no attribute hooks).
+_SYS_DICT = sys.__dict__
 
 
 def _loads(frames: List[Any]) -> Any:
@@ -339,8 +343,9 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
         pair = (_Capture(), _CaptureErr())
     out, err = pair
     state.current = pair
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
+    sysdict = _SYS_DICT
+    saved_out, saved_err = sysdict["stdout"], sysdict["stderr"]
+    sysdict["stdout"], sysdict["stderr"] = out, err
     try:
         try:
             fn = _noarg_calls.get(frames[0]) if len(frames) == 1 and type(frames[0]) is bytes else None
@@ -375,7 +380,7 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
             value, kind, status = _error_info(exc), "error", STATUS_REMOTE_ERROR
             last_error = value
     finally:
-        sys.stdout, sys.stderr = saved
+        sysdict["stdout"], sysdict["stderr"] = saved_out, saved_err
         state.current = ()
     # Untouched captures: write() was never called (it sets _room on the
     # instance), nothing was written past it (position 0), not closed, and
