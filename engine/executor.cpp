@@ -2,6 +2,7 @@
 
 #include <pybind11/embed.h>
 
+#include <cstring>
 #include <utility>
 
 #include "log.hpp"
@@ -120,6 +121,20 @@ Executor::Executor() {
 
 Executor::~Executor() = default;
 
+PyObject* Executor::first_frame(const zmq::message_t& msg) {
+  const auto* data = static_cast<const char*>(msg.data());
+  const auto size = static_cast<Py_ssize_t>(msg.size());
+  PyObject* last = last_first_.ptr();
+  if (last != nullptr && PyBytes_GET_SIZE(last) == size && std::memcmp(PyBytes_AS_STRING(last), data, msg.size()) == 0) {
+    Py_INCREF(last);
+    return last;
+  }
+  PyObject* item = PyBytes_FromStringAndSize(data, size);
+  if (item == nullptr) throw py::error_already_set();
+  if (msg.size() <= kKeepFirstFrameMax) last_first_ = py::reinterpret_borrow<py::object>(item);
+  return item;
+}
+
 Outcome Executor::run(std::uint64_t task_id, Frames payload) {
   if (!run_task_) return failure(task_id, import_error_);
   try {
@@ -133,8 +148,7 @@ Outcome Executor::run(std::uint64_t task_id, Frames payload) {
       if (i == 0 && msg.size() <= kCopyFirstFrameMax) {
         // The pickle stream: unpickling copies what it holds anyway, and a
         // bytes object is cheaper to make than a Frame.
-        item = PyBytes_FromStringAndSize(static_cast<const char*>(msg.data()), static_cast<Py_ssize_t>(msg.size()));
-        if (item == nullptr) throw py::error_already_set();
+        item = first_frame(msg);
       } else {
         item = py::cast(new Frame(std::move(msg)), py::return_value_policy::take_ownership).release().ptr();
       }
@@ -152,10 +166,12 @@ Outcome Executor::run(std::uint64_t task_id, Frames payload) {
     out.status = static_cast<std::uint32_t>(PyLong_AsUnsignedLong(PyTuple_GET_ITEM(returned.ptr(), 0)));
     if (PyErr_Occurred() != nullptr) throw py::error_already_set();
     PyObject* result_frames = PyTuple_GET_ITEM(returned.ptr(), 1);
-    if (PyList_Check(result_frames)) {
-      const Py_ssize_t n = PyList_GET_SIZE(result_frames);
+    if (PyList_Check(result_frames) || PyTuple_Check(result_frames)) {
+      // A list, or a tuple made once (the result of a no-op, say).
+      const Py_ssize_t n = PySequence_Fast_GET_SIZE(result_frames);
+      PyObject** items = PySequence_Fast_ITEMS(result_frames);
       out.frames.reserve(static_cast<std::size_t>(n));
-      for (Py_ssize_t i = 0; i < n; ++i) out.frames.push_back(to_message(PyList_GET_ITEM(result_frames, i)));
+      for (Py_ssize_t i = 0; i < n; ++i) out.frames.push_back(to_message(items[i]));
     } else {
       for (py::handle item : py::reinterpret_borrow<py::object>(result_frames)) out.frames.push_back(to_message(item));
     }

@@ -54,7 +54,18 @@ class Executor {
   const std::string& import_error() const { return import_error_; }
 
  private:
+  // The first payload frame as bytes.  The same bytes object as last time
+  // when the frame repeats the last one kept (a function called again
+  // without arguments, an execute of the same code): no allocation, no
+  // copy, and its hash, which run_task's cache of such calls looks up, is
+  // already known.  Bytes are immutable, so sharing one changes nothing.
+  PyObject* first_frame(const zmq::message_t& msg);
+  // Frames up to this size are kept for that comparison (a miss of equal
+  // size costs one memcmp of at most this much).
+  static constexpr std::size_t kKeepFirstFrameMax = 8 * 1024;
+
   pybind11::object run_task_;
+  pybind11::object last_first_;  // the last first frame kept, or null
   pybind11::object worker_;  // the zfarm._worker module (its last_error)
   std::string import_error_;
 };

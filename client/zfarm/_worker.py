@@ -286,10 +286,15 @@ def _error_info(exc: BaseException) -> Dict[str, Any]:
     return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": "".join(lines)}
 
 
-# sys.getrefcount of a capture held only by run_task's local and the
-# getrefcount call itself.
-_ONLY_OURS = 2
+# sys.getrefcount of a capture held only by run_task's local, its pair
+# and the getrefcount call itself; of the pair, by the local and the call.
+_ONLY_OURS = 3
+_ONLY_OURS_PAIR = 2
 _getrefcount = sys.getrefcount
+# sys.stdout and sys.stderr are set and read as items of the sys module's
+# dict, which is what setting and reading them as attributes does, with
+# fewer steps (the sys module has no attribute hooks).
+_SYS_DICT = sys.__dict__
 
 
 def _loads(frames: List[Any]) -> Any:
@@ -307,16 +312,20 @@ def _dumps_result(result: Tuple[str, Any, str, str]) -> List[Any]:
 
 
 _PLAIN_VALUE = frozenset({int, float, str, bool, type(None)})
-# The pickled results of the commonest values with no output: None (execute,
-# push, most functions called for their effect), booleans and small ints.
-# Keyed by (type, value): 0, 0.0 and False are equal keys otherwise.
-_SMALL_RESULTS: Dict[Tuple[type, Any], bytes] = {
-    (type(v), v): pickle.dumps(("ok", v, "", ""), protocol=_serialize.PROTOCOL)
-    for v in [None, True, False, *range(-8, 257)]
-}
 
 
-_NONE_RESULT = _SMALL_RESULTS[(type(None), None)]
+def _small_return(value: Any) -> Tuple[int, Tuple[bytes]]:
+    return STATUS_OK, (pickle.dumps(("ok", value, "", ""), protocol=_serialize.PROTOCOL),)
+
+
+# What run_task returns, made once, for the commonest values with no
+# output: None (execute, push, most functions called for their effect),
+# booleans and small ints (exact ints only: the dict is keyed by the int,
+# and False == 0).  The frames are a tuple: nothing can change them.
+_NONE_RETURN = _small_return(None)
+_TRUE_RETURN = _small_return(True)
+_FALSE_RETURN = _small_return(False)
+_INT_RETURNS: Dict[int, Tuple[int, Tuple[bytes]]] = {v: _small_return(v) for v in range(-8, 257)}
 
 
 def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
@@ -325,14 +334,18 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
     if last_error is not None:
         last_error = None
     state = _state
-    if state.spare is not None:
-        out, err = state.spare
+    # The pair is the one tuple of captures of this task: state.current
+    # while it runs, state.spare after it if it may be reused.
+    pair = state.spare
+    if pair is not None:
         state.spare = None
     else:
-        out, err = _Capture(), _CaptureErr()
-    state.current = (out, err)
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
+        pair = (_Capture(), _CaptureErr())
+    out, err = pair
+    state.current = pair
+    sysdict = _SYS_DICT
+    saved_out, saved_err = sysdict["stdout"], sysdict["stderr"]
+    sysdict["stdout"], sysdict["stderr"] = out, err
     try:
         try:
             fn = _noarg_calls.get(frames[0]) if len(frames) == 1 and type(frames[0]) is bytes else None
@@ -367,31 +380,34 @@ def run_task(task_id: int, frames: List[Any]) -> Tuple[int, List[Any]]:
             value, kind, status = _error_info(exc), "error", STATUS_REMOTE_ERROR
             last_error = value
     finally:
-        sys.stdout, sys.stderr = saved
+        sysdict["stdout"], sysdict["stderr"] = saved_out, saved_err
         state.current = ()
     # Untouched captures: write() was never called (it sets _room on the
     # instance), nothing was written past it (position 0), not closed, and
-    # held by no one else.  (Inline: two calls cost more than the checks.)
+    # held by no one else, nor is their pair.  (Inline: two calls cost more
+    # than the checks.)
     if (not out.__dict__ and not err.__dict__ and _getrefcount(out) == _ONLY_OURS
-            and _getrefcount(err) == _ONLY_OURS and not out.closed and not err.closed
-            and out.tell() == 0 and err.tell() == 0):
+            and _getrefcount(err) == _ONLY_OURS and _getrefcount(pair) == _ONLY_OURS_PAIR
+            and not out.closed and not err.closed and out.tell() == 0 and err.tell() == 0):
         # Nothing printed, and nobody else holds the captures: keep them.
         stdout = stderr = ""
-        state.spare = (out, err)
+        state.spare = pair
         if status == STATUS_OK:
             if value is None:
-                return status, [_NONE_RESULT]
+                return _NONE_RETURN
             # Exact types only: hashing anything else could run user code.
             kind_of = type(value)
-            if kind_of is int or kind_of is bool:
-                small = _SMALL_RESULTS.get((kind_of, value))
+            if kind_of is int:
+                small = _INT_RETURNS.get(value)
                 if small is not None:
-                    return status, [small]
+                    return small
+            elif kind_of is bool:
+                return _TRUE_RETURN if value else _FALSE_RETURN
     else:
         # Plain getvalue() unless a limit was reached: no Python-level call per task.
         stdout = out.text() if out._dropped else out.getvalue()
         stderr = err.text() if err._dropped else err.getvalue()
-    del out, err
+    del out, err, pair
     try:
         result = _dumps_result((kind, value, stdout, stderr))
     except BaseException as exc:  # the value could not be pickled

@@ -58,6 +58,11 @@ def test_captures_are_reused_only_when_the_task_left_them_untouched_and_unheld()
     assert _worker._state.spare is None or _worker._state.spare[0] is not kept
     status, frames = _worker.run_task(4, list(noop))
     assert status == 0 and _worker._state.spare[0] is not kept
+    # A task that keeps the pair of its captures (not the captures themselves).
+    _worker.run_task(6, _serialize.dumps(("execute", "from zfarm import _worker\nzz_pair = _worker._state.current")))
+    pair = _worker.namespace.pop("zz_pair")
+    assert _worker._state.spare is not pair
+    assert _worker._state.spare is None or _worker._state.spare[0] is not pair[0]
     # A task that printed: its output comes back, and its captures are not reused.
     printed = _worker.run_task(5, _serialize.dumps(("execute", "print('hi')")))
     assert _result(printed[1])[2] == "hi\n"
@@ -149,3 +154,26 @@ def test_a_repeated_pull_reads_the_current_value_each_time():
     _worker.namespace["zz_list"].append(1)
     _worker.run_task(31, list(push))
     assert _worker.namespace["zz_list"] == [] and push[0] not in _worker._noarg_calls
+
+
+def test_small_values_come_back_with_their_own_value_and_type():
+    # None, booleans and small ints have results made once; the others are
+    # pickled per task.  False == 0 and True == 1, but each keeps its type.
+    for i, value in enumerate([None, True, False, 0, 1, -8, 256, 257, -9, 0.0, 1.0, "", "x"]):
+        payload = _serialize.dumps_apply(_identity, (value,), {})
+        for j in range(2):  # the second time through the cached function
+            status, frames = _worker.run_task(100 + 2 * i + j, list(payload))
+            kind, got, stdout, stderr = _result(frames)
+            assert (status, kind, stdout, stderr) == (0, "ok", "", "")
+            assert got == value and type(got) is type(value)
+        status, frames = _worker.run_task(200 + i, _serialize.dumps_call(
+            _serialize.dumps_function(_constant(value)), (), {}))
+        assert status == 0 and _result(frames)[1] == value and type(_result(frames)[1]) is type(value)
+
+
+def _identity(x):
+    return x
+
+
+def _constant(value):
+    return lambda: value

@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import pickle
+import shutil
 import signal
 import struct
 import subprocess
@@ -278,6 +279,7 @@ def main() -> None:
         p.add_argument("--burst", type=int, default=16)
     for p in (e, c):
         p.add_argument("--tasks", default="1000,3000", help="the two counts, small,large")
+        p.add_argument("--keep", metavar="DIR", help="copy the callgrind files here (for callgrind_annotate)")
     args = ap.parse_args()
     if args.role == "serve-client":
         serve_client(args)
@@ -290,6 +292,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="zfarm-batch-") as out_dir:
         a = run(args, small, out_dir, f"n{small}")
         b = run(args, large, out_dir, f"n{large}")
+        if args.keep:
+            os.makedirs(args.keep, exist_ok=True)
+            for f in os.listdir(out_dir):
+                if not f.endswith(".sock"):
+                    shutil.copy(os.path.join(out_dir, f), args.keep)
     per = (b["instructions"] - a["instructions"]) / (large - small)
     extra = {k: (a[k], b[k]) for k in a if k != "instructions"}
     print(f"{args.role} {vars(args)}: {per:,.0f} instructions per task; {extra}")
