@@ -1,6 +1,7 @@
 #include "scheduler.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <utility>
 
@@ -43,6 +44,21 @@ Header make_header(MsgType type, std::uint64_t id) {
 }
 
 }  // namespace
+
+void frame_header(Outgoing& o) {
+  if (o.header_size == 0) return;
+  Frames& f = o.frames;
+  const std::size_t n = f.size();
+  f.emplace_back();
+  f.emplace_back();
+  std::move_backward(f.begin(), f.begin() + static_cast<std::ptrdiff_t>(n), f.end());
+  char sig[proto::kSignatureSize];
+  std::memcpy(sig, proto::kMagic, 4);
+  sig[4] = static_cast<char>(proto::kVersion);
+  f[0].rebuild(sig, sizeof sig);
+  f[1].rebuild(o.header.data(), o.header_size);
+  o.header_size = 0;
+}
 
 Scheduler::Scheduler(SchedulerOptions options)
     : options_(std::move(options)),
@@ -690,8 +706,23 @@ void Scheduler::send_task(Engine& engine, Task& task, Outbox& out) {
                        : std::move(task.payload);
   engine.inflight.push_back(task.id);
   refile(engine);
-  Outgoing& o = out.emplace_back(Outgoing{Outgoing::kEngine, engine.identity, proto::encode(h, std::move(payload))});
-  if (engine.batches) mark_batchable(o, MsgType::kTask);
+  if (engine.batches) {
+    // Small enough for a Batch: the header is written inline, the payload
+    // frames kept as they are (see Outgoing::header).
+    Outgoing& o = out.emplace_back(Outgoing{Outgoing::kEngine, engine.identity, std::move(payload)});
+    const std::size_t header_size = proto::encode_small_header(h, o.header.data());
+    const std::size_t bytes =
+        header_size == 0 ? 0 : proto::batch_record_bytes(MsgType::kTask, header_size, o.frames.data(), o.frames.size());
+    if (bytes != 0) {
+      o.header_size = static_cast<std::uint8_t>(header_size);
+      o.batchable = true;
+      o.batch_bytes = static_cast<std::uint32_t>(bytes);
+    } else {
+      o.frames = proto::encode(h, std::move(o.frames));
+    }
+    return;
+  }
+  out.push_back(Outgoing{Outgoing::kEngine, engine.identity, proto::encode(h, std::move(payload))});
 }
 
 // ---- results ------------------------------------------------------------------

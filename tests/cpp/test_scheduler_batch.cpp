@@ -126,6 +126,22 @@ broker::Outgoing task_to(const std::string& identity, std::uint64_t id, bool bat
   return o;
 }
 
+// The same Task as the Scheduler makes it for an engine that takes
+// Batches: its header written inline, its frames the payload alone.
+broker::Outgoing inline_task_to(const std::string& identity, std::uint64_t id) {
+  proto::Header h;
+  h.type = MsgType::kTask;
+  h.id = id;
+  h.aux = 7;
+  broker::Outgoing o{broker::Outgoing::kEngine, identity, test::FedScheduler::frames_of({"p-" + std::to_string(id)})};
+  o.header_size = static_cast<std::uint8_t>(proto::encode_small_header(h, o.header.data()));
+  REQUIRE(o.header_size != 0);
+  o.batchable = true;
+  o.batch_bytes = static_cast<std::uint32_t>(
+      proto::batch_record_bytes(MsgType::kTask, o.header_size, o.frames.data(), o.frames.size()));
+  return o;
+}
+
 }  // namespace
 
 // ---- incoming -------------------------------------------------------------------
@@ -405,6 +421,38 @@ TEST_CASE("batcher: the frame vectors of packed messages go to the pool; a messa
   CHECK(f.empty());
   CHECK(f.capacity() >= 3);
   CHECK(pool.kept() == 1);
+}
+
+TEST_CASE("batcher: Tasks with inline headers go into a Batch among framed ones, or alone as whole messages") {
+  broker::Batcher batcher;
+  broker::Outbox in, out;
+  in.push_back(inline_task_to("a", 1));
+  in.push_back(task_to("a", 2));
+  in.push_back(inline_task_to("a", 3));
+  in.push_back(inline_task_to("b", 4));  // alone: made a whole message
+  batcher.pack(in, out);
+  REQUIRE(out.size() == 2);
+  CHECK(out[0].records == 3);
+  CHECK(out[1].header_size == 0);
+  proto::Message m;
+  REQUIRE(proto::decode(out[0].frames, 0, &m).ok());
+  std::vector<proto::Message> recs;
+  REQUIRE(proto::decode_batch(m, recs).ok());
+  REQUIRE(recs.size() == 3);
+  const Ids want = {1, 2, 3};
+  for (std::size_t i = 0; i < recs.size(); ++i) {
+    CHECK(recs[i].header.type == MsgType::kTask);
+    CHECK(recs[i].header.id == want[i]);
+    REQUIRE(recs[i].payload.size() == 1);
+    CHECK(recs[i].payload[0].to_string() == (i == 1 ? std::string(8, 'x') : "p-" + std::to_string(want[i])));
+  }
+  proto::Message alone;
+  REQUIRE(proto::decode(out[1].frames, 0, &alone).ok());
+  CHECK(alone.header.type == MsgType::kTask);
+  CHECK(alone.header.id == 4);
+  CHECK(alone.header.aux == 7);
+  REQUIRE(alone.payload.size() == 1);
+  CHECK(alone.payload[0].to_string() == "p-4");
 }
 
 TEST_CASE("frames pool: keeps vectors of useful sizes only, up to its bound") {
