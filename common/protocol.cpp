@@ -408,7 +408,7 @@ void encode_header_frames(const Header& h, zmq::message_t* sig_frame, zmq::messa
 }  // namespace
 
 std::size_t encode_small_header(const Header& h, unsigned char* out) {
-  if (!h.opts.empty() || !h.targets.empty() || !h.text.empty()) return 0;
+  if (!h.opts.empty() || h.targets.size() > 2 || !h.text.empty()) return 0;
   return write_plain_header(h, out);
 }
 

@@ -238,12 +238,13 @@ const char* to_string(ResultStatus s);
 // Encodes the signature and header frames and appends them to `out`.
 void encode_header(const Header& h, std::vector<zmq::message_t>& out);
 
-// A header with no targets, text or options (a Task's), written into `out`
-// (room for kSmallHeaderBytes) as encode_header writes its frame: the bytes
-// written, or 0 (nothing written) when `h` is not such a header.  A sender
-// that batches the message need not make frames of it (pack_batch with
+// A header with at most two targets and no text or options (a Task's, a
+// Result's with its timing), written into `out` (room for
+// kSmallHeaderBytes) as encode_header writes its frame: the bytes written,
+// or 0 (nothing written) when `h` is not such a header.  A sender that
+// batches the message need not make frames of it (pack_batch with
 // BatchRecords).
-inline constexpr std::size_t kSmallHeaderBytes = 1 + 1 + 9 + 1 + 5 + 9 + 1;
+inline constexpr std::size_t kSmallHeaderBytes = 1 + 1 + 9 + 1 + 2 * 9 + 5 + 9 + 1;
 std::size_t encode_small_header(const Header& h, unsigned char* out);
 
 // Builds a whole message: signature, header, then the payload frames (moved).

@@ -908,7 +908,7 @@ TEST_CASE("Batch: batch_record_bytes is batch_bytes for a batchable message and 
 }
 
 TEST_CASE("Batch: records given as header bytes and payload frames make the same body as whole messages") {
-  // A sender may write a Task's header inline (encode_small_header) and
+  // A sender may write a Task's or a Result's header inline (encode_small_header) and
   // never make it a frame; the Batch must be the one the frames make.
   const std::vector<std::uint64_t> ids = {0, 1, 127, 128, 65536, 4294967296ULL,
                                           std::numeric_limits<std::uint64_t>::max()};
@@ -918,9 +918,11 @@ TEST_CASE("Batch: records given as header bytes and payload frames make the same
   std::vector<std::vector<unsigned char>> headers;
   for (std::size_t k = 0; k < ids.size(); ++k) {
     proto::Header h;
-    h.type = proto::MsgType::kTask;
+    h.type = k % 2 == 0 ? proto::MsgType::kTask : proto::MsgType::kResult;
     h.id = ids[k];
     h.aux = auxes[k % auxes.size()];
+    // A Result's timing at its widest: two 64-bit integers.
+    if (h.type == proto::MsgType::kResult) h.targets = {std::numeric_limits<std::int64_t>::min(), -1};
     std::vector<std::string> chunks(k % 3, std::string(k, 'p'));
     std::vector<zmq::message_t> frames;
     for (const auto& c : chunks) frames.emplace_back(c.data(), c.size());
@@ -934,8 +936,8 @@ TEST_CASE("Batch: records given as header bytes and payload frames make the same
     headers.push_back(std::move(buf));
     payloads.emplace_back();
     for (const auto& c : chunks) payloads.back().emplace_back(c.data(), c.size());
-    CHECK(proto::batch_record_bytes(proto::MsgType::kTask, n, payloads.back().data(), payloads.back().size()) ==
-          proto::batch_record_bytes(proto::MsgType::kTask, whole.back()));
+    CHECK(proto::batch_record_bytes(h.type, n, payloads.back().data(), payloads.back().size()) ==
+          proto::batch_record_bytes(h.type, whole.back()));
   }
   std::vector<const std::vector<zmq::message_t>*> messages;
   std::vector<proto::BatchRecord> records;
@@ -950,11 +952,12 @@ TEST_CASE("Batch: records given as header bytes and payload frames make the same
   REQUIRE(a.size() == b.size());
   for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i].to_string() == b[i].to_string());
 
-  // Only a header with no targets, text or options is written inline.
+  // Only a header with at most two targets and no text or options is
+  // written inline.
   unsigned char buf[proto::kSmallHeaderBytes];
   proto::Header h;
   h.type = proto::MsgType::kTask;
-  h.targets = {1};
+  h.targets = {1, 2, 3};
   CHECK(proto::encode_small_header(h, buf) == 0);
   h.targets.clear();
   h.text = "x";

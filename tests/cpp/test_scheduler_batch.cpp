@@ -308,6 +308,38 @@ TEST_CASE("batch: Results go in a Batch to a client whose Hello named revision 4
   CHECK(ids_of(to(got, "anon"), MsgType::kResult) == Ids{21, 22});
 }
 
+TEST_CASE("batch: a Result to a revision 4 client, sent alone, and the same Result fetched again are whole") {
+  // The Result's header is written inline for a Batch; the store keeps the
+  // whole message made from it, and a Result that goes alone is made whole.
+  Broker b;
+  b.reg("e", 16, 3);
+  b.hello("c4", 4);
+  b.feed_only(false, "c4", submit(5));
+  b.take();
+  proto::Header r;
+  r.type = MsgType::kResult;
+  r.id = 5;
+  proto::put_timing(proto::Timing{1700000000000000, 1234}, &r);
+  auto got = b.feed(true, "e", r, {"value-5"});
+  auto sent = to(got, "c4");
+  REQUIRE(sent.size() == 1);
+  REQUIRE(sent[0].header.type == MsgType::kResult);
+  proto::Header f;
+  f.type = MsgType::kFetch;
+  f.opts.ids = {5};
+  auto again = to(b.feed(false, "c4", f), "c4");
+  REQUIRE(again.size() == 1);
+  for (const Got* g : {&sent[0], &again[0]}) {
+    CHECK(g->header.type == MsgType::kResult);
+    CHECK(g->header.id == 5);
+    proto::Timing t;
+    REQUIRE(proto::read_timing(g->header, &t) == proto::TimingField::kOk);
+    CHECK(t.started_us == 1700000000000000);
+    CHECK(t.run_ns == 1234);
+    CHECK(g->payload == std::vector<std::string>{"value-5"});
+  }
+}
+
 TEST_CASE("batch: a single batchable message goes out as itself") {
   Broker b;
   b.reg("e", 1, 4);
