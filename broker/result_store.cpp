@@ -65,7 +65,7 @@ Frames ResultStore::add(const std::string& session, std::uint64_t task_id, Frame
     if (size <= kOwnCopyMaxBytes && !held_inline(f)) f = zmq::message_t(f.data(), size);
   }
   Frames now = std::move(storage);
-  now.reserve(message.size());
+  now.reserve(message.size() - first);
   for (std::size_t i = first; i < message.size(); ++i) {
     now.emplace_back();
     now.back().copy(message[i]);

@@ -778,7 +778,7 @@ void Scheduler::send_result(const std::string& client, std::uint64_t task_id, st
       o.header_size = static_cast<std::uint8_t>(header_size);
       o.frames = std::move(payload);
       frame_header(o);
-      o.frames = results_.add(client, task_id, std::move(o.frames), frames_pool_.take(frames - 2), 2);
+      o.frames = results_.add(client, task_id, std::move(o.frames), frames_pool_.take(frames), 2);  // room as for a whole message: the pool keeps it
       o.header_size = static_cast<std::uint8_t>(header_size);
       o.batchable = true;
       o.batch_bytes = static_cast<std::uint32_t>(bytes);
