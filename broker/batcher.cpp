@@ -28,10 +28,19 @@ Batcher::Pending& Batcher::pending_for(const Outgoing& o) {
 
 void Batcher::flush(Pending& p, Outbox& in, Outbox& out, FramesPool* spare) {
   if (p.items.size() == 1) {
-    out.push_back(std::move(in[p.items[0]]));
+    Outgoing& o = out.emplace_back(std::move(in[p.items[0]]));
+    frame_header(o);
   } else {
     records_.clear();
-    for (std::size_t i : p.items) records_.push_back(&in[i].frames);
+    for (std::size_t i : p.items) {
+      const Outgoing& o = in[i];
+      if (o.header_size != 0) {  // written inline: the frames are the payload
+        records_.push_back({o.header.data(), o.header_size, o.frames.data(), o.frames.size()});
+      } else {
+        const zmq::message_t& header = o.frames[1];
+        records_.push_back({header.data(), header.size(), o.frames.data() + 2, o.frames.size() - 2});
+      }
+    }
     Outgoing& batch = out.emplace_back(Outgoing{p.side, p.identity, proto::pack_batch(records_, p.bytes)});
     batch.records = static_cast<std::uint32_t>(p.items.size());
     ++stats_.batches;

@@ -69,7 +69,7 @@ class Batcher {
   // Result to a client and the next Task to an engine alternate, so one
   // for both sides would miss every time.
   Pending* last_[2] = {nullptr, nullptr};
-  std::vector<const Frames*> records_;
+  std::vector<proto::BatchRecord> records_;
   Stats stats_;
 };
 

@@ -56,14 +56,20 @@ void ResultStore::List<Prev, Next>::remove(Entry* e) {
   --size;
 }
 
-Frames ResultStore::add(const std::string& session, std::uint64_t task_id, Frames message, Frames storage) {
+Frames ResultStore::add(const std::string& session, std::uint64_t task_id, Frames message, Frames storage,
+                        std::size_t first) {
   std::size_t bytes = kEntryOverhead;
   for (auto& f : message) {
     const std::size_t size = f.size();
     bytes += size;
     if (size <= kOwnCopyMaxBytes && !held_inline(f)) f = zmq::message_t(f.data(), size);
   }
-  Frames now = share_frames(message, std::move(storage));
+  Frames now = std::move(storage);
+  now.reserve(message.size() - first);
+  for (std::size_t i = first; i < message.size(); ++i) {
+    now.emplace_back();
+    now.back().copy(message[i]);
+  }
   auto it = entries_.find(task_id);
   if (it != entries_.end()) {
     detach(&it->second);  // an older result for the same id: replaced in place

@@ -77,9 +77,11 @@ class ResultStore {
 
   // Keeps `message` (a whole encoded Result for task `task_id`) as
   // unacknowledged for `session` and returns a shared copy of it to send now
-  // (in `storage`, an empty vector, when given).  An older result with the
-  // same task id, acknowledged or not, is replaced.
-  Frames add(const std::string& session, std::uint64_t task_id, Frames message, Frames storage = {});
+  // (in `storage`, an empty vector, when given): its frames from `first` on
+  // (2: the payload alone, for a sender that writes the header itself).  An
+  // older result with the same task id, acknowledged or not, is replaced.
+  Frames add(const std::string& session, std::uint64_t task_id, Frames message, Frames storage = {},
+             std::size_t first = 0);
 
   // Moves the results of `session` named in `ids` to the cache.  Ids that are
   // unknown, already acknowledged or of another session are ignored.

@@ -1,6 +1,7 @@
 #include "scheduler.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <utility>
 
@@ -27,14 +28,6 @@ Frames share(Frames& frames, std::size_t room = 0, Frames storage = {}) {
   return copy;
 }
 
-// Whether `o` may go into a Batch, and its share of the body (which the
-// Batcher then need not count again).
-void mark_batchable(Outgoing& o, MsgType type) {
-  const std::size_t bytes = proto::batch_record_bytes(type, o.frames);
-  o.batchable = bytes != 0;
-  o.batch_bytes = static_cast<std::uint32_t>(bytes);  // at most a few KiB: kBatchRecordBytes of payload
-}
-
 Header make_header(MsgType type, std::uint64_t id) {
   Header h;
   h.type = type;
@@ -43,6 +36,21 @@ Header make_header(MsgType type, std::uint64_t id) {
 }
 
 }  // namespace
+
+void frame_header(Outgoing& o) {
+  if (o.header_size == 0) return;
+  Frames& f = o.frames;
+  const std::size_t n = f.size();
+  f.emplace_back();
+  f.emplace_back();
+  std::move_backward(f.begin(), f.begin() + static_cast<std::ptrdiff_t>(n), f.end());
+  char sig[proto::kSignatureSize];
+  std::memcpy(sig, proto::kMagic, 4);
+  sig[4] = static_cast<char>(proto::kVersion);
+  f[0].rebuild(sig, sizeof sig);
+  f[1].rebuild(o.header.data(), o.header_size);
+  o.header_size = 0;
+}
 
 Scheduler::Scheduler(SchedulerOptions options)
     : options_(std::move(options)),
@@ -690,8 +698,23 @@ void Scheduler::send_task(Engine& engine, Task& task, Outbox& out) {
                        : std::move(task.payload);
   engine.inflight.push_back(task.id);
   refile(engine);
-  Outgoing& o = out.emplace_back(Outgoing{Outgoing::kEngine, engine.identity, proto::encode(h, std::move(payload))});
-  if (engine.batches) mark_batchable(o, MsgType::kTask);
+  if (engine.batches) {
+    // Small enough for a Batch: the header is written inline, the payload
+    // frames kept as they are (see Outgoing::header).
+    Outgoing& o = out.emplace_back(Outgoing{Outgoing::kEngine, engine.identity, std::move(payload)});
+    const std::size_t header_size = proto::encode_small_header(h, o.header.data());
+    const std::size_t bytes =
+        header_size == 0 ? 0 : proto::batch_record_bytes(MsgType::kTask, header_size, o.frames.data(), o.frames.size());
+    if (bytes != 0) {
+      o.header_size = static_cast<std::uint8_t>(header_size);
+      o.batchable = true;
+      o.batch_bytes = static_cast<std::uint32_t>(bytes);
+    } else {
+      o.frames = proto::encode(h, std::move(o.frames));
+    }
+    return;
+  }
+  out.push_back(Outgoing{Outgoing::kEngine, engine.identity, proto::encode(h, std::move(payload))});
 }
 
 // ---- results ------------------------------------------------------------------
@@ -740,12 +763,32 @@ void Scheduler::send_result(const std::string& client, std::uint64_t task_id, st
   // `client` is a session: the store keeps the result until that session
   // acknowledges it, and a shared copy goes to the session's identity now.
   const std::size_t frames = payload.size() + 2;
-  Frames now = results_.add(client, task_id, proto::encode(h, std::move(payload)), frames_pool_.take(frames));
   std::int64_t revision = 0;
-  if (const std::string* identity = sessions_.identity_of(client, &revision)) {
-    Outgoing& o = out.emplace_back(Outgoing{Outgoing::kClient, *identity, std::move(now)});
-    if (revision >= 4) mark_batchable(o, MsgType::kResult);
+  const std::string* identity = sessions_.identity_of(client, &revision);
+  if (identity != nullptr && revision >= 4) {
+    // For a Batch: the header is written once, inline, and made into the
+    // frames the store keeps from there; what goes out now shares only the
+    // payload (see Outgoing::header).
+    Outgoing& o = out.emplace_back(Outgoing{Outgoing::kClient, *identity, {}});
+    const std::size_t header_size = proto::encode_small_header(h, o.header.data());
+    const std::size_t bytes = header_size == 0 ? 0
+                                               : proto::batch_record_bytes(MsgType::kResult, header_size,
+                                                                           payload.data(), payload.size());
+    if (bytes != 0) {
+      o.header_size = static_cast<std::uint8_t>(header_size);
+      o.frames = std::move(payload);
+      frame_header(o);
+      o.frames = results_.add(client, task_id, std::move(o.frames), frames_pool_.take(frames), 2);  // room as for a whole message: the pool keeps it
+      o.header_size = static_cast<std::uint8_t>(header_size);
+      o.batchable = true;
+      o.batch_bytes = static_cast<std::uint32_t>(bytes);
+    } else {
+      o.frames = results_.add(client, task_id, proto::encode(h, std::move(payload)), frames_pool_.take(frames));
+    }
+    return;
   }
+  Frames now = results_.add(client, task_id, proto::encode(h, std::move(payload)), frames_pool_.take(frames));
+  if (identity != nullptr) out.push_back(Outgoing{Outgoing::kClient, *identity, std::move(now)});
 }
 
 void Scheduler::send_error(Outgoing::Side side, const std::string& identity, std::uint64_t id, std::string text,

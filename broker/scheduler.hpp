@@ -21,6 +21,7 @@
 // Not thread-safe: one thread owns a Scheduler.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -60,8 +61,19 @@ struct Outgoing {
   // The messages it carries: more than 1 for a Batch (counted as that many
   // when it cannot be delivered).
   std::uint32_t records = 1;
+  // A batchable Task has its header written here rather than made into two
+  // frames (a signature and a header) that the Batcher would only copy into
+  // a Batch body and let go: header_size != 0, and `frames` holds the
+  // payload alone.  frame_header() makes it a whole message (the Batcher
+  // does when the Task goes alone).
+  std::uint8_t header_size = 0;
+  std::array<unsigned char, proto::kSmallHeaderBytes> header{};
 };
 using Outbox = std::vector<Outgoing>;
+
+// Puts the signature and the header of `o` in front of its frames when its
+// header was written inline (header_size != 0); else nothing.
+void frame_header(Outgoing& o);
 
 struct SchedulerOptions {
   // Engines heartbeat at this interval (it is sent to them in RegisterReply).

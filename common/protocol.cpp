@@ -369,6 +369,15 @@ void pack_header_items(Packer& pk, const Header& h, bool with_opts) {
 constexpr std::size_t kPlainHeaderBytes = 512;
 constexpr std::size_t kPlainFixedBytes = 1 + 9 + 9 + 5 + 9 + 9 + 5;
 
+// Writes `h`, which has no options, into `buf`, which has room for it
+// (kPlainFixedBytes + 9 per target + the text); returns the bytes written.
+inline std::size_t write_plain_header(const Header& h, unsigned char* buf) {
+  FixedBuffer fb{buf};
+  msgpack::packer<FixedBuffer> pk(fb);
+  pack_header_items(pk, h, false);
+  return static_cast<std::size_t>(fb.p - buf);
+}
+
 // The signature and header frames of `h`.
 void encode_header_frames(const Header& h, zmq::message_t* sig_frame, zmq::message_t* header_frame) {
   char sig[kSignatureSize];
@@ -380,10 +389,7 @@ void encode_header_frames(const Header& h, zmq::message_t* sig_frame, zmq::messa
   if (!with_opts && kPlainFixedBytes + 9 * h.targets.size() + h.text.size() <= kPlainHeaderBytes) {
     // The common header (every Task and Result): written here, in one go.
     unsigned char buf[kPlainHeaderBytes];
-    FixedBuffer fb{buf};
-    msgpack::packer<FixedBuffer> pk(fb);
-    pack_header_items(pk, h, false);
-    header_frame->rebuild(buf, static_cast<std::size_t>(fb.p - buf));
+    header_frame->rebuild(buf, write_plain_header(h, buf));
     return;
   }
 
@@ -399,6 +405,11 @@ void encode_header_frames(const Header& h, zmq::message_t* sig_frame, zmq::messa
 }
 
 }  // namespace
+
+std::size_t encode_small_header(const Header& h, unsigned char* out) {
+  if (!h.opts.empty() || h.targets.size() > 2 || !h.text.empty()) return 0;
+  return write_plain_header(h, out);
+}
 
 void encode_header(const Header& h, std::vector<zmq::message_t>& out) {
   out.emplace_back();
@@ -591,17 +602,23 @@ std::size_t batch_bytes(const std::vector<zmq::message_t>& frames) {
   return n;
 }
 
-std::size_t batch_record_bytes(MsgType type, const std::vector<zmq::message_t>& frames) {
-  if (!batched_type(type) || frames.size() < 2) return 0;
-  std::size_t payload = 0;
-  std::size_t n = 4 + 4 + frames[1].size();  // frame count, header
-  for (std::size_t i = 2; i < frames.size(); ++i) {
-    const std::size_t size = frames[i].size();
-    payload += size;
-    if (payload > kBatchRecordBytes) return 0;
+std::size_t batch_record_bytes(MsgType type, std::size_t header_bytes, const zmq::message_t* payload,
+                               std::size_t payload_frames) {
+  if (!batched_type(type)) return 0;
+  std::size_t bytes = 0;
+  std::size_t n = 4 + 4 + header_bytes;  // frame count, header
+  for (std::size_t i = 0; i < payload_frames; ++i) {
+    const std::size_t size = payload[i].size();
+    bytes += size;
+    if (bytes > kBatchRecordBytes) return 0;
     n += 4 + size;
   }
   return n;
+}
+
+std::size_t batch_record_bytes(MsgType type, const std::vector<zmq::message_t>& frames) {
+  if (frames.size() < 2) return 0;
+  return batch_record_bytes(type, frames[1].size(), frames.data() + 2, frames.size() - 2);
 }
 
 std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::message_t>*>& messages) {
@@ -612,13 +629,27 @@ std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::
 
 std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::message_t>*>& messages,
                                        std::size_t body_size) {
+  // Kept from call to call: its storage is not allocated per Batch.
+  thread_local std::vector<BatchRecord> records;
+  records.clear();
+  for (const auto* m : messages) {
+    const zmq::message_t& header = (*m)[1];
+    records.push_back({header.data(), header.size(), m->data() + 2, m->size() - 2});
+  }
+  return pack_batch(records, body_size);
+}
+
+std::vector<zmq::message_t> pack_batch(const std::vector<BatchRecord>& records, std::size_t body_size) {
   zmq::message_t body(body_size);
   auto* p = static_cast<unsigned char*>(body.data());
-  for (const auto* m : messages) {
-    put_u32(p, m->size() - 1);  // without the signature
-    for (std::size_t i = 1; i < m->size(); ++i) {
+  for (const BatchRecord& r : records) {
+    put_u32(p, 1 + r.payload_frames);  // header and payload: no signature
+    put_u32(p, r.header_size);
+    if (r.header_size != 0) std::memcpy(p, r.header, r.header_size);
+    p += r.header_size;
+    for (std::size_t i = 0; i < r.payload_frames; ++i) {
       // The size is a call into libzmq: read it once.
-      const zmq::message_t& f = (*m)[i];
+      const zmq::message_t& f = r.payload[i];
       const std::size_t size = f.size();
       put_u32(p, size);
       if (size != 0) std::memcpy(p, f.data(), size);
@@ -627,7 +658,7 @@ std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::
   }
   Header h;
   h.type = MsgType::kBatch;
-  h.aux = static_cast<std::int64_t>(messages.size());
+  h.aux = static_cast<std::int64_t>(records.size());
   std::vector<zmq::message_t> out;
   out.reserve(3);
   encode_header(h, out);

@@ -238,6 +238,15 @@ const char* to_string(ResultStatus s);
 // Encodes the signature and header frames and appends them to `out`.
 void encode_header(const Header& h, std::vector<zmq::message_t>& out);
 
+// A header with at most two targets and no text or options (a Task's, a
+// Result's with its timing), written into `out` (room for
+// kSmallHeaderBytes) as encode_header writes its frame: the bytes written,
+// or 0 (nothing written) when `h` is not such a header.  A sender that
+// batches the message need not make frames of it (pack_batch with
+// BatchRecords).
+inline constexpr std::size_t kSmallHeaderBytes = 1 + 1 + 9 + 1 + 2 * 9 + 5 + 9 + 1;
+std::size_t encode_small_header(const Header& h, unsigned char* out);
+
 // Builds a whole message: signature, header, then the payload frames (moved).
 std::vector<zmq::message_t> encode(const Header& h, std::vector<zmq::message_t> payload = {});
 
@@ -274,6 +283,20 @@ std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::
 // batchable() and batch_bytes() in one pass over the frames: the message's
 // share of a Batch body when it may go into one, else 0.
 std::size_t batch_record_bytes(MsgType type, const std::vector<zmq::message_t>& frames);
+// The same for a message given as its header's size and its payload frames.
+std::size_t batch_record_bytes(MsgType type, std::size_t header_bytes, const zmq::message_t* payload,
+                               std::size_t payload_frames);
+
+// One record of a Batch given as its parts: the header's bytes and the
+// payload frames (only read).  pack_batch() with these writes the same body
+// as with whole messages, without the header having been a frame.
+struct BatchRecord {
+  const void* header;
+  std::size_t header_size;
+  const zmq::message_t* payload;
+  std::size_t payload_frames;
+};
+std::vector<zmq::message_t> pack_batch(const std::vector<BatchRecord>& records, std::size_t body_size);
 
 // The records of a decoded Batch, into out[0..n) (resized; the storage of
 // earlier calls is reused).  All or nothing: on an error `out` is left

@@ -84,6 +84,7 @@ struct FedScheduler {
     std::vector<Got> got;
     for (auto& o : out) {
       proto::Message m;
+      broker::frame_header(o);  // a Task with its header inline: as the Batcher sends it alone
       REQUIRE(proto::decode(o.frames, 0, &m).ok());  // the broker only sends what decodes
       Got g{o.side, o.identity, m.header, {}};
       for (auto& p : m.payload) g.payload.push_back(p.to_string());

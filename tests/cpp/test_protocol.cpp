@@ -901,6 +901,66 @@ TEST_CASE("Batch: batch_record_bytes is batch_bytes for a batchable message and 
   for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i].to_string() == b[i].to_string());
 }
 
+TEST_CASE("Batch: records given as header bytes and payload frames make the same body as whole messages") {
+  // A sender may write a Task's or a Result's header inline (encode_small_header) and
+  // never make it a frame; the Batch must be the one the frames make.
+  const std::vector<std::uint64_t> ids = {0, 1, 127, 128, 65536, 4294967296ULL,
+                                          std::numeric_limits<std::uint64_t>::max()};
+  const std::vector<std::int64_t> auxes = {0, -1, 300, std::numeric_limits<std::int64_t>::min()};
+  std::vector<std::vector<zmq::message_t>> whole;
+  std::vector<std::vector<zmq::message_t>> payloads;
+  std::vector<std::vector<unsigned char>> headers;
+  for (std::size_t k = 0; k < ids.size(); ++k) {
+    proto::Header h;
+    h.type = k % 2 == 0 ? proto::MsgType::kTask : proto::MsgType::kResult;
+    h.id = ids[k];
+    h.aux = auxes[k % auxes.size()];
+    // A Result's timing at its widest: two 64-bit integers.
+    if (h.type == proto::MsgType::kResult) h.targets = {std::numeric_limits<std::int64_t>::min(), -1};
+    std::vector<std::string> chunks(k % 3, std::string(k, 'p'));
+    std::vector<zmq::message_t> frames;
+    for (const auto& c : chunks) frames.emplace_back(c.data(), c.size());
+    whole.push_back(proto::encode(h, std::move(frames)));
+    std::vector<unsigned char> buf(proto::kSmallHeaderBytes);
+    const std::size_t n = proto::encode_small_header(h, buf.data());
+    CAPTURE(h.id);
+    REQUIRE(n != 0);
+    buf.resize(n);
+    CHECK(std::string(buf.begin(), buf.end()) == whole.back()[1].to_string());  // the header frame's bytes
+    headers.push_back(std::move(buf));
+    payloads.emplace_back();
+    for (const auto& c : chunks) payloads.back().emplace_back(c.data(), c.size());
+    CHECK(proto::batch_record_bytes(h.type, n, payloads.back().data(), payloads.back().size()) ==
+          proto::batch_record_bytes(h.type, whole.back()));
+  }
+  std::vector<const std::vector<zmq::message_t>*> messages;
+  std::vector<proto::BatchRecord> records;
+  std::size_t body = 0;
+  for (std::size_t k = 0; k < whole.size(); ++k) {
+    messages.push_back(&whole[k]);
+    records.push_back({headers[k].data(), headers[k].size(), payloads[k].data(), payloads[k].size()});
+    body += proto::batch_bytes(whole[k]);
+  }
+  auto a = proto::pack_batch(messages);
+  auto b = proto::pack_batch(records, body);
+  REQUIRE(a.size() == b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i].to_string() == b[i].to_string());
+
+  // Only a header with at most two targets and no text or options is
+  // written inline.
+  unsigned char buf[proto::kSmallHeaderBytes];
+  proto::Header h;
+  h.type = proto::MsgType::kTask;
+  h.targets = {1, 2, 3};
+  CHECK(proto::encode_small_header(h, buf) == 0);
+  h.targets.clear();
+  h.text = "x";
+  CHECK(proto::encode_small_header(h, buf) == 0);
+  h.text.clear();
+  h.opts.revision = 4;
+  CHECK(proto::encode_small_header(h, buf) == 0);
+}
+
 TEST_CASE("BadBatch: no body, two bodies, a record count of 0, negative or over the limit") {
   proto::Header h;
   h.type = proto::MsgType::kBatch;

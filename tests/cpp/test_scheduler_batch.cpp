@@ -126,6 +126,22 @@ broker::Outgoing task_to(const std::string& identity, std::uint64_t id, bool bat
   return o;
 }
 
+// The same Task as the Scheduler makes it for an engine that takes
+// Batches: its header written inline, its frames the payload alone.
+broker::Outgoing inline_task_to(const std::string& identity, std::uint64_t id) {
+  proto::Header h;
+  h.type = MsgType::kTask;
+  h.id = id;
+  h.aux = 7;
+  broker::Outgoing o{broker::Outgoing::kEngine, identity, test::FedScheduler::frames_of({"p-" + std::to_string(id)})};
+  o.header_size = static_cast<std::uint8_t>(proto::encode_small_header(h, o.header.data()));
+  REQUIRE(o.header_size != 0);
+  o.batchable = true;
+  o.batch_bytes = static_cast<std::uint32_t>(
+      proto::batch_record_bytes(MsgType::kTask, o.header_size, o.frames.data(), o.frames.size()));
+  return o;
+}
+
 }  // namespace
 
 // ---- incoming -------------------------------------------------------------------
@@ -292,6 +308,38 @@ TEST_CASE("batch: Results go in a Batch to a client whose Hello named revision 4
   CHECK(ids_of(to(got, "anon"), MsgType::kResult) == Ids{21, 22});
 }
 
+TEST_CASE("batch: a Result to a revision 4 client, sent alone, and the same Result fetched again are whole") {
+  // The Result's header is written inline for a Batch; the store keeps the
+  // whole message made from it, and a Result that goes alone is made whole.
+  Broker b;
+  b.reg("e", 16, 3);
+  b.hello("c4", 4);
+  b.feed_only(false, "c4", submit(5));
+  b.take();
+  proto::Header r;
+  r.type = MsgType::kResult;
+  r.id = 5;
+  proto::put_timing(proto::Timing{1700000000000000, 1234}, &r);
+  auto got = b.feed(true, "e", r, {"value-5"});
+  auto sent = to(got, "c4");
+  REQUIRE(sent.size() == 1);
+  REQUIRE(sent[0].header.type == MsgType::kResult);
+  proto::Header f;
+  f.type = MsgType::kFetch;
+  f.opts.ids = {5};
+  auto again = to(b.feed(false, "c4", f), "c4");
+  REQUIRE(again.size() == 1);
+  for (const Got* g : {&sent[0], &again[0]}) {
+    CHECK(g->header.type == MsgType::kResult);
+    CHECK(g->header.id == 5);
+    proto::Timing t;
+    REQUIRE(proto::read_timing(g->header, &t) == proto::TimingField::kOk);
+    CHECK(t.started_us == 1700000000000000);
+    CHECK(t.run_ns == 1234);
+    CHECK(g->payload == std::vector<std::string>{"value-5"});
+  }
+}
+
 TEST_CASE("batch: a single batchable message goes out as itself") {
   Broker b;
   b.reg("e", 1, 4);
@@ -405,6 +453,38 @@ TEST_CASE("batcher: the frame vectors of packed messages go to the pool; a messa
   CHECK(f.empty());
   CHECK(f.capacity() >= 3);
   CHECK(pool.kept() == 1);
+}
+
+TEST_CASE("batcher: Tasks with inline headers go into a Batch among framed ones, or alone as whole messages") {
+  broker::Batcher batcher;
+  broker::Outbox in, out;
+  in.push_back(inline_task_to("a", 1));
+  in.push_back(task_to("a", 2));
+  in.push_back(inline_task_to("a", 3));
+  in.push_back(inline_task_to("b", 4));  // alone: made a whole message
+  batcher.pack(in, out);
+  REQUIRE(out.size() == 2);
+  CHECK(out[0].records == 3);
+  CHECK(out[1].header_size == 0);
+  proto::Message m;
+  REQUIRE(proto::decode(out[0].frames, 0, &m).ok());
+  std::vector<proto::Message> recs;
+  REQUIRE(proto::decode_batch(m, recs).ok());
+  REQUIRE(recs.size() == 3);
+  const Ids want = {1, 2, 3};
+  for (std::size_t i = 0; i < recs.size(); ++i) {
+    CHECK(recs[i].header.type == MsgType::kTask);
+    CHECK(recs[i].header.id == want[i]);
+    REQUIRE(recs[i].payload.size() == 1);
+    CHECK(recs[i].payload[0].to_string() == (i == 1 ? std::string(8, 'x') : "p-" + std::to_string(want[i])));
+  }
+  proto::Message alone;
+  REQUIRE(proto::decode(out[1].frames, 0, &alone).ok());
+  CHECK(alone.header.type == MsgType::kTask);
+  CHECK(alone.header.id == 4);
+  CHECK(alone.header.aux == 7);
+  REQUIRE(alone.payload.size() == 1);
+  CHECK(alone.payload[0].to_string() == "p-4");
 }
 
 TEST_CASE("frames pool: keeps vectors of useful sizes only, up to its bound") {

@@ -79,6 +79,7 @@ class Broker {
     for (auto& o : out) {
       if (o.side == Outgoing::kEngine) continue;  // Tasks and replies to engines
       proto::Message m;
+      broker::frame_header(o);  // a Task with its header inline: as the Batcher sends it alone
       REQUIRE(proto::decode(o.frames, 0, &m).ok());
       sent.push_back({o.identity, m.header, std::move(m.payload)});
     }
