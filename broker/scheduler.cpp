@@ -1,7 +1,6 @@
 #include "scheduler.hpp"
 
 #include <algorithm>
-#include <cstring>
 #include <limits>
 #include <utility>
 
@@ -44,10 +43,7 @@ void frame_header(Outgoing& o) {
   f.emplace_back();
   f.emplace_back();
   std::move_backward(f.begin(), f.begin() + static_cast<std::ptrdiff_t>(n), f.end());
-  char sig[proto::kSignatureSize];
-  std::memcpy(sig, proto::kMagic, 4);
-  sig[4] = static_cast<char>(proto::kVersion);
-  f[0].rebuild(sig, sizeof sig);
+  proto::write_signature(f[0]);
   f[1].rebuild(o.header.data(), o.header_size);
   o.header_size = 0;
 }

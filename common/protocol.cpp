@@ -380,10 +380,7 @@ inline std::size_t write_plain_header(const Header& h, unsigned char* buf) {
 
 // The signature and header frames of `h`.
 void encode_header_frames(const Header& h, zmq::message_t* sig_frame, zmq::message_t* header_frame) {
-  char sig[kSignatureSize];
-  std::memcpy(sig, kMagic, 4);
-  sig[4] = static_cast<char>(kVersion);
-  sig_frame->rebuild(sig, kSignatureSize);
+  write_signature(*sig_frame);
 
   const bool with_opts = !h.opts.empty();
   if (!with_opts && kPlainFixedBytes + 9 * h.targets.size() + h.text.size() <= kPlainHeaderBytes) {
@@ -405,6 +402,13 @@ void encode_header_frames(const Header& h, zmq::message_t* sig_frame, zmq::messa
 }
 
 }  // namespace
+
+void write_signature(zmq::message_t& f) {
+  char sig[kSignatureSize];
+  std::memcpy(sig, kMagic, 4);
+  sig[4] = static_cast<char>(kVersion);
+  f.rebuild(sig, kSignatureSize);
+}
 
 std::size_t encode_small_header(const Header& h, unsigned char* out) {
   if (!h.opts.empty() || h.targets.size() > 2 || !h.text.empty()) return 0;

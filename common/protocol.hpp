@@ -237,6 +237,8 @@ const char* to_string(ResultStatus s);
 
 // Encodes the signature and header frames and appends them to `out`.
 void encode_header(const Header& h, std::vector<zmq::message_t>& out);
+// Makes `f` the signature frame every message starts with.
+void write_signature(zmq::message_t& f);
 
 // A header with at most two targets and no text or options (a Task's, a
 // Result's with its timing), written into `out` (room for
