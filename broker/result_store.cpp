@@ -5,12 +5,12 @@
 
 namespace zfarm::broker {
 
-Frames share_frames(Frames& frames, Frames storage) {
+Frames share_frames(Frames& frames, Frames storage, std::size_t first, std::size_t room) {
   Frames copy = std::move(storage);
-  copy.reserve(frames.size());
-  for (auto& f : frames) {
+  copy.reserve(frames.size() - first + room);
+  for (std::size_t i = first; i < frames.size(); ++i) {
     copy.emplace_back();
-    copy.back().copy(f);
+    copy.back().copy(frames[i]);
   }
   return copy;
 }
@@ -64,12 +64,7 @@ Frames ResultStore::add(const std::string& session, std::uint64_t task_id, Frame
     bytes += size;
     if (size <= kOwnCopyMaxBytes && !held_inline(f)) f = zmq::message_t(f.data(), size);
   }
-  Frames now = std::move(storage);
-  now.reserve(message.size() - first);
-  for (std::size_t i = first; i < message.size(); ++i) {
-    now.emplace_back();
-    now.back().copy(message[i]);
-  }
+  Frames now = share_frames(message, std::move(storage), first);
   auto it = entries_.find(task_id);
   if (it != entries_.end()) {
     detach(&it->second);  // an older result for the same id: replaced in place

@@ -33,10 +33,12 @@
 
 namespace zfarm::broker {
 
-// Shares frames without copying their bytes: zmq's copy() bumps a reference
-// count (frames under 33 bytes are copied inline, which costs nothing).
-// `storage`: an empty vector to fill.
-Frames share_frames(Frames& frames, Frames storage = {});
+// Shares frames[first..] without copying their bytes: zmq's copy() bumps a
+// reference count (frames under 33 bytes are copied inline, which costs
+// nothing).  `storage`: an empty vector to fill; `room`: spare capacity
+// left in it, so that encode() can put the signature and header in front
+// without a new vector.
+Frames share_frames(Frames& frames, Frames storage = {}, std::size_t first = 0, std::size_t room = 0);
 
 class ResultStore {
  public:

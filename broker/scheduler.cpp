@@ -13,20 +13,6 @@ using proto::Message;
 using proto::MsgType;
 using proto::ResultStatus;
 
-// Shares frames without copying their bytes: zmq's copy() bumps a refcount
-// (frames under 33 bytes are copied inline, which costs nothing).  `room`:
-// spare capacity, so that encode() can put the signature and header in
-// front without a new vector.  `storage`: an empty vector to fill.
-Frames share(Frames& frames, std::size_t room = 0, Frames storage = {}) {
-  Frames copy = std::move(storage);
-  copy.reserve(frames.size() + room);
-  for (auto& f : frames) {
-    copy.emplace_back();
-    copy.back().copy(f);
-  }
-  return copy;
-}
-
 Header make_header(MsgType type, std::uint64_t id) {
   Header h;
   h.type = type;
@@ -546,7 +532,7 @@ void Scheduler::handle_submit(const std::string& client, Message&& msg, Outbox& 
   for (std::size_t n = 0; n < accepted.size(); ++n) {
     const std::size_t i = accepted[n];
     Task& t = tasks_.at(h.id + i);
-    t.payload = (n + 1 == accepted.size()) ? std::move(msg.payload) : share(msg.payload);
+    t.payload = (n + 1 == accepted.size()) ? std::move(msg.payload) : share_frames(msg.payload);
     admit(t, h.opts, now_, out);
   }
   if (!accepted.empty()) dispatch(out);
@@ -690,7 +676,7 @@ void Scheduler::send_task(Engine& engine, Task& task, Outbox& out) {
   // Keep the frames while a retry or a give-back may need them; otherwise
   // hand them over.
   Frames payload = (engine.gives_back || (task.balanced && task.retries > 0))
-                       ? share(task.payload, 2, frames_pool_.take(task.payload.size() + 2))
+                       ? share_frames(task.payload, frames_pool_.take(task.payload.size() + 2), 0, 2)
                        : std::move(task.payload);
   engine.inflight.push_back(task.id);
   refile(engine);
