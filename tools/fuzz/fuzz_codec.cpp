@@ -6,8 +6,10 @@
 //   flags bit 0: put a valid signature frame first
 //         bit 1: tight decoder limits (8 frames, 256-byte header, ...)
 //         bit 2: decode after a one-frame routing envelope
+#include <array>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 #include "fuzz_input.hpp"
 #include "protocol.hpp"
@@ -88,6 +90,28 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
       for (auto& e : encoded) refs.push_back(&e);
       auto wire = proto::pack_batch(refs);
+      // The same records given as parts, as the broker packs them (a small
+      // header written inline where it can be, else the header frame's
+      // bytes): the same body, byte for byte.
+      std::vector<std::array<unsigned char, proto::kSmallHeaderBytes>> small(records.size());
+      std::vector<proto::BatchRecord> parts;
+      std::size_t body_size = 0;
+      for (std::size_t i = 0; i < records.size(); ++i) {
+        const auto& e = encoded[i];
+        const std::size_t n = proto::encode_small_header(records[i].header, small[i].data());
+        if (n != 0) {
+          require(n == e[1].size() && std::memcmp(small[i].data(), e[1].data(), n) == 0,
+                  "an inline header differs from the header frame");
+          parts.push_back({small[i].data(), n, e.data() + 2, e.size() - 2});
+        } else {
+          parts.push_back({e[1].data(), e[1].size(), e.data() + 2, e.size() - 2});
+        }
+        body_size += proto::batch_bytes(e);
+      }
+      const auto from_parts = proto::pack_batch(parts, body_size);
+      require(from_parts.size() == wire.size() && from_parts.back().size() == wire.back().size() &&
+                  std::memcmp(from_parts.back().data(), wire.back().data(), wire.back().size()) == 0,
+              "a Batch packed from parts differs from one packed from whole messages");
       proto::Message again;
       std::vector<proto::Message> back;
       require(proto::decode(wire, 0, &again, limits).ok() && proto::decode_batch(again, back, limits).ok(),
