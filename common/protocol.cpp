@@ -626,17 +626,12 @@ std::size_t batch_record_bytes(MsgType type, const std::vector<zmq::message_t>& 
 }
 
 std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::message_t>*>& messages) {
-  std::size_t body_size = 0;
-  for (const auto* m : messages) body_size += batch_bytes(*m);
-  return pack_batch(messages, body_size);
-}
-
-std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::message_t>*>& messages,
-                                       std::size_t body_size) {
   // Kept from call to call: its storage is not allocated per Batch.
   thread_local std::vector<BatchRecord> records;
   records.clear();
+  std::size_t body_size = 0;
   for (const auto* m : messages) {
+    body_size += batch_bytes(*m);
     const zmq::message_t& header = (*m)[1];
     records.push_back({header.data(), header.size(), m->data() + 2, m->size() - 2});
   }

@@ -278,10 +278,6 @@ bool batchable(MsgType type, const std::vector<zmq::message_t>& frames);
 // kBatchMaxRecords and kBatchBodyBytes (batch_bytes tells a message's share).
 std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::message_t>*>& messages);
 std::size_t batch_bytes(const std::vector<zmq::message_t>& frames);
-// The same with the body's size known: the sum of batch_bytes() of the
-// messages (exactly; the body is written into that many bytes).
-std::vector<zmq::message_t> pack_batch(const std::vector<const std::vector<zmq::message_t>*>& messages,
-                                       std::size_t body_bytes);
 // batchable() and batch_bytes() in one pass over the frames: the message's
 // share of a Batch body when it may go into one, else 0.
 std::size_t batch_record_bytes(MsgType type, const std::vector<zmq::message_t>& frames);

@@ -894,11 +894,10 @@ TEST_CASE("Batch: batch_record_bytes is batch_bytes for a batchable message and 
     }
   }
   REQUIRE(batchable.size() == 4);
-  // pack_batch with the body size given makes the same Batch.
+  // The shares add up to the body pack_batch writes.
   auto a = proto::pack_batch(batchable);
-  auto b = proto::pack_batch(batchable, body);
-  REQUIRE(a.size() == b.size());
-  for (std::size_t i = 0; i < a.size(); ++i) CHECK(a[i].to_string() == b[i].to_string());
+  REQUIRE(a.size() == 3);
+  CHECK(a[2].size() == body);
 }
 
 TEST_CASE("Batch: records given as header bytes and payload frames make the same body as whole messages") {
